@@ -1,0 +1,1 @@
+"""Built-in CLI commands, one module each with ``register(cli, pm)``."""

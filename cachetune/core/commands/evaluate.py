@@ -1,0 +1,5 @@
+"""The `cachetune evaluate` command(s)."""
+
+
+def register(cli, pm) -> None:
+    """Add the command(s) to ``cli``."""

@@ -1,0 +1,5 @@
+"""The `cachetune generate` command(s)."""
+
+
+def register(cli, pm) -> None:
+    """Add the command(s) to ``cli``."""

@@ -1,0 +1,114 @@
+"""Plain data types shared by the core and by plugins: domains, prompts, readers, evaluation sets.
+
+This module must stay import-light (no torch): plugins import it at module load time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """One raw query read from a source, before normalisation.
+
+    ``origin`` says where it came from (``file.jsonl:12``, ``medquad/1_CancerGov_QA/x.xml``)
+    so errors and outputs can point back at it; ``meta`` carries format-specific fields
+    (CoNaLa ``rewritten_intent``, MedQuAD ``qtype``/``focus``).
+    """
+
+    query: Optional[str]
+    origin: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceReader:
+    """Reads queries from one kind of source.
+
+    ``detect(source)`` says whether this reader understands ``source`` (a path or a hub id);
+    ``read(source, options)`` yields :class:`QueryRecord` and raises
+    :class:`cachetune.core.errors.CachetuneError` (with file and line) on bad input.
+    """
+
+    name: str
+    detect: Callable[[str], bool]
+    read: Callable[[str, dict], Iterator[QueryRecord]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class FewShotExample:
+    """A worked example shown to the LLM: a query, rewordings of it, and hard negatives."""
+
+    query: str
+    paraphrases: Sequence[str]
+    negatives: Sequence[str]
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    """What the generator asks the LLM, per domain.
+
+    ``paraphrase_instruction`` and ``negative_instruction`` are ``str.format`` templates with
+    ``{n}`` (how many to write) and ``{query}``. The generator builds a few-shot chat from
+    ``examples`` and asks for a strict JSON object ``{"paraphrases": [...]}`` or
+    ``{"negatives": [...]}``.
+    """
+
+    system: str
+    paraphrase_instruction: str
+    negative_instruction: str
+    examples: Sequence[FewShotExample] = ()
+
+
+@dataclass(frozen=True)
+class EvaluationContext:
+    """What an evaluation set's loader may use to build its data."""
+
+    domain: str
+    source: Optional[str] = None
+    holdout: Optional[Path] = None
+    data_dir: Optional[Path] = None
+    limit: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """A named evaluation set: ``kind`` is ``"pairs"`` (rows with ``sentence1``,
+    ``sentence2``, ``label``) or ``"triplets"`` (rows with ``anchor``, ``positive``,
+    ``negative``). ``load(context)`` returns the rows, or ``None`` when its data is not
+    available (the set is then skipped with a note)."""
+
+    name: str
+    kind: str
+    load: Callable[[EvaluationContext], Optional[list]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A domain of queries that gets its own adapter.
+
+    ``default_source`` is what ``prepare`` reads when no ``--source`` is given (built-in
+    domains ship a small sample file); ``readers`` are tried before the generic
+    JSONL/CSV/TXT readers; ``min_chars``/``max_chars`` bound a useful query's length.
+    """
+
+    name: str
+    description: str
+    default_source: Union[str, Path]
+    prompts: PromptTemplates
+    readers: Sequence[SourceReader] = ()
+    evaluation_sets: Sequence[EvaluationSet] = ()
+    default_base_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    min_chars: int = 8
+    max_chars: int = 400
+
+
+# A generator factory takes the backend options (model, batch size, ...) and returns an
+# object with ``generate(prompts) -> list[GenerationResult]`` (see core.generation).
+GeneratorFactory = Callable[[dict], Any]

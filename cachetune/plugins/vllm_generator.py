@@ -1,0 +1,1 @@
+"""Generator backend plugin (see the generation issue)."""
