@@ -28,7 +28,7 @@ class DomainChoice(click.ParamType):
     def __init__(self, pm):
         self.pm = pm
 
-    def get_metavar(self, param, *args) -> str:
+    def get_metavar(self, param, *args, **kwargs) -> str:
         try:
             return "[" + "|".join(sorted(self.pm.domains())) + "]"
         except CachetuneError:

@@ -29,7 +29,7 @@ def register(cli, pm) -> None:
         summary = run_prepare(
             pm.get_domain(domain), output, source=source, limit=limit, holdout=holdout, seed=seed,
             readers=pm.source_readers(), query_field=query_field,
-            progress=lambda it: tqdm(it, desc="reading", unit=" queries", leave=False, mininterval=0.5),
+            progress=lambda it: tqdm(it, desc="reading", unit=" queries", leave=False, mininterval=0.5, disable=None),
         )
         c = summary["counts"]
         click.echo(

@@ -1,0 +1,127 @@
+"""Reading an adapter folder and attaching it to its base SentenceTransformer.
+
+An adapter folder holds peft's ``adapter_config.json`` + ``adapter_model.safetensors`` and
+cachetune's card ``cachetune.json`` (domain, base model id and weights sha256, LoRA config,
+data, hyperparameters, results). The peft files alone also load (the base model then
+comes from ``adapter_config.json``'s ``base_model_name_or_path`` or ``--base-model``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from cachetune.core.errors import CachetuneError
+from cachetune.core.models import (
+    canonical_model_id,
+    load_sentence_transformer,
+    resolve_base_model,
+    weights_sha256,
+)
+
+CARD_FILE = "cachetune.json"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+
+
+def read_card(adapter_dir) -> dict:
+    """The adapter's ``cachetune.json`` ({} when the folder only has peft files)."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise CachetuneError("adapter folder not found", adapter_dir)
+    if not (adapter_dir / PEFT_CONFIG).exists():
+        raise CachetuneError(f"not a LoRA adapter folder (no {PEFT_CONFIG})", adapter_dir)
+    card_path = adapter_dir / CARD_FILE
+    if not card_path.exists():
+        return {}
+    try:
+        return json.loads(card_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CachetuneError(f"invalid JSON: {exc.msg}", card_path, exc.lineno) from None
+
+
+def adapter_base_model(adapter_dir, card: Optional[dict] = None) -> str:
+    """The base model id an adapter was trained on."""
+    card = read_card(adapter_dir) if card is None else card
+    if card.get("base_model", {}).get("id"):
+        return card["base_model"]["id"]
+    peft_cfg = json.loads((Path(adapter_dir) / PEFT_CONFIG).read_text(encoding="utf-8"))
+    return peft_cfg.get("base_model_name_or_path") or "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def check_base_model(adapter_dir, base_model: Optional[str], card: Optional[dict] = None) -> str:
+    """The base model to load for ``adapter_dir``; a mismatch with ``base_model`` is an error.
+
+    Ids are compared after mapping the embedded copy to its hub id; when both sides are
+    local, the weights' sha256 must match too.
+    """
+    card = read_card(adapter_dir) if card is None else card
+    trained_on = adapter_base_model(adapter_dir, card)
+    if base_model is None:
+        return trained_on
+    wanted = canonical_model_id(base_model)
+    if wanted != canonical_model_id(trained_on):
+        raise CachetuneError(
+            f"adapter was trained on base model '{trained_on}', not '{wanted}' (--base-model)", adapter_dir
+        )
+    expected_sha = card.get("base_model", {}).get("weights_sha256")
+    actual_sha = weights_sha256(resolve_base_model(base_model))
+    if expected_sha and actual_sha and expected_sha != actual_sha:
+        raise CachetuneError(
+            f"base model '{base_model}' has different weights (sha256 {actual_sha[:12]}) than the adapter was "
+            f"trained on ({expected_sha[:12]})",
+            adapter_dir,
+        )
+    return base_model
+
+
+def set_auto_model(transformer, module) -> None:
+    """Replace the transformer module's model, whichever attribute holds it.
+
+    sentence-transformers >= 5 keeps it in ``.model`` behind a read-only ``auto_model``
+    property; older releases store ``auto_model`` directly.
+    """
+    if isinstance(getattr(type(transformer), "auto_model", None), property):
+        transformer.model = module
+    else:
+        transformer.auto_model = module
+
+
+def attach_adapter(model, adapter_dir, adapter_name: str = "default", trainable: bool = False):
+    """Wrap ``model[0].auto_model`` in peft with the adapter; returns the peft model.
+
+    peft must wrap the transformer module itself: wrapping the SentenceTransformer or
+    merging on another object leaves the encoder's weights untouched.
+    """
+    from peft import PeftModel
+
+    transformer = model[0]
+    try:
+        peft_model = PeftModel.from_pretrained(
+            transformer.auto_model, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CachetuneError(f"could not load adapter: {first}", adapter_dir) from None
+    set_auto_model(transformer, peft_model)
+    return peft_model
+
+
+def merge_adapter(model) -> None:
+    """Fold LoRA weights into the base weights of ``model[0]`` (in place)."""
+    transformer = model[0]
+    set_auto_model(transformer, transformer.auto_model.merge_and_unload())
+
+
+def load_adapter_model(adapter_dir, base_model: Optional[str] = None, device: Optional[str] = None,
+                       merged: bool = False):
+    """A SentenceTransformer that encodes through the adapter in ``adapter_dir``."""
+    card = read_card(adapter_dir)
+    base = check_base_model(adapter_dir, base_model, card)
+    model = load_sentence_transformer(base, device=device)
+    attach_adapter(model, adapter_dir)
+    if merged:
+        merge_adapter(model)
+    model.eval()
+    return model
