@@ -1,0 +1,134 @@
+"""The configuration of ``cachetune run``: defaults, a YAML file, and command-line overrides.
+
+Precedence, lowest first: built-in defaults, the domain's defaults, ``--config run.yaml``,
+then command-line flags (``--source``, ``--set train.lr=1e-4``, ...). Unknown sections or
+keys are errors naming the file and the key, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+from cachetune.core.errors import CachetuneError
+
+DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "run": {
+        "workdir": None,  # runs/<domain> when not set
+        "base_model": None,  # the domain's default base model when not set
+        "seed": 0,
+    },
+    "prepare": {"source": None, "limit": None, "holdout": 0.1, "query_field": None},
+    "generate": {
+        "backend": "llama-cpp",
+        "model": None,
+        "paraphrases": 3,
+        "negatives": 2,
+        "temperature": 0.7,
+        "max_tokens": 256,
+        "batch_size": 32,
+        "concurrency": 2,
+        "limit": None,  # queries of the train split to generate for
+        "holdout_limit": 200,  # held-out queries to generate evaluation triplets for
+        "mine_negatives": 0,
+        "embedding_filter": True,
+    },
+    "train": {
+        "epochs": 1,
+        "batch_size": 64,
+        "lr": None,  # the trainer's measured default when not set
+        "temperature": 0.05,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.1,
+        "target_modules": "query,value",
+        "max_seq_length": 128,
+        "hard_negatives": True,
+    },
+    "evaluate": {"target_precision": 0.95, "pairs": [], "domain_sets": True},
+    "register": {"enabled": True, "registry": None, "name": None},
+}
+
+
+def _coerce(text: str) -> Any:
+    """A ``--set`` value as YAML reads it: numbers, booleans, null, lists."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _merge(config: dict, updates: dict, where: str) -> None:
+    for section, values in updates.items():
+        if section not in config:
+            raise CachetuneError(f"unknown section '{section}' (known: {', '.join(config)})", where)
+        if not isinstance(values, dict):
+            raise CachetuneError(f"section '{section}' must be a mapping", where)
+        for key, value in values.items():
+            if key not in config[section]:
+                known = ", ".join(config[section])
+                raise CachetuneError(f"unknown key '{section}.{key}' (known: {known})", where)
+            config[section][key] = value
+
+
+def load_config_file(path: Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise CachetuneError("config file not found", path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise CachetuneError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,
+                             line + 1 if line is not None else None) from None
+    if not isinstance(data, dict):
+        raise CachetuneError("a run config must be a mapping of sections", path)
+    return data
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict:
+    """``["train.lr=1e-4", "generate.limit=50"]`` -> nested dict."""
+    updates: Dict[str, dict] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise CachetuneError(f"--set expects SECTION.KEY=VALUE, got '{pair}'")
+        updates.setdefault(section, {})[name] = _coerce(value)
+    return updates
+
+
+def resolve_config(
+    domain,
+    config_file: Optional[Path] = None,
+    overrides: Optional[dict] = None,
+    sets: Iterable[str] = (),
+) -> dict:
+    """The full config for ``domain``; ``overrides`` are nested dicts from explicit CLI flags."""
+    config = copy.deepcopy(DEFAULTS)
+    config["run"]["base_model"] = domain.default_base_model
+    if config_file is not None:
+        file_config = load_config_file(config_file)
+        file_domain = file_config.pop("domain", None)
+        if file_domain not in (None, domain.name):
+            raise CachetuneError(f"config is for domain '{file_domain}', not '{domain.name}'", config_file)
+        _merge(config, file_config, str(config_file))
+    _merge(config, {k: v for k, v in (overrides or {}).items() if v}, "command line")
+    _merge(config, parse_overrides(sets), "--set")
+    if not config["run"]["workdir"]:
+        config["run"]["workdir"] = str(Path("runs") / domain.name)
+    config["domain"] = domain.name
+    return config
+
+
+def dump_config(config: dict) -> str:
+    import yaml
+
+    ordered = {"domain": config["domain"], **{k: v for k, v in config.items() if k != "domain"}}
+    return yaml.safe_dump(ordered, sort_keys=False)
