@@ -81,12 +81,18 @@ class EvaluationSet:
     """A named evaluation set: ``kind`` is ``"pairs"`` (rows with ``sentence1``,
     ``sentence2``, ``label``) or ``"triplets"`` (rows with ``anchor``, ``positive``,
     ``negative``). ``load(context)`` returns the rows, or ``None`` when its data is not
-    available (the set is then skipped with a note)."""
+    available (the set is then skipped with a note).
+
+    ``metrics(rows, scores)``, when given, adds the set's own metrics: it gets the rows and,
+    per model, a dict of numpy arrays of cosine scores (``{"pair": ...}`` for pairs,
+    ``{"pos": ..., "neg": ...}`` for triplets, in row order) and returns ``{name: number}``,
+    reported under ``extra`` beside the standard metrics."""
 
     name: str
     kind: str
     load: Callable[[EvaluationContext], Optional[list]]
     description: str = ""
+    metrics: Optional[Callable[[list, dict], dict]] = None
 
 
 @dataclass(frozen=True)

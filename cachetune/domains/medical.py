@@ -15,6 +15,7 @@ from cachetune import hookimpl
 from cachetune.core.domain import Domain, FewShotExample, PromptTemplates, QueryRecord, SourceReader
 from cachetune.core.errors import CachetuneError
 from cachetune.core.sources import load_hub_dataset, looks_like_hub_id, split_hub_id
+from cachetune.domains.medical_eval import EVALUATION_SETS
 
 DATA = Path(__file__).parent / "data"
 # Hub copies of MedQuAD and the column holding the question.
@@ -108,6 +109,7 @@ DOMAIN = Domain(
     description="Consumer health questions (MedQuAD)",
     default_source=DATA / "medical_queries.txt",
     prompts=PROMPTS,
+    evaluation_sets=EVALUATION_SETS,
     readers=(
         SourceReader("medquad-hub", is_medquad_hub, read_medquad_hub, "a MedQuAD copy on the dataset hub"),
         SourceReader("medquad-folder", is_medquad_folder, read_medquad_folder, "a MedQuAD folder of XML documents"),

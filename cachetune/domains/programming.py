@@ -15,6 +15,7 @@ from cachetune import hookimpl
 from cachetune.core.domain import Domain, FewShotExample, PromptTemplates, QueryRecord, SourceReader
 from cachetune.core.errors import CachetuneError
 from cachetune.core.sources import load_hub_dataset, load_json_file, looks_like_hub_id, split_hub_id
+from cachetune.domains.programming_eval import EVALUATION_SETS
 
 DATA = Path(__file__).parent / "data"
 CONALA_HUB = "neulab/conala"
@@ -114,6 +115,7 @@ DOMAIN = Domain(
     description="Python programming questions (CoNaLa)",
     default_source=DATA / "programming_queries.txt",
     prompts=PROMPTS,
+    evaluation_sets=EVALUATION_SETS,
     readers=(
         SourceReader("conala-hub", is_conala_hub, read_conala_hub, "neulab/conala[:curated|:mined]"),
         SourceReader("conala-json", is_conala_json, read_conala_json, "CoNaLa curated JSON array"),

@@ -1,1 +1,165 @@
-"""Generator backend plugin (see the generation issue)."""
+"""The ``llama-cpp`` generator backend: a local GGUF chat model through llama-cpp-python, on CPU.
+
+The offline default. llama-cpp-python has no batched generation across prompts, so a batch
+is answered request by request; what makes it fast is measured in ``bench/generate.py``:
+
+- every request of a run shares one long few-shot prefix (see
+  :func:`cachetune.core.generation.build_conversation`), and a ``Llama`` instance reuses the
+  KV cache of the longest common prefix of consecutive prompts, so only the query and the
+  reply are evaluated per request;
+- replies are constrained by a JSON-schema grammar (exactly ``n`` non-empty strings), so
+  the model neither rambles past the object nor returns something unparseable;
+- ``concurrency`` > 1 runs that many ``Llama`` instances in threads (llama.cpp releases the
+  GIL), each with ``n_threads / concurrency`` threads. On 2 cores this does not pay (see the
+  bench), so the default is one instance using every core.
+
+Options: ``model`` (a .gguf path; default: the Qwen2.5-Coder-0.5B GGUF in the ``get-gguf``
+cache), ``n_ctx``, ``n_threads`` (default half the logical CPUs), ``concurrency`` (instances,
+default 1), ``temperature``,
+``max_tokens``, ``json_schema``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from cachetune import hookimpl
+from cachetune.core.errors import CachetuneError
+from cachetune.core.generation import GenerationResult, Request, backend_options
+
+NAME = "llama-cpp"
+DEFAULT_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+
+
+def default_model_path() -> Path:
+    """Where ``get-gguf qwen`` puts its file: ``$GGUF_CACHE``, else ``~/.cache/cachetune/gguf``."""
+    cache = os.environ.get("GGUF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cachetune", "gguf")
+    return Path(cache) / DEFAULT_GGUF
+
+
+def resolve_model(model: Optional[str]) -> Path:
+    if model:
+        path = Path(os.path.expanduser(model))
+        if not path.is_file():
+            raise CachetuneError("--model: GGUF file not found", model)
+        return path
+    path = default_model_path()
+    if not path.is_file():
+        raise CachetuneError(
+            f"no --model given and the default GGUF is not at {path}: fetch it with "
+            "`../shared/tools/get-gguf qwen` (or pass --model PATH.gguf)"
+        )
+    return path
+
+
+def default_threads() -> int:
+    """Half the logical CPUs: llama.cpp's threads spin at barriers, so more threads than free
+    cores (SMT siblings, or cores other jobs use) slow it down many times (see the bench)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class LlamaCppGenerator:
+    """Answers requests with ``workers`` llama.cpp instances (one per thread)."""
+
+    def __init__(self, options: dict):
+        opts = backend_options(options)
+        self.path = resolve_model(opts["model"])
+        self.label = f"{NAME}:{self.path.stem}"
+        self.temperature = float(opts["temperature"])
+        self.max_tokens = int(opts["max_tokens"])
+        self.json_schema = bool(opts["json_schema"])
+        # Here concurrency counts model instances; unset means one (see the module docstring).
+        self.workers = max(1, int(opts.get("concurrency") or 1))
+        threads = opts["n_threads"] or default_threads()
+        self.threads_per_worker = max(1, int(threads) // self.workers)
+        self.n_ctx = int(opts["n_ctx"])
+        self._llamas: List[object] = []
+        self._grammars: dict = {}
+        self._grammar_lock = threading.Lock()
+
+    def _load(self):
+        if self._llamas:
+            return
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise CachetuneError("the llama-cpp backend needs llama-cpp-python: pip install 'cachetune[local]'") from None
+        for _ in range(self.workers):
+            try:
+                self._llamas.append(Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.threads_per_worker,
+                                          n_threads_batch=self.threads_per_worker, verbose=False))
+            except Exception as exc:  # llama.cpp says little more than "failed to load"
+                raise CachetuneError(f"llama.cpp could not load the model: {exc}", self.path) from None
+
+    def _grammar(self, request: Request):
+        key = (request.kind, request.n)
+        with self._grammar_lock:
+            if key not in self._grammars:
+                import json
+
+                from llama_cpp import LlamaGrammar
+
+                self._grammars[key] = LlamaGrammar.from_json_schema(json.dumps(request.schema), verbose=False)
+            return self._grammars[key]
+
+    def _answer(self, llama, request: Request) -> GenerationResult:
+        try:
+            reply = llama.create_chat_completion(
+                messages=request.conversation, temperature=self.temperature, max_tokens=self.max_tokens,
+                seed=request.seed, grammar=self._grammar(request) if self.json_schema else None,
+            )
+        except ValueError as exc:  # e.g. the prompt exceeds n_ctx: this request only
+            return GenerationResult(None, error=f"request_failed: {exc}")
+        usage = reply.get("usage") or {}
+        return GenerationResult(reply["choices"][0]["message"].get("content"),
+                                usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+    def generate(self, requests: Sequence[Request]) -> List[GenerationResult]:
+        self._load()
+        if self.workers == 1:
+            return [self._answer(self._llamas[0], r) for r in requests]
+        results: List[Optional[GenerationResult]] = [None] * len(requests)
+        todo: "queue.Queue[int]" = queue.Queue()
+        for index in range(len(requests)):
+            todo.put(index)
+        failures: list = []
+
+        def work(llama):
+            while not failures:
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[index] = self._answer(llama, requests[index])
+                except BaseException as exc:  # surfaced in the calling thread below
+                    failures.append(exc)
+
+        threads = [threading.Thread(target=work, args=(llama,), daemon=True) for llama in self._llamas]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for llama in self._llamas:
+            close = getattr(llama, "close", None)
+            if close is not None:
+                close()
+        self._llamas = []
+
+
+def create(options: dict) -> LlamaCppGenerator:
+    return LlamaCppGenerator(options)
+
+
+@hookimpl
+def register_generators(register):
+    register(NAME, create)

@@ -1,1 +1,114 @@
-"""Generator backend plugin (see the generation issue)."""
+"""The ``transformers`` generator backend: any local causal LM through ``model.generate``.
+
+Requests are rendered with the tokenizer's chat template (a plain rendering when it has none),
+left-padded and generated ``concurrency`` at a time (default 8) in one batched ``generate``
+call, on CUDA when available, else CPU. A ``.gguf`` path works too (transformers dequantises
+it; needs the ``gguf`` package). Sampling in a batch shares one random stream, seeded from the
+batch's first request: a rerun with the same batches draws the same replies.
+
+Options: ``model`` (hub id, folder, or .gguf file; required), ``concurrency``, ``temperature``,
+``max_tokens``, ``device``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Sequence
+
+from cachetune import hookimpl
+from cachetune.core.errors import CachetuneError
+from cachetune.core.generation import GenerationResult, Request, backend_options, render_plain
+
+NAME = "transformers"
+
+
+class TransformersGenerator:
+    """Batched ``generate`` over a causal LM loaded with transformers."""
+
+    def __init__(self, options: dict):
+        opts = backend_options(options)
+        if not opts["model"]:
+            raise CachetuneError("the transformers backend needs --model (a hub id, a folder or a .gguf file)")
+        self.model_name = str(opts["model"])
+        self.label = f"{NAME}:{Path(self.model_name).stem if self.model_name.endswith('.gguf') else self.model_name}"
+        self.micro_batch = max(1, int(opts["concurrency"] or 8))
+        self.temperature = float(opts["temperature"])
+        self.max_tokens = int(opts["max_tokens"])
+        self.device = opts["device"]
+        self._model = None
+        self._tokenizer = None
+
+    def _load(self):
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source, extra = self.model_name, {}
+        if self.model_name.endswith(".gguf"):
+            path = Path(os.path.expanduser(self.model_name))
+            if not path.is_file():
+                raise CachetuneError("--model: GGUF file not found", self.model_name)
+            source, extra = str(path.parent), {"gguf_file": path.name}
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32, **extra)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CachetuneError(f"transformers could not load '{self.model_name}': {first}") from None
+        tokenizer.padding_side = "left"  # generation continues on the right
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._tokenizer, self._model, self.device = tokenizer, model.to(device).eval(), device
+
+    def _render(self, request: Request) -> str:
+        if getattr(self._tokenizer, "chat_template", None):
+            return self._tokenizer.apply_chat_template(request.conversation, tokenize=False, add_generation_prompt=True)
+        return render_plain(request.conversation)
+
+    def _generate_batch(self, requests: Sequence[Request]) -> List[GenerationResult]:
+        import torch
+
+        tokenizer = self._tokenizer
+        inputs = tokenizer([self._render(r) for r in requests], return_tensors="pt", padding=True,
+                           add_special_tokens=False).to(self.device)
+        sample = self.temperature > 0
+        kwargs = dict(max_new_tokens=self.max_tokens, do_sample=sample, pad_token_id=tokenizer.pad_token_id)
+        if sample:
+            kwargs.update(temperature=self.temperature, top_p=0.95)
+            torch.manual_seed(requests[0].seed)
+        with torch.no_grad():  # only ids and mask: some tokenizers add token_type_ids that LMs refuse
+            output = self._model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                          **kwargs)
+        prompt_len = inputs["input_ids"].shape[1]
+        results = []
+        for row, request in enumerate(requests):
+            new = output[row, prompt_len:]
+            # Tokens after the end of a shorter reply are padding (or eos) and are not counted.
+            stop = [i for i, tok in enumerate(new.tolist()) if tok in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+            new = new[: stop[0]] if stop else new
+            prompt_tokens = int(inputs["attention_mask"][row].sum())
+            results.append(GenerationResult(tokenizer.decode(new, skip_special_tokens=True), prompt_tokens, len(new)))
+        return results
+
+    def generate(self, requests: Sequence[Request]) -> List[GenerationResult]:
+        self._load()
+        results: List[GenerationResult] = []
+        for start in range(0, len(requests), self.micro_batch):
+            results.extend(self._generate_batch(requests[start: start + self.micro_batch]))
+        return results
+
+    def close(self) -> None:
+        self._model = self._tokenizer = None
+
+
+def create(options: dict) -> TransformersGenerator:
+    return TransformersGenerator(options)
+
+
+@hookimpl
+def register_generators(register):
+    register(NAME, create)

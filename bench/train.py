@@ -1,0 +1,179 @@
+"""Training throughput: ``cachetune train`` vs plain sentence-transformers, in one run.
+
+Same base model, LoRA (r=8, alpha=16, query/value), loss (MultipleNegativesRankingLoss,
+scale 20, hard negatives as a third column), AdamW + linear schedule + clipping 0.5,
+batch size and number of steps, on real CoNaLa-derived triplets. Measured after one
+warm-up step each (lazy imports and allocator warm-up are not training speed):
+
+- ``cachetune``: ``cachetune train`` (through its CLI entry point), its loop's triplets/s;
+- ``plain-128``: a plain sentence-transformers loop: random batches, every column padded to
+  128 tokens, ``loss(features, labels)`` as the upstream examples write it;
+- ``trainer`` (``--trainer``): ``SentenceTransformerTrainer`` with the no-duplicates sampler
+  and its collator's per-batch padding.
+
+    .venv/bin/python bench/train.py                       # batch 128, 3 timed steps
+    .venv/bin/python bench/train.py --batch-size 64 --steps 4 --trainer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def lora_model(base, seed):
+    import torch
+
+    from cachetune.core.models import load_sentence_transformer
+    from cachetune.core.train import TrainConfig, build_lora_model
+
+    torch.manual_seed(seed)
+    model = load_sentence_transformer(base, device="cpu")
+    model.max_seq_length = 128
+    build_lora_model(model, TrainConfig("bench", "-", "-"))
+    model.train()
+    return model
+
+
+def optimizer_for(model, lr, total):
+    import torch
+
+    from cachetune.core.train import _linear_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup(max(1, total // 10), total))
+
+
+def plain_loop(rows, base, batch_size, steps, lr, seed) -> float:
+    """triplets/s of a plain loop with fixed padding to 128 (the first step is a warm-up)."""
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = lora_model(base, seed)
+    loss_fn = MultipleNegativesRankingLoss(model, scale=20.0)
+    params, opt, sched = optimizer_for(model, lr, steps + 1)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    timed_start, done = None, 0
+    for step in range(steps + 1):
+        if step == 1:
+            timed_start = time.perf_counter()
+        batch = [rows[i] for i in order[step * batch_size:(step + 1) * batch_size]]
+        features = []
+        for column in ("anchor", "positive", "negative"):
+            f = dict(model.tokenizer([r[column] for r in batch], padding="max_length", truncation=True,
+                                     max_length=128, return_tensors="pt"))
+            f["modality"] = "text"
+            features.append(f)
+        loss = loss_fn(features, None)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= 1:
+            done += len(batch)
+    return done / (time.perf_counter() - timed_start)
+
+
+def cachetune_train(data: Path, base, batch_size, steps, lr, seed, work: Path) -> float:
+    """triplets/s reported by ``cachetune train`` for ``steps`` steps (after a 1-step warm-up run)."""
+    from cachetune.core.cli import main
+
+    def run(out, n):
+        args = ["train", "--domain", "programming", "--train-data", str(data), "--output", str(out),
+                "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed), "--max-steps", str(n),
+                "--checkpoint-every", "0", "--overwrite", "--quiet"]
+        if base:
+            args += ["--base-model", base]
+        if main(args) != 0:
+            raise SystemExit("cachetune train failed")
+        return json.loads((out / "cachetune.json").read_text())
+
+    run(work / "warmup", 1)
+    card = run(work / "timed", steps)
+    return card["results"]["triplets_per_s"]
+
+
+def trainer_loop(rows, base, batch_size, steps, lr, seed, work: Path) -> float:
+    """triplets/s of SentenceTransformerTrainer (its train_runtime covers all steps; one warm-up step first)."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    dataset = Dataset.from_dict({c: [r[c] for r in rows] for c in ("anchor", "positive", "negative")})
+    speeds = []
+    for n in (1, steps):
+        model = lora_model(base, seed)
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(work / f"trainer-{n}"), per_device_train_batch_size=batch_size, max_steps=n,
+            learning_rate=lr, warmup_steps=0.1, lr_scheduler_type="linear", max_grad_norm=0.5, weight_decay=0.01,
+            batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", logging_steps=1000,
+            seed=seed, dataloader_num_workers=0, disable_tqdm=True)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                             loss=MultipleNegativesRankingLoss(model, scale=20.0))
+        out = trainer.train()
+        speeds.append(n * batch_size / out.metrics["train_runtime"])
+    return speeds[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="Triplets JSONL (default: CoNaLa-derived, built on first use)")
+    parser.add_argument("--source", default=str(REPO.parent / "shared/data/conala/conala-train.json"))
+    parser.add_argument("--base-model", default=None)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="Timed steps per method.")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trainer", action="store_true", help="Also time SentenceTransformerTrainer.")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="cachetune-bench-train-"))
+    data = Path(args.data) if args.data else work / "data" / "train_triplets.jsonl"
+    if not data.exists():
+        from cachetune.core.pair_triplets import conala_triplet_files
+
+        data = conala_triplet_files(args.source, work / "data", base_model=args.base_model)["paths"]["train"]
+    rows = [json.loads(line) for line in data.open(encoding="utf-8") if line.strip()]
+    needed = (args.steps + 1) * args.batch_size
+    if len(rows) < needed:
+        raise SystemExit(f"{data} has {len(rows)} triplets; {needed} needed for {args.steps}+1 steps")
+
+    from cachetune.core.train import physical_cores
+
+    torch.set_num_threads(physical_cores())
+    print(f"{len(rows)} triplets from {data}; batch {args.batch_size}, {args.steps} timed steps, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    results = {}
+    results["cachetune"] = cachetune_train(data, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work)
+    print(f"cachetune train:            {results['cachetune']:8.1f} triplets/s", flush=True)
+    torch.set_num_threads(physical_cores())
+    results["plain-128"] = plain_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed)
+    print(f"plain ST loop, padded 128:  {results['plain-128']:8.1f} triplets/s", flush=True)
+    if args.trainer:
+        results["trainer"] = trainer_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work)
+        print(f"SentenceTransformerTrainer: {results['trainer']:8.1f} triplets/s", flush=True)
+    print(f"\nratio cachetune / plain-128: {results['cachetune'] / results['plain-128']:.2f}x (goal >= 2x)")
+    if "trainer" in results:
+        print(f"ratio cachetune / SentenceTransformerTrainer: {results['cachetune'] / results['trainer']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

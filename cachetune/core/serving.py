@@ -1,0 +1,337 @@
+"""Serving adapters: load a domain's adapter from the registry, many domains on one base,
+merged exports, and reading/writing texts and embeddings for ``cachetune embed``.
+
+Every adapter file is re-hashed against its registry record and the base model's weights
+against the sha256 recorded at training time before anything is loaded: a corrupt or
+mismatched file is an error naming it, never a silently different embedding.
+
+The LoRA must wrap (and be merged into) ``model[0]``'s transformer module; merging any
+other object leaves the encoder untouched and serves base-model embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from cachetune.core.adapters import (
+    CARD_FILE,
+    PEFT_CONFIG,
+    adapter_base_model,
+    attach_adapter,
+    merge_adapter,
+    read_card,
+)
+from cachetune.core.errors import CachetuneError
+from cachetune.core.jsonl import atomic_writer, iter_jsonl, write_json
+from cachetune.core.models import (
+    canonical_model_id,
+    load_sentence_transformer,
+    resolve_base_model,
+    weights_sha256,
+)
+
+# Written into a merged export so `embed --adapter DIR` and users know where it came from.
+MERGED_INFO_FILE = "cachetune-merged.json"
+OUTPUT_SUFFIXES = (".json", ".jsonl", ".npy")
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    """What a loaded model encodes with; set on models as ``model.cachetune_adapter``."""
+
+    ref: Optional[str]  # registry name@version; None for a folder outside the registry
+    domain: Optional[str]
+    path: str
+    base_model: str
+    calibrated_threshold: Optional[float]
+    merged: bool
+
+
+def open_registry(registry=None):
+    """``registry`` as an :class:`AdapterRegistry` (None -> the default location)."""
+    from cachetune.registry import AdapterRegistry
+
+    return registry if isinstance(registry, AdapterRegistry) else AdapterRegistry(registry)
+
+
+def find_record(registry, domain: Optional[str] = None, name: Optional[str] = None,
+                version: Optional[int] = None) -> dict:
+    """The registry record to serve: ``name[@version]`` if given, else the domain's adapter."""
+    if name:
+        ref = f"{name}@{version}" if version is not None and "@" not in name else name
+        record = registry.get(ref)
+        if domain and record["domain"] != domain:
+            raise CachetuneError(
+                f"adapter '{record['ref']}' is for domain '{record['domain']}', not '{domain}'", registry.index.path
+            )
+        return record
+    if version is not None:
+        raise CachetuneError("a version needs an adapter name (name@version)")
+    if not domain:
+        raise CachetuneError("say which adapter to load: a domain or an adapter name")
+    return registry.find(domain)
+
+
+def check_base(base_entry: dict, base_model: Optional[str] = None, where=None) -> str:
+    """Path/id of the base model to load for an adapter trained on ``base_entry``.
+
+    ``base_model`` (an override) must be the same model; a local copy whose weights
+    differ from the recorded sha256 is refused.
+    """
+    trained_on = base_entry.get("id") or "sentence-transformers/all-MiniLM-L6-v2"
+    if base_model and canonical_model_id(base_model) != canonical_model_id(trained_on):
+        raise CachetuneError(
+            f"base model mismatch: the adapter was trained on '{trained_on}', not '{base_model}'", where
+        )
+    resolved = resolve_base_model(base_model or trained_on)
+    expected, actual = base_entry.get("weights_sha256"), weights_sha256(resolved)
+    if expected and actual and expected != actual:
+        raise CachetuneError(
+            f"base model mismatch: weights sha256 {actual[:12]} but the adapter was trained on {expected[:12]}",
+            resolved,
+        )
+    return resolved
+
+
+def _load_peft(base_path: str, adapter_folder: Path, device: Optional[str], merged: bool):
+    model = load_sentence_transformer(base_path, device=device)
+    attach_adapter(model, adapter_folder)
+    if merged:
+        merge_adapter(model)  # merges model[0]'s PeftModel: the object that holds the LoRA
+    model.eval()
+    return model
+
+
+def load_folder(path, domain: Optional[str] = None, merged: bool = False, device: Optional[str] = None,
+                base_model: Optional[str] = None):
+    """Load an adapter folder outside the registry, or a merged export."""
+    path = Path(path)
+    info_path = path / MERGED_INFO_FILE
+    if info_path.exists():
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CachetuneError(f"invalid JSON: {exc.msg}", info_path, exc.lineno) from None
+        if domain and info.get("domain") != domain:
+            raise CachetuneError(f"merged model is for domain '{info.get('domain')}', not '{domain}'", info_path)
+        model = load_sentence_transformer(str(path), device=device)
+        model.eval()
+        model.cachetune_adapter = ServedAdapter(info.get("ref"), info.get("domain"), str(path),
+                                                info.get("base_model", {}).get("id", ""),
+                                                info.get("calibrated_threshold"), True)
+        return model
+    if not (path / PEFT_CONFIG).exists():
+        raise CachetuneError(f"neither an adapter folder ({PEFT_CONFIG}) nor a merged export ({MERGED_INFO_FILE})",
+                             path)
+    card = read_card(path)
+    if domain and card.get("domain") and card["domain"] != domain:
+        raise CachetuneError(f"adapter is for domain '{card['domain']}', not '{domain}'", path / CARD_FILE)
+    entry = {"id": adapter_base_model(path, card),
+             "weights_sha256": (card.get("base_model") or {}).get("weights_sha256")}
+    model = _load_peft(check_base(entry, base_model, path), path, device, merged)
+    model.cachetune_adapter = ServedAdapter(None, card.get("domain") or domain, str(path),
+                                            canonical_model_id(entry["id"]), None, merged)
+    return model
+
+
+def load_model(domain: Optional[str] = None, registry=None, merged: bool = False, name: Optional[str] = None,
+               version: Optional[int] = None, device: Optional[str] = None, adapter: Optional[str] = None,
+               base_model: Optional[str] = None):
+    """A SentenceTransformer that encodes with an adapter.
+
+    :param domain: serve this domain's adapter (see :meth:`AdapterRegistry.find`).
+    :param registry: an :class:`AdapterRegistry` or its root folder (default location when None).
+    :param merged: fold the LoRA into the weights (same embeddings, base-model speed).
+    :param name: / :param version: a specific registered adapter instead of the domain's.
+    :param adapter: a registry reference ``name[@version]`` or an adapter / merged folder.
+    :param base_model: load the base from here (must be the model the adapter was trained on).
+
+    The returned model's ``cachetune_adapter`` says what it serves, including the
+    calibrated threshold when the adapter has been evaluated.
+    """
+    if adapter and ("/" in str(adapter) or Path(adapter).expanduser().is_dir()):
+        if not Path(adapter).expanduser().is_dir():
+            raise CachetuneError("adapter folder not found (--adapter)", adapter)
+        return load_folder(Path(adapter).expanduser(), domain=domain, merged=merged, device=device,
+                           base_model=base_model)
+    reg = open_registry(registry)
+    record = find_record(reg, domain=domain, name=adapter or name, version=version)
+    folder = reg.check(record)
+    base = check_base(record["base_model"], base_model, reg.path_of(record))
+    model = _load_peft(base, folder, device, merged)
+    model.cachetune_adapter = ServedAdapter(record["ref"], record["domain"], str(folder), record["base_model"]["id"],
+                                            record.get("calibrated_threshold"), merged)
+    return model
+
+
+def save_merged(record: dict, folder: Path, output: Path, device: Optional[str] = None) -> None:
+    """Save ``record``'s adapter merged into its base as a SentenceTransformer folder at ``output``."""
+    model = _load_peft(check_base(record["base_model"], None, folder), folder, device, merged=True)
+    model.save(str(output))
+    write_json(output / MERGED_INFO_FILE, {
+        "ref": record["ref"],
+        "domain": record["domain"],
+        "base_model": record["base_model"],
+        "lora": record["lora"],
+        "adapter_files_sha256": record["files"],
+        "calibrated_threshold": record.get("calibrated_threshold"),
+    })
+
+
+class MultiAdapterModel:
+    """One base SentenceTransformer carrying several named LoRA adapters.
+
+    ``encode(texts, domain=...)`` activates that domain's adapter (peft ``set_adapter``)
+    and encodes; the base weights are loaded once. ``domain=None`` encodes with every
+    adapter disabled (the base model). Switching mutates the shared model, so calls are
+    serialised with a lock.
+    """
+
+    def __init__(self, model, peft_model, adapters: Dict[str, ServedAdapter], peft_names: Dict[str, str]):
+        self.model = model
+        self.peft_model = peft_model
+        self.adapters = adapters
+        self._peft_names = peft_names
+        self._lock = threading.Lock()
+
+    @property
+    def domains(self) -> List[str]:
+        return list(self.adapters)
+
+    def threshold(self, domain: str) -> Optional[float]:
+        return self._adapter(domain).calibrated_threshold
+
+    def _adapter(self, domain: str) -> ServedAdapter:
+        if domain not in self.adapters:
+            raise CachetuneError(f"domain '{domain}' is not loaded (loaded: {', '.join(self.adapters)})")
+        return self.adapters[domain]
+
+    def encode(self, texts, domain: Optional[str] = None, **kwargs):
+        """``SentenceTransformer.encode`` through ``domain``'s adapter (keyword arguments pass through)."""
+        with self._lock:
+            if domain is None:
+                with self.peft_model.disable_adapter():
+                    return self.model.encode(texts, **kwargs)
+            self._adapter(domain)
+            self.peft_model.set_adapter(self._peft_names[domain])
+            return self.model.encode(texts, **kwargs)
+
+    def similarity(self, a: str, b: str, domain: Optional[str] = None) -> float:
+        vectors = self.encode([a, b], domain=domain, normalize_embeddings=True)
+        return float((vectors[0] * vectors[1]).sum())
+
+
+def load_multi(domains: Sequence[str], registry=None, device: Optional[str] = None,
+               base_model: Optional[str] = None) -> MultiAdapterModel:
+    """One base model with the adapters of ``domains`` (each the domain's registry adapter)."""
+    if not domains:
+        raise CachetuneError("load_multi needs at least one domain")
+    if len(set(domains)) != len(domains):
+        raise CachetuneError(f"a domain is listed twice: {list(domains)}")
+    reg = open_registry(registry)
+    records = {domain: reg.find(domain) for domain in domains}
+    first_domain, first = next(iter(records.items()))
+    for domain, record in records.items():
+        if (record["base_model"]["id"], record["base_model"].get("weights_sha256")) != \
+                (first["base_model"]["id"], first["base_model"].get("weights_sha256")):
+            raise CachetuneError(
+                f"adapters need one base model: {first['ref']} ({first_domain}) is on '{first['base_model']['id']}', "
+                f"{record['ref']} ({domain}) on '{record['base_model']['id']}'", reg.index.path
+            )
+    folders = {domain: reg.check(record) for domain, record in records.items()}
+    model = load_sentence_transformer(check_base(first["base_model"], base_model, folders[first_domain]),
+                                      device=device)
+    # peft adapter names become module keys, so use safe internal names, not user strings.
+    peft_names = {domain: f"adapter_{i}" for i, domain in enumerate(domains)}
+    peft_model = attach_adapter(model, folders[first_domain], adapter_name=peft_names[first_domain])
+    for domain in domains[1:]:
+        try:
+            peft_model.load_adapter(str(folders[domain]), adapter_name=peft_names[domain])
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CachetuneError(f"could not load adapter: {first_line}", folders[domain]) from None
+    model.eval()
+    served = {domain: ServedAdapter(r["ref"], r["domain"], str(folders[domain]), r["base_model"]["id"],
+                                    r.get("calibrated_threshold"), False) for domain, r in records.items()}
+    return MultiAdapterModel(model, peft_model, served, peft_names)
+
+
+# -- texts in, embeddings out (cachetune embed) --------------------------------------------
+def _text_of(obj: dict, path, line: int) -> str:
+    for key in ("query", "text"):
+        if isinstance(obj.get(key), str):
+            return obj[key]
+    raise CachetuneError("expected a 'query' or 'text' string field", path, line)
+
+
+def read_texts(path) -> List[str]:
+    """Texts to embed: ``.jsonl`` / ``.json`` (``query`` or ``text`` fields, or strings), else one per line.
+
+    ``-`` reads lines from standard input.
+    """
+    if str(path) == "-":
+        return [line.strip() for line in sys.stdin if line.strip()]
+    path = Path(path)
+    if not path.is_file():
+        raise CachetuneError("input file not found (--input)", path)
+    if path.suffix == ".jsonl":
+        return [_text_of(obj, path, line) for line, obj in iter_jsonl(path)]
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
+        if isinstance(data, dict) and isinstance(data.get("texts"), list):
+            data = data["texts"]
+        if not isinstance(data, list):
+            raise CachetuneError("expected a JSON list of texts (or of objects with 'query'/'text')", path)
+        return [item if isinstance(item, str) else _text_of(item if isinstance(item, dict) else {}, path, None)
+                for item in data]
+    with open(path, encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
+def check_output_path(path) -> Path:
+    path = Path(path)
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise CachetuneError(f"--output must end in {', '.join(OUTPUT_SUFFIXES)}", path)
+    return path
+
+
+def write_embeddings(path, texts: Sequence[str], vectors, served: Optional[ServedAdapter] = None) -> Path:
+    """Write ``vectors`` (one row per text) to ``.npy``, ``.json`` or ``.jsonl``, atomically."""
+    import numpy as np
+
+    path = check_output_path(path)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if path.suffix == ".npy":
+        with atomic_writer(path, "wb") as fh:
+            np.save(fh, vectors)
+    elif path.suffix == ".jsonl":
+        with atomic_writer(path) as fh:
+            for text, vec in zip(texts, vectors):
+                fh.write(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False) + "\n")
+    else:
+        write_json(path, {
+            "adapter": asdict(served) if served else None,
+            "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+            "count": len(texts),
+            "texts": list(texts),
+            "embeddings": vectors.tolist(),
+        })
+    return path
+
+
+def iter_embedding_lines(texts: Iterable[str], vectors) -> Iterable[str]:
+    for text, vec in zip(texts, vectors):
+        yield json.dumps({"text": text, "embedding": [float(x) for x in vec]}, ensure_ascii=False)
+
+
+def cosine(model, a: str, b: str) -> float:
+    vectors = model.encode([a, b], normalize_embeddings=True)
+    return float((vectors[0] * vectors[1]).sum())

@@ -1,0 +1,331 @@
+"""The adapter registry: versioned copies of trained adapters, indexed by name and domain.
+
+Layout under the registry root (``--registry DIR``, else ``$CACHETUNE_HOME``, else
+``~/.cache/cachetune``)::
+
+    adapters/index.json          every record (see :meth:`AdapterRegistry.add`)
+    adapters/index.json.lock     writers' lock
+    adapters/<name>/<version>/   the adapter's files, as registered
+
+Adding copies the files into a staging folder first and renames it into place under the
+lock, so a version folder is either complete or absent. Records keep each file's sha256;
+:meth:`AdapterRegistry.check` re-hashes them before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+from cachetune.core.errors import CachetuneError
+from cachetune.registry.adapter_files import file_problems, hash_files, inspect_adapter
+from cachetune.registry.index_file import IndexFile
+
+HOME_ENV = "CACHETUNE_HOME"
+DEFAULT_HOME = "~/.cache/cachetune"
+ADAPTERS_DIR = "adapters"
+INDEX_FILE = "index.json"
+STAGING_DIR = ".staging"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+PathLike = Union[str, Path]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+
+
+def parse_ref(ref: str) -> Tuple[str, Optional[int]]:
+    """``"name"`` -> (name, None); ``"name@3"`` -> (name, 3)."""
+    name, sep, version = str(ref).partition("@")
+    if not name:
+        raise CachetuneError(f"bad adapter reference '{ref}' (expected NAME or NAME@VERSION)")
+    if not sep or version in ("", "latest"):
+        return name, None
+    if not version.isdigit():
+        raise CachetuneError(f"bad adapter version in '{ref}' (expected NAME@<integer>)")
+    return name, int(version)
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise CachetuneError(
+            f"bad adapter name '{name}': use letters, digits, '.', '_' or '-' (at most 64, no '@')"
+        )
+    return name
+
+
+def calibrated_threshold(metrics: dict) -> Optional[float]:
+    """The evaluation's calibrated cosine threshold, if the metrics carry one.
+
+    Looked up at ``metrics["adapter"]["pairs"]["calibrated_threshold"]``, then at the
+    top level (``evaluate --register-metrics`` also puts it there).
+    """
+    candidates = []
+    try:
+        candidates.append(metrics["adapter"]["pairs"]["calibrated_threshold"])
+    except (KeyError, TypeError):
+        pass
+    if isinstance(metrics, dict):
+        candidates.append(metrics.get("calibrated_threshold"))
+    for value in candidates:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class AdapterRegistry:
+    """Versioned LoRA adapters on disk.
+
+    Records are plain dicts: ``name``, ``version``, ``ref`` (``name@version``), ``domain``,
+    ``path`` (relative folder), ``base_model`` {``id``, ``weights_sha256``}, ``lora``
+    {``r``, ``alpha``, ``dropout``, ``target_modules``}, ``files`` {file: sha256},
+    ``created`` (training time from the card), ``registered``, ``source``,
+    ``domain_plugin`` {``name``, ``package``, ``version``}, ``card``, and after evaluation
+    ``metrics``, ``calibrated_threshold``, ``evaluated``.
+    """
+
+    def __init__(self, root: Optional[PathLike] = None):
+        self.root = Path(root).expanduser() if root else default_home()
+        self.folder = self.root / ADAPTERS_DIR
+        self.index = IndexFile(self.folder / INDEX_FILE)
+
+    def __repr__(self) -> str:
+        return f"AdapterRegistry({str(self.root)!r})"
+
+    # -- reading ----------------------------------------------------------------------
+    def list(self, domain: Optional[str] = None) -> List[dict]:
+        """All records (optionally of one domain), by name then version."""
+        records = self.index.read()["adapters"]
+        if domain is not None:
+            records = [r for r in records if r.get("domain") == domain]
+        return sorted(records, key=lambda r: (r["name"], r["version"]))
+
+    def _find(self, records: List[dict], ref: str) -> dict:
+        name, version = parse_ref(ref)
+        versions = [r for r in records if r["name"] == name]
+        if not versions:
+            known = ", ".join(sorted({r["name"] for r in records})) or "none"
+            raise CachetuneError(f"no adapter named '{name}' in the registry (registered: {known})", self.index.path)
+        if version is None:
+            return max(versions, key=lambda r: r["version"])
+        for record in versions:
+            if record["version"] == version:
+                return record
+        have = ", ".join(str(r["version"]) for r in sorted(versions, key=lambda r: r["version"]))
+        raise CachetuneError(f"adapter '{name}' has no version {version} (versions: {have})", self.index.path)
+
+    def get(self, ref: str) -> dict:
+        """The record for ``name`` (latest version) or ``name@version``."""
+        return copy.deepcopy(self._find(self.index.read()["adapters"], ref))
+
+    def find(self, domain: str) -> dict:
+        """The adapter to serve for ``domain``.
+
+        The latest version of the adapter *named* after the domain (the default name)
+        wins; otherwise the most recently registered adapter of that domain.
+        """
+        records = self.index.read()["adapters"]
+        mine = [r for r in records if r.get("domain") == domain]
+        if any(r["name"] == domain for r in mine):
+            return copy.deepcopy(self._find(mine, domain))
+        if not mine:
+            have = ", ".join(sorted({r.get("domain", "?") for r in records})) or "none"
+            raise CachetuneError(
+                f"no adapter for domain '{domain}' in the registry (domains: {have}); "
+                f"train one with `cachetune train --register` or add one with `cachetune adapters add`",
+                self.index.path,
+            )
+        return copy.deepcopy(mine[-1])  # the index lists records in the order they were added
+
+    def path_of(self, record: dict) -> Path:
+        return self.folder / record["path"]
+
+    def resolve(self, ref: str) -> Path:
+        """The folder holding ``ref``'s adapter files."""
+        return self.path_of(self.get(ref))
+
+    # -- integrity --------------------------------------------------------------------
+    def record_problems(self, record: dict) -> List[str]:
+        """One line per missing or corrupt file of ``record`` (empty when intact)."""
+        folder = self.path_of(record)
+        if not folder.is_dir():
+            return [f"{record['ref']}: adapter folder is missing ({folder})"]
+        return [
+            f"{record['ref']}: {name} is {problem} ({folder / name})"
+            for name, problem in file_problems(folder, record["files"]).items()
+        ]
+
+    def check(self, ref_or_record: Union[str, dict]) -> Path:
+        """Re-hash the adapter's files; its folder if intact, else an error naming the file."""
+        record = self.get(ref_or_record) if isinstance(ref_or_record, str) else ref_or_record
+        folder = self.path_of(record)
+        if not folder.is_dir():
+            raise CachetuneError(f"adapter folder of {record['ref']} is missing", folder)
+        problems = file_problems(folder, record["files"])
+        if problems:
+            name, problem = next(iter(problems.items()))
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CachetuneError(
+                f"adapter file of {record['ref']} is {problem}{more}; refusing to load it "
+                f"(`cachetune adapters verify` lists all problems)",
+                folder / name,
+            )
+        return folder
+
+    def verify(self) -> List[str]:
+        """Re-hash every registered file; list problems (missing/corrupt files, stray folders)."""
+        records = self.list()
+        problems: List[str] = []
+        for record in records:
+            problems.extend(self.record_problems(record))
+        known = {self.path_of(r).resolve() for r in records}
+        if self.folder.is_dir():
+            for name_dir in sorted(p for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                for version_dir in sorted(p for p in name_dir.iterdir() if p.is_dir()):
+                    if version_dir.resolve() not in known:
+                        problems.append(f"{version_dir}: folder is not in the index (an interrupted add or remove?)")
+        return problems
+
+    # -- writing ----------------------------------------------------------------------
+    def add(self, adapter_dir: PathLike, name: Optional[str] = None) -> dict:
+        """Validate ``adapter_dir``, copy it in as the next version of ``name``; return the record.
+
+        ``name`` defaults to the card's domain. Versions count up per name and are never
+        reused, even after a removal.
+        """
+        adapter_dir = Path(adapter_dir)
+        info = inspect_adapter(adapter_dir)
+        name = check_name(name or info["domain"])
+
+        # Copy and hash outside the lock: other writers only wait for the rename + index write.
+        staging_root = self.folder / STAGING_DIR
+        staging_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging_root))
+        moved: Optional[Path] = None
+        try:
+            for file_name in info["files"]:
+                shutil.copyfile(adapter_dir / file_name, staging / file_name)
+            record = {
+                "name": name,
+                "version": None,
+                "ref": None,
+                "domain": info["domain"],
+                "path": None,
+                "base_model": info["base_model"],
+                "lora": info["lora"],
+                "files": hash_files(staging, info["files"]),
+                "created": info["card"].get("created") or _now(),
+                "registered": None,
+                "source": str(adapter_dir.resolve()),
+                "domain_plugin": info["domain_plugin"],
+                "card": info["card"],
+                "metrics": None,
+                "calibrated_threshold": None,
+                "evaluated": None,
+            }
+            with self.index.update() as index:
+                other = next((r for r in index["adapters"] if r["name"] == name and r["domain"] != info["domain"]),
+                             None)
+                if other is not None:  # one name, one domain: `find(domain)` relies on it
+                    raise CachetuneError(
+                        f"adapter name '{name}' already holds {other['domain']} adapters ({other['ref']}), "
+                        f"this one is {info['domain']}: choose another --name", adapter_dir / "cachetune.json")
+                used = [r["version"] for r in index["adapters"] if r["name"] == name]
+                version = max([index["next_version"].get(name, 1), *(v + 1 for v in used)])
+                while (self.folder / name / str(version)).exists():  # left by a crash: never overwrite
+                    version += 1
+                dest = self.folder / name / str(version)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staging, dest)
+                moved = dest
+                record.update(version=version, ref=f"{name}@{version}", path=f"{name}/{version}",
+                              registered=_now())
+                index["adapters"].append(record)
+                index["next_version"][name] = version + 1
+        except BaseException:
+            # The index was not written: a folder it does not point at must not linger.
+            if moved is not None:
+                shutil.rmtree(moved, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return copy.deepcopy(record)
+
+    def remove(self, ref: str) -> List[dict]:
+        """Remove ``name@version``, or every version of ``name``; return the removed records."""
+        name, version = parse_ref(ref)
+        with self.index.update() as index:
+            self._find(index["adapters"], ref)  # an unknown name/version is an error
+            removed = [r for r in index["adapters"]
+                       if r["name"] == name and (version is None or r["version"] == version)]
+            index["adapters"] = [r for r in index["adapters"] if r not in removed]
+        # Folders go after the index no longer points at them: a crash leaves a stray folder
+        # (reported by verify), never a record without files.
+        for record in removed:
+            shutil.rmtree(self.path_of(record), ignore_errors=True)
+        name_dir = self.folder / name
+        if name_dir.is_dir() and not any(name_dir.iterdir()):
+            name_dir.rmdir()
+        return removed
+
+    def update_metrics(self, ref: str, metrics: dict) -> dict:
+        """Store evaluation ``metrics`` (and their calibrated threshold) on ``ref``'s record."""
+        if not isinstance(metrics, dict):
+            raise CachetuneError(f"metrics must be a dict, got {type(metrics).__name__}")
+        try:
+            metrics = json.loads(json.dumps(metrics))
+        except (TypeError, ValueError) as exc:
+            raise CachetuneError(f"metrics are not JSON-serialisable: {exc}") from None
+        with self.index.update() as index:
+            record = self._find(index["adapters"], ref)
+            record["metrics"] = metrics
+            record["calibrated_threshold"] = calibrated_threshold(metrics)
+            record["evaluated"] = _now()
+            updated = copy.deepcopy(record)
+        return updated
+
+    # -- export -----------------------------------------------------------------------
+    def export(self, ref: str, output_dir: PathLike, merged: bool = False, device: Optional[str] = None) -> Path:
+        """Write ``ref`` to ``output_dir``: its adapter files, or (``merged``) a plain SentenceTransformer."""
+        record = self.get(ref)
+        folder = self.check(record)
+        output_dir = Path(output_dir)
+        if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+            raise CachetuneError("output folder exists and is not empty (--output)", output_dir)
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+        try:
+            if merged:
+                from cachetune.core.serving import save_merged
+
+                save_merged(record, folder, tmp, device=device)
+            else:
+                for file_name in record["files"]:
+                    shutil.copyfile(folder / file_name, tmp / file_name)
+            os.replace(tmp, output_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return output_dir
+
+    def export_merged(self, ref: str, output_dir: PathLike, device: Optional[str] = None) -> Path:
+        """``ref``'s LoRA merged into its base model, saved as a plain SentenceTransformer folder."""
+        return self.export(ref, output_dir, merged=True, device=device)
+
+
+def register_trained_adapter(adapter_dir: PathLike, registry_dir: Optional[PathLike] = None,
+                             name: Optional[str] = None) -> dict:
+    """Add a freshly trained adapter to the registry (``train --register``); return its record."""
+    return AdapterRegistry(registry_dir).add(adapter_dir, name=name)

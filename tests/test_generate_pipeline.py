@@ -1,0 +1,296 @@
+"""The generate stage: layout, stats, resume and torn lines, Ctrl-C, input errors, the CLI.
+
+The backend here is a scripted stand-in (replies chosen per query) so every rule's effect is
+known exactly; the real backends run in test_generate_backends.py and test_generate_real.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cachetune.core.errors import CachetuneError
+from cachetune.core.generate import GenerateConfig, generate_triplets, scan_output, stats_path
+from cachetune.core.generation import GenerationResult, NEGATIVES
+from cachetune.core.plugins import get_plugin_manager, register_module
+
+FIELDS = {"anchor", "positive", "negative", "query_id", "domain", "negative_source", "generator"}
+
+
+class ScriptedGenerator:
+    """Answers from ``script[query][kind]``; records every request; can fail on a given call."""
+
+    label = "scripted:test"
+
+    def __init__(self, script, interrupt_on_call=None):
+        self.script = script
+        self.calls = []
+        self.interrupt_on_call = interrupt_on_call
+        self.closed = False
+
+    def generate(self, requests):
+        self.calls.append(list(requests))
+        if self.interrupt_on_call == len(self.calls):
+            raise KeyboardInterrupt
+        out = []
+        for request in requests:
+            query = request.conversation[-1]["content"].split("Question: ")[1].split("\n")[0]
+            reply = self.script.get(query, {}).get(request.kind)
+            out.append(GenerationResult(reply, prompt_tokens=100, completion_tokens=10))
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+GOOD = {
+    "sort a list of numbers": {
+        "paraphrases": '{"paraphrases": ["order a list of numbers", "How can I put numbers in a list in order?", '
+                       '"arrange the numbers of a list ascending"]}',
+        "negatives": '{"negatives": ["reverse a list of numbers", "sum a list of numbers"]}',
+    },
+    "read a file line by line": {
+        "paraphrases": '```json\n{"paraphrases": ["iterate over the lines of a file", "read a file line by line", '
+                       '"go through a text file one line at a time"]}\n```',
+        "negatives": '{"negatives": ["write a file line by line"]}',
+    },
+    "merge two dictionaries": {
+        "paraphrases": "I can't do that.",
+        "negatives": '{"negatives": ["compare two dictionaries", "merge two lists"]}',
+    },
+}
+
+
+def write_queries(path: Path, queries, domain="programming"):
+    with open(path, "w") as fh:
+        for i, q in enumerate(queries):
+            fh.write(json.dumps({"id": f"{domain}-{i:04d}", "query": q, "domain": domain, "source": "t"}) + "\n")
+    return path
+
+
+@pytest.fixture
+def templates():
+    return get_plugin_manager(load_entrypoints=False).prompt_templates("programming")
+
+
+def run(tmp_path, templates, generator, queries=tuple(GOOD), **overrides):
+    inp = write_queries(tmp_path / "train.jsonl", list(queries))
+    config = GenerateConfig(domain="programming", input=inp, output=tmp_path / "t.jsonl", embedding_filter=False,
+                            **overrides)
+    return generate_triplets(config, templates, lambda: generator)
+
+
+def lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_layout_round_robin_and_stats(tmp_path, templates):
+    gen = ScriptedGenerator(GOOD)
+    summary = run(tmp_path, templates, gen, batch_size=2)
+    rows = lines(tmp_path / "t.jsonl")
+    assert all(set(r) == FIELDS for r in rows)
+    first = [r for r in rows if r["query_id"] == "programming-0000"]
+    assert [(r["anchor"], r["negative"]) for r in first] == [
+        ("order a list of numbers", "reverse a list of numbers"),
+        ("How can I put numbers in a list in order?", "sum a list of numbers"),
+        ("arrange the numbers of a list ascending", "reverse a list of numbers")]
+    assert {r["positive"] for r in first} == {"sort a list of numbers"}
+    assert {(r["negative_source"], r["generator"], r["domain"]) for r in rows} == {("llm", "scripted:test",
+                                                                                    "programming")}
+    second = [r for r in rows if r["query_id"] == "programming-0001"]
+    assert len(second) == 2 and {r["negative"] for r in second} == {"write a file line by line"}
+    # batches of 2 queries, 2 requests (paraphrases, negatives) per query
+    assert [len(c) for c in gen.calls] == [4, 2] and gen.closed
+    assert summary["triplets_written"] == len(rows) == 5
+    assert summary["queries_done"] == 3 and summary["queries_without_triplets"] == 1
+    assert summary["queries_without_triplets_ids"] == ["programming-0002"]
+    assert summary["rejected"] == {"paraphrase/same_as_query": 1, "paraphrase/unparseable_output": 1}
+    assert summary["tokens"] == {"prompt": 600, "completion": 60}
+    assert json.loads(stats_path(tmp_path / "t.jsonl").read_text())["triplets_written"] == 5
+
+
+def test_requests_are_seeded_per_query_and_kind(tmp_path, templates):
+    gen1, gen2 = ScriptedGenerator(GOOD), ScriptedGenerator(GOOD)
+    run(tmp_path, templates, gen1, batch_size=3)
+    (tmp_path / "again").mkdir()
+    run(tmp_path / "again", templates, gen2, batch_size=1)
+    seeds1 = [r.seed for c in gen1.calls for r in c]
+    seeds2 = [r.seed for c in gen2.calls for r in c]
+    assert seeds1 == seeds2 and len(set(seeds1)) == 6
+
+
+def test_resume_skips_done_queries_and_keeps_history(tmp_path, templates):
+    run(tmp_path, templates, ScriptedGenerator(GOOD), limit=2)
+    before = (tmp_path / "t.jsonl").read_text()
+    gen = ScriptedGenerator(GOOD)
+    summary = run(tmp_path, templates, gen)
+    asked = {r.conversation[-1]["content"].split("Question: ")[1].split("\n")[0] for c in gen.calls for r in c}
+    assert asked == {"merge two dictionaries"}
+    assert (tmp_path / "t.jsonl").read_text().startswith(before)
+    assert summary["queries_skipped_done"] == 2 and len(summary["previous_runs"]) == 1
+    # a query that gave no triplet is not in the output, so a rerun asks for it again
+    gen = ScriptedGenerator(GOOD)
+    summary = run(tmp_path, templates, gen)
+    assert summary["queries_done"] == 1 and len(gen.calls) == 1
+    # with every query in the output the backend is not even built
+    summary = run(tmp_path, templates, None, queries=list(GOOD)[:2])
+    assert summary["queries_done"] == 0 and summary["finished"]
+
+
+def test_torn_last_line_is_dropped_with_its_query(tmp_path, templates):
+    run(tmp_path, templates, ScriptedGenerator(GOOD))
+    out = tmp_path / "t.jsonl"
+    complete = out.read_bytes()
+    out.write_bytes(complete + b'{"anchor": "half a li')
+    done, kept, dropped = scan_output(out, "programming")
+    # the torn line and the whole last query before it go; that query is generated again
+    assert done == {"programming-0000"} and kept == 3 and dropped == 3
+    assert out.read_bytes() == b"".join(complete.splitlines(keepends=True)[:3])
+    summary = run(tmp_path, templates, ScriptedGenerator(GOOD))
+    rows = lines(out)
+    assert summary["dropped_torn_lines"] == 0  # repaired above already
+    assert [r["query_id"] for r in rows].count("programming-0001") == 2
+    assert len(rows) == 5
+
+
+def test_torn_line_repaired_by_a_real_rerun(tmp_path, templates):
+    run(tmp_path, templates, ScriptedGenerator(GOOD))
+    out = tmp_path / "t.jsonl"
+    out.write_bytes(out.read_bytes()[:-7])  # cut inside the last line, the second of query 0001
+    summary = run(tmp_path, templates, ScriptedGenerator(GOOD))
+    assert summary["dropped_torn_lines"] == 2  # the torn line and the first line of its query
+    raw = out.read_bytes()
+    assert raw.endswith(b"\n")
+    rows = lines(out)
+    assert len(rows) == 5 and len({(r["query_id"], r["anchor"]) for r in rows}) == 5
+
+
+def test_no_resume_starts_over(tmp_path, templates):
+    run(tmp_path, templates, ScriptedGenerator(GOOD))
+    summary = run(tmp_path, templates, ScriptedGenerator(GOOD), resume=False)
+    assert summary["queries_skipped_done"] == 0 and len(lines(tmp_path / "t.jsonl")) == 5
+    assert summary["previous_runs"] == []
+
+
+def test_foreign_or_corrupt_output_is_an_error_naming_the_line(tmp_path, templates):
+    out = tmp_path / "t.jsonl"
+    out.write_text('{"query_id": "x", "domain": "programming"}\nnot json\n{"query_id": "y"}\n')
+    with pytest.raises(CachetuneError) as err:
+        run(tmp_path, templates, ScriptedGenerator(GOOD))
+    assert err.value.path == str(out) and err.value.line == 2
+    out.write_text('{"query_id": "x", "domain": "medical", "anchor": "a"}\n')
+    with pytest.raises(CachetuneError, match="domain 'medical'"):
+        run(tmp_path, templates, ScriptedGenerator(GOOD))
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path, templates):
+    gen = ScriptedGenerator(GOOD, interrupt_on_call=2)
+    summary = run(tmp_path, templates, gen, batch_size=1)
+    assert summary["interrupted"] and not summary["finished"]
+    assert summary["queries_done"] == 1 and gen.closed
+    assert {r["query_id"] for r in lines(tmp_path / "t.jsonl")} == {"programming-0000"}
+    assert json.loads(stats_path(tmp_path / "t.jsonl").read_text())["interrupted"] is True
+
+
+def test_a_second_writer_is_refused(tmp_path, templates):
+    from cachetune.core.generate import TripletWriter
+
+    out = tmp_path / "t.jsonl"
+    holder = TripletWriter(out, truncate=False)
+    try:
+        with pytest.raises(CachetuneError, match="another"):
+            run(tmp_path, templates, ScriptedGenerator(GOOD))
+    finally:
+        holder.close()
+
+
+def test_input_errors_name_file_and_line(tmp_path, templates):
+    inp = tmp_path / "train.jsonl"
+    cases = [
+        ('{"id": "a", "query": "sort a list"}\n{"id": "b"}\n', 2, "missing or empty 'query'"),
+        ('{"id": "a", "query": "sort a list"}\n{oops\n', 2, "invalid JSON"),
+        ('{"id": "a", "query": "sort a list", "domain": "medical"}\n', 1, "domain 'medical'"),
+        ('{"id": "a", "query": "q"}\n{"anchor": "x", "positive": "y"}\n', 2, "mixes"),
+    ]
+    for text, line, message in cases:
+        inp.write_text(text)
+        config = GenerateConfig(domain="programming", input=inp, output=tmp_path / "o.jsonl", embedding_filter=False)
+        with pytest.raises(CachetuneError, match=message) as err:
+            generate_triplets(config, templates, lambda: ScriptedGenerator(GOOD))
+        assert (err.value.path, err.value.line) == (str(inp), line)
+        assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_option_errors(tmp_path, templates):
+    with pytest.raises(CachetuneError, match="--negatives 0 needs --mine-negatives"):
+        run(tmp_path, templates, ScriptedGenerator(GOOD), negatives=0)
+    with pytest.raises(CachetuneError, match="--batch-size"):
+        run(tmp_path, templates, ScriptedGenerator(GOOD), batch_size=0)
+
+
+def test_only_paraphrases_asked_when_negatives_are_mined(tmp_path, templates, tiny_model):
+    gen = ScriptedGenerator(GOOD)
+    summary = run(tmp_path, templates, gen, negatives=0, mine_negatives=1, base_model=tiny_model,
+                  queries=list(GOOD) + ["sort a list of strings", "read a csv file", "merge two lists"])
+    assert {r.kind for c in gen.calls for r in c} == {"paraphrases"}
+    rows = lines(tmp_path / "t.jsonl")
+    assert rows and {r["negative_source"] for r in rows} == {"mined"}
+    assert summary["triplets_by_negative_source"] == {"llm": 0, "mined": len(rows)}
+    for row in rows:  # a mined negative is another query of the corpus, never its own
+        assert row["negative"] != row["positive"]
+        assert row["negative"] in list(GOOD) + ["sort a list of strings", "read a csv file", "merge two lists"]
+
+
+@pytest.fixture
+def scripted_pm():
+    """A plugin manager with a 'scripted' backend registered the way third parties do it."""
+    from cachetune import hookimpl
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_generators(register):
+            register("scripted", lambda options: ScriptedGenerator(GOOD))
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    register_module(pm, Plugin, "scripted-backend")
+    return pm
+
+
+def test_cli_end_to_end_with_a_plugin_backend(tmp_path, run_cli, scripted_pm):
+    inp = write_queries(tmp_path / "train.jsonl", list(GOOD))
+    out = tmp_path / "t.jsonl"
+    result = run_cli(["generate", "--domain", "programming", "--input", inp, "--output", out, "--backend",
+                      "scripted", "--no-embedding-filter"], pm=scripted_pm)
+    assert result.exit_code == 0, result.stderr
+    assert "5 triplets written" in result.stdout
+    assert "paraphrase/unparseable_output 1" in result.stdout
+    assert len(lines(out)) == 5
+
+
+def test_cli_errors_are_one_line(tmp_path, run_cli, monkeypatch, scripted_pm):
+    inp = write_queries(tmp_path / "train.jsonl", ["sort a list"])
+    result = run_cli(["generate", "--domain", "programming", "--input", inp, "--output", tmp_path / "o.jsonl",
+                      "--backend", "nope"], pm=scripted_pm)
+    assert result.exit_code != 0 and "unknown backend 'nope'" in result.stderr
+    monkeypatch.setenv("GGUF_CACHE", str(tmp_path / "empty"))
+    result = run_cli(["generate", "--domain", "programming", "--input", inp, "--output", tmp_path / "o.jsonl",
+                      "--no-embedding-filter"])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "get-gguf qwen" in result.stderr
+    result = run_cli(["generate", "--domain", "programming", "--input", tmp_path / "missing.jsonl",
+                      "--output", tmp_path / "o.jsonl"])
+    assert result.exit_code == 1 and "missing.jsonl: file not found" in result.stderr
+
+
+def test_every_backend_is_registered_without_importing_heavy_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys; from cachetune.core.plugins import get_plugin_manager; "
+            "pm = get_plugin_manager(load_entrypoints=False); print(sorted(pm.generators())); "
+            "print([m for m in ('torch', 'llama_cpp', 'vllm', 'transformers', 'httpx') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["['llama-cpp', 'openai', 'transformers', 'vllm']", "[]"]
