@@ -7,7 +7,7 @@ prints a markdown table of held-out margin (mean cos(a,p) - cos(a,n)), triplet a
 recall@1 over all held-out intents, for the base model and each adapter.
 
     .venv/bin/python bench/lr_sweep.py                      # lrs 2e-5,1e-4,2e-4,5e-4
-    .venv/bin/python bench/lr_sweep.py --lrs 2e-4 --no-hard-negatives-too
+    .venv/bin/python bench/lr_sweep.py --lrs 1e-3 --no-hard-negatives --results nohn.json
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--holdout", type=float, default=0.1)
     parser.add_argument("--base-model", default=None)
-    parser.add_argument("--no-hard-negatives-too", action="store_true",
-                        help="Also train at each lr without the hard-negative column (upstream behaviour).")
+    parser.add_argument("--no-hard-negatives", action="store_true",
+                        help="Train without the hard-negative column (the upstream trainer's behaviour).")
+    parser.add_argument("--results", default="lr_sweep.json", help="Results file name inside --workdir.")
     args = parser.parse_args()
 
     from cachetune.core.models import load_sentence_transformer
@@ -55,12 +56,11 @@ def main() -> None:
     rows = [{"run": "base model", **triplet_metrics(model, held.anchors, held.positives, held.negatives)}]
     del model
 
-    runs = [(float(lr), True) for lr in args.lrs.split(",")]
-    if args.no_hard_negatives_too:
-        runs += [(lr, False) for lr, _ in list(runs)]
-    for lr, hard in runs:
-        name = f"lr {lr:g}" + ("" if hard else ", no hard negatives")
-        out = work / ("adapter-lr%g" % lr + ("" if hard else "-nohn"))
+    hard = not args.no_hard_negatives
+    for lr in (float(x) for x in args.lrs.split(",")):
+        name = f"lr {lr:g}" + ("" if args.epochs == 1 else f", {args.epochs} epochs") + \
+            ("" if hard else ", no hard negatives")
+        out = work / (f"adapter-lr{lr:g}-e{args.epochs}" + ("" if hard else "-nohn"))
         started = time.time()
         card = train(TrainConfig(domain="programming", train_data=train_path, output=out, base_model=args.base_model,
                                  epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed,
@@ -72,7 +72,7 @@ def main() -> None:
         print(f"{name}: margin {rows[-1]['margin']:+.4f} accuracy {rows[-1]['accuracy']:.4f} "
               f"recall@1 {rows[-1]['recall_at_1']:.4f}", flush=True)
 
-    (work / "lr_sweep.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    (work / args.results).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     base = rows[0]
     print()
     print("| run | held-out margin | vs base | triplet accuracy | recall@1 | mean cos(a,p) | final loss | steps |")
@@ -83,7 +83,7 @@ def main() -> None:
               f"{r.get('steps', '')} |")
     best = max(rows[1:], key=lambda r: r["margin"])
     print(f"\nbest held-out margin: {best['run']} ({best['margin']:+.4f} vs base {base['margin']:+.4f}); "
-          f"{held.__len__()} held-out triplets; results in {work / 'lr_sweep.json'}")
+          f"{len(held)} held-out triplets; results in {work / args.results}")
 
 
 if __name__ == "__main__":

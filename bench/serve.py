@@ -105,16 +105,20 @@ def main() -> None:
     slices = [texts[i:i + args.slice] for i in range(0, len(texts), args.slice)]
     names = list(models)
     best = {name: [float("inf")] * len(slices) for name in names}
+    best_cpu = {name: [float("inf")] * len(slices) for name in names}
     vectors = {name: [None] * len(slices) for name in names}
     for round_ in range(args.repeats):
         for k, chunk in enumerate(slices):
             shift = (round_ + k) % len(names)
             for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 vectors[name][k] = models[name].encode(chunk, batch_size=args.batch_size, convert_to_numpy=True,
                                                        show_progress_bar=False)
                 best[name][k] = min(best[name][k], time.perf_counter() - start)
+                best_cpu[name][k] = min(best_cpu[name][k], time.process_time() - start_cpu)
     total = {name: sum(best[name]) for name in names}
+    # CPU seconds this process used: far less sensitive to other processes than wall time.
+    cpu = {name: sum(best_cpu[name]) for name in names}
     stacked = {name: np.concatenate(vectors[name]) for name in names}
     agree = float(np.abs(stacked["merged"] - stacked["lora (unmerged)"]).max())
     moved = float(np.abs(stacked["merged"] - stacked["base"]).max())
@@ -125,10 +129,12 @@ def main() -> None:
           f"slices of {args.slice}, best of {args.repeats} rounds per slice")
     print(f"adapter: {lora.cachetune_adapter.ref or adapter}")
     for name in names:
-        rate = len(texts) / total[name]
-        print(f"  {name:<16} {rate:8.1f} sentences/s   ratio to base {total['base'] / total[name]:.3f}")
-    ratio = total["base"] / total["merged"]
-    print(f"merged/base = {ratio:.3f} (goal >= 0.98: {'met' if ratio >= 0.98 else 'NOT met'}); "
+        print(f"  {name:<16} {len(texts) / total[name]:8.1f} sentences/s (wall)  ratio to base "
+              f"{total['base'] / total[name]:.3f}   |  {len(texts) / cpu[name]:8.1f} sentences/CPU-s  "
+              f"ratio to base {cpu['base'] / cpu[name]:.3f}")
+    ratio, ratio_cpu = total["base"] / total["merged"], cpu["base"] / cpu["merged"]
+    verdict = "met" if min(ratio, ratio_cpu) >= 0.98 else "NOT met"
+    print(f"merged/base = {ratio:.3f} wall, {ratio_cpu:.3f} CPU (goal >= 0.98: {verdict}); "
           f"max |merged - unmerged| = {agree:.1e}; max |merged - base| = {moved:.1e}")
 
 

@@ -40,9 +40,9 @@ def requests_for(templates, queries, seed0=0):
 class FakeOpenAI:
     """Serves /v1/models and /v1/chat/completions; ``statuses`` are answered first, in order."""
 
-    def __init__(self, statuses=(), reject_format=None, barrier=None):
+    def __init__(self, statuses=(), reject_format=None, barrier=None, reject_status=422):
         self.statuses = list(statuses)
-        self.reject_format = reject_format
+        self.reject_format, self.reject_status = reject_format, reject_status
         self.barrier = barrier
         self.bodies, self.in_flight, self.max_in_flight = [], 0, 0
         self.lock = threading.Lock()
@@ -77,7 +77,8 @@ class FakeOpenAI:
                         fake.barrier.wait()
                     fmt = (body.get("response_format") or {}).get("type")
                     if fake.reject_format and fmt in fake.reject_format:
-                        return self._send(422, {"detail": [{"loc": ["body", "response_format", "type"]}]})
+                        return self._send(fake.reject_status,
+                                          {"detail": [{"loc": ["body", "response_format", "type"]}]})
                     if status != 200:
                         return self._send(status, {"error": "try later"}, [("Retry-After", "0")])
                     kind = PARAPHRASES if '"paraphrases"' in body["messages"][-1]["content"] else NEGATIVES
@@ -154,8 +155,9 @@ def test_openai_concurrency_is_bounded(templates):
     assert server.max_in_flight == 4
 
 
-def test_openai_falls_back_through_response_formats(templates):
-    with FakeOpenAI(reject_format={"json_schema"}) as server:
+@pytest.mark.parametrize("status", [422, 500])  # llama-cpp-python's server answers 500
+def test_openai_falls_back_through_response_formats(templates, status):
+    with FakeOpenAI(reject_format={"json_schema"}, reject_status=status) as server:
         gen = openai_backend(server.url, json_schema=True, concurrency=1)
         results = gen.generate(requests_for(templates, ["sort a list"]))
         gen.close()
@@ -163,6 +165,7 @@ def test_openai_falls_back_through_response_formats(templates):
     assert formats == ["json_schema", "json_object", "json_object"]
     assert server.bodies[-1]["response_format"]["schema"]["properties"]["negatives"]["maxItems"] == 2
     assert all(r.error is None for r in results) and gen.response_format == "json_object"
+    assert gen.retries == 0  # a refused format is not retried, it falls back
 
 
 # -- vllm, through an object with vLLM's offline interface ---------------------------------------
@@ -176,7 +179,8 @@ class FakeVllm:
 
         class SamplingParams:
             def __init__(self, n=1, temperature=1.0, max_tokens=16, seed=None, **extra):
-                self.n, self.temperature, self.max_tokens, self.seed, self.extra = n, temperature, max_tokens, seed, extra
+                self.n, self.temperature, self.max_tokens = n, temperature, max_tokens
+                self.seed, self.extra = seed, extra
 
         class StructuredOutputsParams:
             def __init__(self, json=None):

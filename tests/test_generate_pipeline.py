@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generate import GenerateConfig, generate_triplets, scan_output, stats_path
+from cachetune.core.generate import GenerateConfig, generate_triplets, stats_path
+from cachetune.core.triplets_file import scan_output
 from cachetune.core.generation import GenerationResult, NEGATIVES
 from cachetune.core.plugins import get_plugin_manager, register_module
 
@@ -195,10 +196,10 @@ def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path, templates):
 
 
 def test_a_second_writer_is_refused(tmp_path, templates):
-    from cachetune.core.generate import TripletWriter
+    from cachetune.core.triplets_file import TripletWriter
 
     out = tmp_path / "t.jsonl"
-    holder = TripletWriter(out, truncate=False)
+    holder = TripletWriter(out)
     try:
         with pytest.raises(CachetuneError, match="another"):
             run(tmp_path, templates, ScriptedGenerator(GOOD))
@@ -294,3 +295,28 @@ def test_every_backend_is_registered_without_importing_heavy_libraries():
             "print([m for m in ('torch', 'llama_cpp', 'vllm', 'transformers', 'httpx') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["['llama-cpp', 'openai', 'transformers', 'vllm']", "[]"]
+
+
+def test_pairs_from_another_file_get_mined_negatives_without_an_llm(tmp_path, templates, embedded_model):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("order a list of numbers", "sort a list of numbers", "q1"),
+            ("arrange numbers ascending", "sort a list of numbers", "q1"),
+            ("iterate over the lines of a file", "read a file line by line", "q2"),
+            ("combine two dicts", "merge two dictionaries", None),
+            ("flatten nested lists", "flatten a list of lists", None)]
+    pairs.write_text("".join(json.dumps({"anchor": a, "positive": p, **({"query_id": q} if q else {}),
+                                         "generator": "human"}) + "\n" for a, p, q in rows))
+    config = GenerateConfig(domain="programming", input=pairs, output=tmp_path / "t.jsonl", mine_negatives=2,
+                            base_model=embedded_model)
+    summary = generate_triplets(config, templates, None)
+    out = lines(tmp_path / "t.jsonl")
+    assert summary["mode"] == "pairs" and summary["llm_requests"] == 0
+    assert len(out) == 2 * len(rows) == summary["triplets_by_negative_source"]["mined"]
+    assert {r["generator"] for r in out} == {"human"} and {r["negative_source"] for r in out} == {"mined"}
+    positives = {p for _, p, _ in rows}
+    for row in out:
+        assert row["negative"] in positives and row["negative"] != row["positive"]
+    assert [r["query_id"] for r in out][:4] == ["q1"] * 4
+    with pytest.raises(CachetuneError, match="--mine-negatives"):
+        generate_triplets(GenerateConfig(domain="programming", input=pairs, output=tmp_path / "u.jsonl"),
+                          templates, None)

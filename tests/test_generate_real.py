@@ -132,29 +132,53 @@ def test_openai_backend_against_a_loopback_llama_cpp_server(tmp_path, run_cli, c
     assert not any(k.endswith("request_failed") for k in stats["rejected"])
 
 
+def wait_for_lines(proc, path, count, deadline_s=180):
+    """Wait until ``path`` holds ``count`` complete lines, watching ``proc`` (no blind sleep)."""
+    deadline = time.monotonic() + deadline_s
+    while not (path.exists() and path.read_bytes().count(b"\n") >= count):
+        assert time.monotonic() < deadline, f"fewer than {count} lines in {deadline_s} s"
+        try:
+            proc.wait(timeout=0.05)
+            pytest.fail(f"generate ended (exit {proc.returncode}) before it could be stopped")
+        except subprocess.TimeoutExpired:
+            pass
+
+
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_has_no_duplicate_and_no_torn_line(tmp_path, conala_train, smollm_gguf):
+def test_ctrl_c_then_sigkill_mid_run_then_rerun_has_no_duplicate_and_no_torn_line(tmp_path, conala_train,
+                                                                                  smollm_gguf):
     out = tmp_path / "triplets.jsonl"
     cmd = [sys.executable, "-c", "from cachetune.core.cli import entry; entry()",
            "generate", "--domain", "programming", "--input", str(conala_train), "--output", str(out),
-           "--model", smollm_gguf, "--max-tokens", "48", "--batch-size", "1", "--limit", "10",
-           "--no-embedding-filter", "--seed", "3"]
+           "--model", smollm_gguf, "--max-tokens", "48", "--limit", "8", "--no-embedding-filter", "--seed", "3"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
+
+    # Ctrl-C: a clean stop, a summary, exit 130
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        while not (out.exists() and out.read_bytes().count(b"\n") >= 2):
-            assert time.monotonic() < deadline, "no triplet written in 180 s"
-            try:
-                proc.wait(timeout=0.05)
-                pytest.fail(f"generate ended (exit {proc.returncode}) before it could be killed")
-            except subprocess.TimeoutExpired:
-                pass
+        wait_for_lines(proc, out, 1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "queries done" in stdout and "rerun the same command to resume" in stderr
+    stats = json.loads((tmp_path / "triplets.jsonl.stats.json").read_text())
+    assert stats["interrupted"] is True and stats["queries_done"] >= 1
+    assert out.read_bytes().endswith(b"\n")
+    after_ctrl_c = out.read_bytes().count(b"\n")
+
+    # SIGKILL: no chance to clean up
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_lines(proc, out, after_ctrl_c + 2)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     killed = read_rows_tolerant(out)
+
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     raw = out.read_bytes()
@@ -165,12 +189,12 @@ def test_sigkill_mid_run_then_rerun_has_no_duplicate_and_no_torn_line(tmp_path, 
     assert len(blocks) == len(set(blocks))
     assert len({(r["query_id"], r["anchor"], r["negative"]) for r in rows}) == len(rows)
     # the lines the killed run finished are kept as they were (all but its last query's)
-    kept_ids = [r["query_id"] for r in killed]
-    keep = [r for r in killed if r["query_id"] != kept_ids[-1]]
+    keep = [r for r in killed if r["query_id"] != killed[-1]["query_id"]]
     assert rows[: len(keep)] == keep
     stats = json.loads((tmp_path / "triplets.jsonl.stats.json").read_text())
     done = {r["query_id"] for r in rows} | set(stats["queries_without_triplets_ids"])
-    assert done == {q["id"] for q in first_queries(conala_train, 10)}
+    assert done == {q["id"] for q in first_queries(conala_train, 8)}
+    assert stats["finished"] and len(stats["previous_runs"]) >= 1
 
 
 def read_rows_tolerant(path):

@@ -104,6 +104,11 @@ def test_adapter_folder_outside_the_registry(registry, tmp_path):
         load_model(adapter=str(folder), domain="medical")
     with pytest.raises(CachetuneError, match="adapter folder not found"):
         load_model(adapter=str(tmp_path / "missing/"))
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    with pytest.raises(CachetuneError, match="truncated") as info:
+        load_model(adapter=str(folder))
+    assert info.value.path == str(weights)
 
 
 def test_multi_adapter_switching_matches_loading_each_alone(registry, base_vectors):

@@ -212,12 +212,12 @@ def test_register_flag_reaches_the_registry(run_cli, tmp_path, triplet_file, tin
 
     calls = []
     monkeypatch.setattr(registry, "register_trained_adapter",
-                        lambda adapter_dir, registry_dir=None: calls.append(adapter_dir) or "programming@test",
+                        lambda adapter_dir, registry_dir=None: calls.append(adapter_dir) or {"ref": "programming@7"},
                         raising=False)
     out = tmp_path / "a"
     res = run_cli(tiny_args(triplet_file, out, tiny_model, "--max-steps", "1", "--register"))
     assert res.exit_code == 0, res.stderr
-    assert calls == [out] and "registered: programming@test" in res.stdout
+    assert calls == [out] and "registered: programming@7" in res.stdout
     assert run_cli(tiny_args(triplet_file, tmp_path / "b", tiny_model, "--max-steps", "1")).exit_code == 0
     assert calls == [out]  # --no-register is the default
 
@@ -228,6 +228,16 @@ def test_threads_default_to_physical_cores():
     from cachetune.core.train import physical_cores
 
     assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_register_adds_to_the_real_registry(run_cli, tmp_path, triplet_file, tiny_model, monkeypatch):
+    from cachetune.registry import HOME_ENV, AdapterRegistry
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "registry"))
+    res = run_cli(tiny_args(triplet_file, tmp_path / "a", tiny_model, "--max-steps", "1", "--register"))
+    assert res.exit_code == 0, res.stderr
+    records = AdapterRegistry(tmp_path / "registry").list("programming")
+    assert len(records) == 1 and f"registered: {records[0]['ref']}" in res.stdout
 
 
 def test_help_does_not_import_torch_and_defaults_agree():

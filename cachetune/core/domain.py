@@ -62,6 +62,11 @@ class PromptTemplates:
     paraphrase_instruction: str
     negative_instruction: str
     examples: Sequence[FewShotExample] = ()
+    # The embedding filter's defaults for this domain (cosine similarity to the query with the
+    # base model); None means cachetune's own. Where good paraphrases and hard negatives score
+    # depends on the domain, so a domain may tune them (``--paraphrase-floor`` etc. override).
+    paraphrase_floor: Optional[float] = None
+    negative_ceiling: Optional[float] = None
 
 
 @dataclass(frozen=True)

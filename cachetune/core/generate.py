@@ -18,14 +18,14 @@ Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.generation import (
@@ -35,11 +35,13 @@ from cachetune.core.generation import (
 from cachetune.core.jsonl import iter_jsonl, write_json
 from cachetune.core.prepare import query_id as make_query_id
 from cachetune.core.text import normalize_query
+from cachetune.core.triplets_file import TripletWriter, scan_output
 
-# Embedding filter defaults (cosine similarity with the base model, all-MiniLM-L6-v2):
-# see the README's "Triplet generation" section for how they were chosen.
+# Embedding filter defaults (cosine similarity to the query with the base model) for domains
+# whose PromptTemplates set none; the built-in domains set their own (see their PROMPTS).
 DEFAULT_PARAPHRASE_FLOOR = 0.6
 DEFAULT_NEGATIVE_CEILING = 0.9
+DEFAULT_BATCH_SIZE = 32
 MAX_IDS_IN_STATS = 200
 
 
@@ -52,7 +54,7 @@ class GenerateConfig:
     output: Path
     paraphrases: int = 3
     negatives: int = 2
-    batch_size: int = 32
+    batch_size: Optional[int] = None  # None: the backend's ``batch_size``, else 32
     limit: Optional[int] = None
     seed: int = 0
     resume: bool = True
@@ -60,19 +62,23 @@ class GenerateConfig:
     mining_margin: float = 0.05
     base_model: Optional[str] = None
     embedding_filter: bool = True
-    paraphrase_floor: float = DEFAULT_PARAPHRASE_FLOOR
-    negative_ceiling: float = DEFAULT_NEGATIVE_CEILING
+    paraphrase_floor: Optional[float] = None  # None: the domain's (PromptTemplates), else the default
+    negative_ceiling: Optional[float] = None
 
     def check(self) -> None:
         for name in ("paraphrases", "negatives", "mine_negatives"):
             if getattr(self, name) < 0:
                 raise CachetuneError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise CachetuneError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise CachetuneError(f"--limit must be positive, got {self.limit}")
         if not 0.0 <= self.mining_margin < 1.0:
             raise CachetuneError(f"--mining-margin must be in [0, 1), got {self.mining_margin}")
+        for name in ("paraphrase_floor", "negative_ceiling"):
+            value = getattr(self, name)
+            if value is not None and not -1.0 <= value <= 1.0:
+                raise CachetuneError(f"--{name.replace('_', '-')} is a cosine similarity in [-1, 1], got {value}")
         if Path(self.output).resolve() == Path(self.input).resolve():
             raise CachetuneError("--output must not be the input file", self.output)
 
@@ -136,77 +142,6 @@ def read_input(path: Path, domain: str) -> Tuple[str, List[Item], int]:
     if mode is None:
         raise CachetuneError("no queries in the input", path)
     return mode, list(items.values()), duplicates
-
-
-# -- output -------------------------------------------------------------------------------------
-
-def scan_output(path: Path, domain: str) -> Tuple[set, int, int]:
-    """Repair a torn tail and return ``(done query ids, triplet lines kept, lines dropped)``.
-
-    A line without its newline is what a killed write leaves; it is dropped together with the
-    lines of the last complete query id before it, since a query's lines are written by one
-    ``write`` that the kill may have cut anywhere. A bad line elsewhere is not ours to fix.
-    """
-    data = path.read_bytes()
-    if not data:
-        return set(), 0, 0
-    torn = not data.endswith(b"\n")
-    complete = data[: data.rfind(b"\n") + 1] if torn else data
-    lines = complete.splitlines(keepends=True)
-    ids: List[str] = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CachetuneError(f"not a triplet line ({exc.msg}); fix it, or rerun with --no-resume to start over",
-                                 path, number) from None
-        if not isinstance(row, dict) or not isinstance(row.get("query_id"), str):
-            raise CachetuneError("not a triplet line (no 'query_id'); rerun with --no-resume to start over",
-                                 path, number)
-        if row.get("domain") not in (None, domain):
-            raise CachetuneError(f"holds triplets of domain '{row['domain']}', not '{domain}'", path, number)
-        ids.append(row["query_id"])
-    dropped = 1 if torn else 0
-    if torn and ids:
-        last = ids[-1]
-        while ids and ids[-1] == last:
-            ids.pop()
-            lines.pop()
-            dropped += 1
-    if torn:
-        os.truncate(path, sum(len(line) for line in lines))
-    return set(ids), len(ids), dropped
-
-
-class TripletWriter:
-    """Appends a query's lines with one ``os.write`` (no Python buffering) under an exclusive lock."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - no flock on Windows; one writer is then up to the user
-            pass
-        except OSError:
-            os.close(self.fd)
-            raise CachetuneError("another `cachetune generate` is writing this file", path) from None
-
-    def truncate(self) -> None:
-        os.ftruncate(self.fd, 0)
-
-    def write(self, rows: Sequence[dict]) -> None:
-        if not rows:
-            return
-        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-        while data:  # a short write only happens on odd filesystems; finish it
-            written = os.write(self.fd, data)
-            data = data[written:]
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -298,6 +233,12 @@ def generate_triplets(
     if mode == "queries" and config.negatives < 1 and config.mine_negatives < 1:
         raise CachetuneError("--negatives 0 needs --mine-negatives K: every triplet needs a negative")
 
+    config = dataclasses.replace(
+        config,
+        paraphrase_floor=_first(config.paraphrase_floor, getattr(templates, "paraphrase_floor", None),
+                                DEFAULT_PARAPHRASE_FLOOR),
+        negative_ceiling=_first(config.negative_ceiling, getattr(templates, "negative_ceiling", None),
+                                DEFAULT_NEGATIVE_CEILING))
     previous = _previous_runs(output) if config.resume else []
     # Lock first: the repair below must not cut the line another run is writing.
     writer = TripletWriter(output)
@@ -331,7 +272,6 @@ class _Run:
         self.stats = RunStats(queries_total=len(items))
         self.generator_label = "none"
         self.interrupted = False
-        self.finished = False
         self.summary_base = {
             "output": str(config.output), "domain": config.domain, "input": str(config.input), "mode": mode,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()},
@@ -377,8 +317,10 @@ class _Run:
             self.generator_label = generator.label
         bar = progress(len(todo)) if progress is not None else None
         try:
-            for start in range(0, len(todo), config.batch_size):
-                batch = todo[start: start + config.batch_size]
+            size = config.batch_size or getattr(generator, "batch_size", None) or DEFAULT_BATCH_SIZE
+            self.summary_base["batch_size"] = size
+            for start in range(0, len(todo), size):
+                batch = todo[start: start + size]
                 checked = (_ask(generator, templates, batch, config, self.stats) if use_llm
                            else [Checked(paraphrases=list(item.anchors)) for item in batch])
                 pairs = list(zip(batch, checked))
@@ -422,8 +364,8 @@ def _ask(generator: Generator, templates, batch: List[Item], config: GenerateCon
     """One paraphrase and one negative request per query, answered as one batch, then validated."""
     wanted = [(PARAPHRASES, config.paraphrases), (NEGATIVES, config.negatives)]
     wanted = [(kind, n) for kind, n in wanted if n > 0]
-    requests = [Request(build_conversation(templates, kind, item.query, n), request_seed(config.seed, item.query_id, kind),
-                        kind, n)
+    requests = [Request(build_conversation(templates, kind, item.query, n),
+                        request_seed(config.seed, item.query_id, kind), kind, n)
                 for item in batch for kind, n in wanted]
     results = generator.generate(requests)
     if len(results) != len(requests):
@@ -454,6 +396,10 @@ def _mine(miner, pairs: List[Tuple[Item, Checked]], k: int) -> List[list]:
     for owner, negatives in zip(owners, found):
         per_item[owner].append(negatives)
     return per_item
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
 
 
 def _previous_runs(output: Path) -> list:

@@ -63,10 +63,14 @@ class Generator(Protocol):
     ``label`` is recorded in every triplet as ``generator`` (``"<backend>:<model>"``).
     ``generate`` answers a batch of :class:`Request` in order, one result per request; each
     request carries its own seed so a rerun (or a resume) asks the same thing the same way,
-    whatever the batch it falls in. Sampling settings (temperature, max tokens) come from the factory's options. A failure
-    that would fail every request (server gone, model missing) raises
+    whatever the batch it falls in. Sampling settings (temperature, max tokens) come from the
+    factory's options. A failure that would fail every request (server gone, model missing) raises
     :class:`cachetune.core.errors.CachetuneError`; a failure of one request is returned as a
     result with ``error`` set and is counted, not raised.
+
+    An optional ``batch_size`` attribute says how many queries per ``generate`` call suit the
+    engine when ``--batch-size`` is not given: large for vLLM, 1 where batching gains nothing
+    (a smaller batch loses less work to a crash).
     """
 
     label: str
@@ -85,7 +89,6 @@ DEFAULT_OPTIONS = {
     "temperature": 0.7,
     "max_tokens": 256,
     "seed": 0,
-    "batch_size": 32,
     "concurrency": None,  # each backend has its own default (requests in flight, instances ...)
     "tensor_parallel": 1,
     "base_url": None,

@@ -8,9 +8,10 @@ rest are the hard negatives. This is the ``sampling_strategy="top"`` / ``relativ
 of sentence-transformers' ``mine_hard_negatives``; that function is not called because it
 embeds the corpus again on every call and wants every anchor up front, while generation
 streams queries batch by batch (and resumes): here the corpus is embedded once and each
-batch's anchors are scored against it (over the whole corpus, where ``mine_hard_negatives``
-looks at its top ``10 * k + 1`` only and may return nothing for an anchor far from its positive). Candidates that are the positive or the anchor up to
-normalisation (see :mod:`cachetune.core.text`) are excluded as well.
+batch's anchors are scored against it -- over the whole corpus, where ``mine_hard_negatives``
+looks at its top ``10 * k + 1`` only and may return nothing for an anchor far from its
+positive. Candidates that are the positive or the anchor up to normalisation (see
+:mod:`cachetune.core.text`) are excluded as well.
 """
 
 from __future__ import annotations

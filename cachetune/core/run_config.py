@@ -57,9 +57,15 @@ def _coerce(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string; a learning rate is meant
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _merge(config: dict, updates: dict, where: str) -> None:
@@ -119,7 +125,9 @@ def resolve_config(
         if file_domain not in (None, domain.name):
             raise CachetuneError(f"config is for domain '{file_domain}', not '{domain.name}'", config_file)
         _merge(config, file_config, str(config_file))
-    _merge(config, {k: v for k, v in (overrides or {}).items() if v}, "command line")
+    flags = {section: {k: v for k, v in values.items() if v is not None}
+             for section, values in (overrides or {}).items()}
+    _merge(config, flags, "command line")
     _merge(config, parse_overrides(sets), "--set")
     if not config["run"]["workdir"]:
         config["run"]["workdir"] = str(Path("runs") / domain.name)

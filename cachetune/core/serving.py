@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from cachetune.core.adapters import (
     CARD_FILE,
     PEFT_CONFIG,
+    PEFT_WEIGHTS,
     adapter_base_model,
     attach_adapter,
     merge_adapter,
@@ -129,6 +130,9 @@ def load_folder(path, domain: Optional[str] = None, merged: bool = False, device
         raise CachetuneError(f"neither an adapter folder ({PEFT_CONFIG}) nor a merged export ({MERGED_INFO_FILE})",
                              path)
     card = read_card(path)
+    from cachetune.registry.adapter_files import safetensors_tensor_names
+
+    safetensors_tensor_names(path / PEFT_WEIGHTS)  # nothing recorded to hash against: at least a sane file
     if domain and card.get("domain") and card["domain"] != domain:
         raise CachetuneError(f"adapter is for domain '{card['domain']}', not '{domain}'", path / CARD_FILE)
     entry = {"id": adapter_base_model(path, card),

@@ -478,8 +478,8 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
         f"final loss {results['final_loss']}, {results['triplets_per_s']} triplets/s, "
         f"{results['wall_time_s']} s training ({time.time() - started:.1f} s in all)")
     if config.register:
-        card["registered"] = register_adapter(out)
-        log(f"registered: {card['registered']}")
+        record = register_adapter(out)
+        log(f"registered: {record.get('ref') if isinstance(record, dict) else record}")
     return card, model
 
 

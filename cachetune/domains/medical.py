@@ -77,31 +77,51 @@ PROMPTS = PromptTemplates(
         "drug or body part but asks something else (a different symptom, treatment, cause, population or "
         "condition), so the original answer would be wrong for it. Reply with one JSON object and nothing else."
     ),
-    paraphrase_instruction="Write {n} paraphrases of this question. Keep every detail; change the wording.\nQuestion: {query}",
+    # Measured against the first version on 16 MedQuAD queries with Qwen2.5-Coder-0.5B: naming the
+    # kind of question to keep, and MedQuAD-shaped examples, took paraphrases that keep the question
+    # type and condition from 48% to 76% and negatives that really differ from 50% to 72%.
+    paraphrase_instruction=(
+        "Write {n} paraphrases of this question: the same question in other words. Keep the condition or "
+        "drug and the kind of question (what it is, symptoms, causes, treatment, outlook, ...) exactly.\n"
+        "Question: {query}"
+    ),
     negative_instruction=(
-        "Write {n} hard negatives for this question: same condition or drug, but asking something whose "
-        "answer is different.\nQuestion: {query}"
+        "Write {n} hard negatives for this question. A hard negative swaps ONE thing: the kind of question "
+        "(symptoms -> treatment, causes -> outlook, what it is -> how it is diagnosed) or the condition or drug "
+        "for a related one, so that the original answer would be wrong. A rewording that means the same is NOT "
+        "a negative.\nQuestion: {query}"
     ),
     examples=(
         FewShotExample(
-            "What are the symptoms of type 2 diabetes?",
-            ["How can I tell if I have type 2 diabetes?", "What signs does type 2 diabetes cause?",
-             "Which symptoms point to type 2 diabetes?"],
-            ["How is type 2 diabetes treated?", "What are the symptoms of type 1 diabetes?"],
+            "What is (are) Restless legs syndrome ?",
+            ["Can you explain what restless legs syndrome is?", "What does restless legs syndrome mean?",
+             "Give me an overview of restless legs syndrome"],
+            ["What causes restless legs syndrome?", "How is restless legs syndrome treated?"],
         ),
         FewShotExample(
-            "Is ibuprofen safe to take during pregnancy?",
-            ["Can pregnant women take ibuprofen?", "Is it OK to use ibuprofen while pregnant?",
-             "Does taking ibuprofen in pregnancy carry risks?"],
-            ["Is ibuprofen safe while breastfeeding?", "Is acetaminophen safe to take during pregnancy?"],
+            "What are the symptoms of Lyme disease ?",
+            ["What signs and symptoms does Lyme disease cause?", "How can I tell if I have Lyme disease?",
+             "Which symptoms are typical of Lyme disease?"],
+            ["How is Lyme disease diagnosed?", "What are the symptoms of babesiosis?"],
         ),
         FewShotExample(
-            "What causes migraines?",
-            ["Why do people get migraine headaches?", "What triggers a migraine?",
-             "What is the cause of migraines?"],
-            ["How are migraines treated?", "What causes cluster headaches?"],
+            "What are the side effects of Metformin ?",
+            ["What unwanted effects can metformin cause?", "Which side effects does metformin have?",
+             "What adverse reactions are linked to taking metformin?"],
+            ["What should I do if I forget a dose of metformin?", "What are the side effects of insulin?"],
+        ),
+        FewShotExample(
+            "Is hemophilia inherited ?",
+            ["Can hemophilia be passed down from parents to children?", "Does hemophilia run in families?",
+             "Is hemophilia a hereditary condition?"],
+            ["How is hemophilia treated?", "Is von Willebrand disease inherited?"],
         ),
     ),
+    # all-MiniLM-L6-v2 scores health questions by their condition more than by what they ask:
+    # rewordings that changed the question type scored 0.6-0.8, true paraphrases mostly above 0.8,
+    # and negatives that merely restate the question 0.88 and up.
+    paraphrase_floor=0.8,
+    negative_ceiling=0.88,
 )
 
 DOMAIN = Domain(

@@ -108,6 +108,10 @@ PROMPTS = PromptTemplates(
             ["check if a value exists in a dictionary", "delete a key from a dictionary"],
         ),
     ),
+    # With Qwen2.5-Coder-0.5B, LLM "negatives" that all-MiniLM-L6-v2 scores at 0.8 or more against
+    # the query were nearly all rewordings of it (false negatives); good paraphrases go down to ~0.6.
+    paraphrase_floor=0.6,
+    negative_ceiling=0.8,
 )
 
 DOMAIN = Domain(

@@ -1,7 +1,8 @@
 """The ``llama-cpp`` generator backend: a local GGUF chat model through llama-cpp-python, on CPU.
 
-The offline default. llama-cpp-python has no batched generation across prompts, so a batch
-is answered request by request; what makes it fast is measured in ``bench/generate.py``:
+The offline default. llama-cpp-python has no batched generation across prompts (and its server
+has one model lock, no parallel slots), so a batch is answered request by request. What makes
+it fast is measured in ``bench/generate.py``:
 
 - every request of a run shares one long few-shot prefix (see
   :func:`cachetune.core.generation.build_conversation`), and a ``Llama`` instance reuses the
@@ -9,13 +10,13 @@ is answered request by request; what makes it fast is measured in ``bench/genera
   reply are evaluated per request;
 - replies are constrained by a JSON-schema grammar (exactly ``n`` non-empty strings), so
   the model neither rambles past the object nor returns something unparseable;
+- threads: llama.cpp's threads spin at barriers, so more threads than free cores is many
+  times slower; the default is half the logical CPUs.
 - ``concurrency`` > 1 runs that many ``Llama`` instances in threads (llama.cpp releases the
-  GIL), each with ``n_threads / concurrency`` threads. On 2 cores this does not pay (see the
-  bench), so the default is one instance using every core.
+  GIL), each with ``n_threads / concurrency`` threads.
 
 Options: ``model`` (a .gguf path; default: the Qwen2.5-Coder-0.5B GGUF in the ``get-gguf``
-cache), ``n_ctx``, ``n_threads`` (default half the logical CPUs), ``concurrency`` (instances,
-default 1), ``temperature``,
+cache), ``n_ctx``, ``n_threads``, ``concurrency`` (instances, default 1), ``temperature``,
 ``max_tokens``, ``json_schema``.
 """
 
@@ -69,6 +70,9 @@ class LlamaCppGenerator:
         opts = backend_options(options)
         self.path = resolve_model(opts["model"])
         self.label = f"{NAME}:{self.path.stem}"
+        # Requests run one after another whatever the batch (see the bench): a batch of one
+        # query writes each query as soon as it is done.
+        self.batch_size = 1
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         self.json_schema = bool(opts["json_schema"])
@@ -87,11 +91,13 @@ class LlamaCppGenerator:
         try:
             from llama_cpp import Llama
         except ImportError:
-            raise CachetuneError("the llama-cpp backend needs llama-cpp-python: pip install 'cachetune[local]'") from None
+            raise CachetuneError(
+                "the llama-cpp backend needs llama-cpp-python: pip install 'cachetune[local]'") from None
         for _ in range(self.workers):
             try:
-                self._llamas.append(Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.threads_per_worker,
-                                          n_threads_batch=self.threads_per_worker, verbose=False))
+                self._llamas.append(Llama(model_path=str(self.path), n_ctx=self.n_ctx, verbose=False,
+                                          n_threads=self.threads_per_worker,
+                                          n_threads_batch=self.threads_per_worker))
             except Exception as exc:  # llama.cpp says little more than "failed to load"
                 raise CachetuneError(f"llama.cpp could not load the model: {exc}", self.path) from None
 
@@ -127,9 +133,10 @@ class LlamaCppGenerator:
         for index in range(len(requests)):
             todo.put(index)
         failures: list = []
+        stop = threading.Event()
 
         def work(llama):
-            while not failures:
+            while not stop.is_set():
                 try:
                     index = todo.get_nowait()
                 except queue.Empty:
@@ -138,12 +145,21 @@ class LlamaCppGenerator:
                     results[index] = self._answer(llama, requests[index])
                 except BaseException as exc:  # surfaced in the calling thread below
                     failures.append(exc)
+                    stop.set()
 
         threads = [threading.Thread(target=work, args=(llama,), daemon=True) for llama in self._llamas]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            # Ctrl-C: let each thread finish its current request, so close() never frees a
+            # model that is still generating.
+            stop.set()
+            for thread in threads:
+                thread.join()
+            raise
         if failures:
             raise failures[0]
         return results  # type: ignore[return-value]

@@ -59,7 +59,8 @@ class OpenAIGenerator:
         self._lock = threading.Lock()
         self._client = None
         self._pool: Optional[ThreadPoolExecutor] = None
-        self.label = f"{NAME}:{self.model}" if self.model else f"{NAME}:?"
+        # Big enough that the pool rarely drains between batches (2 requests per query).
+        self.batch_size = max(32, 2 * self.concurrency)
 
     # -- HTTP -----------------------------------------------------------------------------
     def _http(self):
@@ -84,8 +85,9 @@ class OpenAIGenerator:
                 pass
         time.sleep(min(delay, MAX_BACKOFF_S))
 
-    def _call(self, method: str, path: str, body: Optional[dict] = None):
-        """One HTTP call with retries; returns the response for any non-retryable status."""
+    def _call(self, method: str, path: str, body: Optional[dict] = None, final=None):
+        """One HTTP call with retries; returns the response for any non-retryable status, and
+        for any response ``final(response)`` says not to retry."""
         import httpx
 
         last = ""
@@ -96,7 +98,7 @@ class OpenAIGenerator:
                 last = f"{type(exc).__name__}: {exc}"
                 retry_after = None
             else:
-                if response.status_code not in RETRY_STATUS:
+                if response.status_code not in RETRY_STATUS or (final is not None and final(response)):
                     return response
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 retry_after = response.headers.get("retry-after")
@@ -118,7 +120,12 @@ class OpenAIGenerator:
         except Exception:
             raise CachetuneError(f"openai backend: no --model given and {self.base_url}/models lists none "
                                  f"(HTTP {response.status_code})") from None
-        self.label = f"{NAME}:{self.model}"
+
+    @property
+    def label(self) -> str:
+        """``openai:<model>``; without --model, asking the server which model it serves."""
+        self._resolve_model()
+        return f"{NAME}:{self.model}"
 
     # -- requests ---------------------------------------------------------------------------
     @property
@@ -138,8 +145,8 @@ class OpenAIGenerator:
     def _answer(self, request: Request) -> GenerationResult:
         while True:
             fmt = self._formats[0]
-            response = self._call("POST", "/chat/completions", self._body(request, fmt))
-            if fmt is None or response.status_code not in (400, 422) or "response_format" not in response.text:
+            response = self._call("POST", "/chat/completions", self._body(request, fmt), final=_refuses_format)
+            if fmt is None or not _refuses_format(response):
                 break
             with self._lock:  # this server does not take this format: fall back, once per run
                 if self._formats[0] == fmt and len(self._formats) > 1:
@@ -175,6 +182,11 @@ class OpenAIGenerator:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _refuses_format(response) -> bool:
+    """The server refused the ``response_format`` (400/422; llama-cpp-python's server says 500)."""
+    return response.status_code in (400, 422, 500) and "response_format" in response.text
 
 
 def create(options: dict) -> OpenAIGenerator:

@@ -23,6 +23,14 @@ from cachetune.core.generation import GenerationResult, Request, backend_options
 NAME = "transformers"
 
 
+def _dtype_keyword() -> str:
+    """``dtype`` since transformers 4.56; older releases only know ``torch_dtype``."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 class TransformersGenerator:
     """Batched ``generate`` over a causal LM loaded with transformers."""
 
@@ -33,6 +41,7 @@ class TransformersGenerator:
         self.model_name = str(opts["model"])
         self.label = f"{NAME}:{Path(self.model_name).stem if self.model_name.endswith('.gguf') else self.model_name}"
         self.micro_batch = max(1, int(opts["concurrency"] or 8))
+        self.batch_size = max(1, self.micro_batch // 2)  # queries: 2 requests each fill one generate()
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         self.device = opts["device"]
@@ -52,10 +61,10 @@ class TransformersGenerator:
                 raise CachetuneError("--model: GGUF file not found", self.model_name)
             source, extra = str(path.parent), {"gguf_file": path.name}
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32, **extra)
+            model = AutoModelForCausalLM.from_pretrained(source, **{_dtype_keyword(): dtype}, **extra)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CachetuneError(f"transformers could not load '{self.model_name}': {first}") from None

@@ -45,6 +45,7 @@ class VllmGenerator:
         opts = backend_options(options)
         self.model = opts["model"] or DEFAULT_MODEL
         self.label = f"{NAME}:{self.model}"
+        self.batch_size = 256  # one llm.chat call schedules all 512 requests on the GPU(s)
         self.tensor_parallel = int(opts["tensor_parallel"] or 1)
         if self.tensor_parallel < 1:
             raise CachetuneError(f"--tensor-parallel must be >= 1, got {self.tensor_parallel}")

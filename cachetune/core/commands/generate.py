@@ -66,8 +66,9 @@ def register(cli, pm) -> None:
                                   "server's first model (openai).")
     @click.option("--paraphrases", type=int, default=3, show_default=True, help="Paraphrases asked per query.")
     @click.option("--negatives", type=int, default=2, show_default=True, help="LLM hard negatives asked per query.")
-    @click.option("--batch-size", type=int, default=32, show_default=True,
-                  help="Queries per backend call; their triplets are written when the call returns.")
+    @click.option("--batch-size", type=int,
+                  help="Queries per backend call; their triplets are written when it returns. Default: the "
+                       "backend's (llama-cpp 1, openai 32, vllm 256, transformers half its --concurrency).")
     @click.option("--concurrency", type=int, help="openai: requests in flight (8); llama-cpp: model instances (1); "
                                                   "transformers: sequences per generate() (8).")
     @click.option("--tensor-parallel", type=int, default=1, show_default=True, help="vllm: GPUs per model.")
@@ -84,9 +85,9 @@ def register(cli, pm) -> None:
     @click.option("--embedding-filter/--no-embedding-filter", default=True, show_default=True,
                   help="Drop paraphrases / negatives by similarity to the query with the base model.")
     @click.option("--paraphrase-floor", type=float, default=None,
-                  help="Minimum paraphrase-query cosine similarity (default 0.6).")
+                  help="Minimum paraphrase-query cosine similarity (default: the domain's, else 0.6).")
     @click.option("--negative-ceiling", type=float, default=None,
-                  help="Maximum negative-query cosine similarity (default 0.9).")
+                  help="Maximum negative-query cosine similarity (default: the domain's, else 0.9).")
     @click.option("--base-model", help="Embedding model for the filter and mining (default: the domain's).")
     @click.option("--base-url", help="openai: server URL ending in /v1 (default $OPENAI_BASE_URL).")
     @click.option("--api-key", help="openai: API key (default $OPENAI_API_KEY).")
@@ -106,11 +107,10 @@ def register(cli, pm) -> None:
             domain=domain, input=input_path, output=output, paraphrases=paraphrases, negatives=negatives,
             batch_size=batch_size, limit=limit, seed=seed, resume=resume, mine_negatives=mine_negatives,
             mining_margin=mining_margin, base_model=base_model, embedding_filter=embedding_filter,
-            paraphrase_floor=stage.DEFAULT_PARAPHRASE_FLOOR if paraphrase_floor is None else paraphrase_floor,
-            negative_ceiling=stage.DEFAULT_NEGATIVE_CEILING if negative_ceiling is None else negative_ceiling,
+            paraphrase_floor=paraphrase_floor, negative_ceiling=negative_ceiling,
         )
         options = {"model": model, "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
-                   "batch_size": batch_size, "concurrency": concurrency, "tensor_parallel": tensor_parallel,
+                   "concurrency": concurrency, "tensor_parallel": tensor_parallel,
                    "base_url": base_url, "api_key": api_key, "json_schema": json_schema, "n_threads": n_threads}
         factory = pm.generators()[backend].value
         summary = stage.generate_triplets(
@@ -123,4 +123,5 @@ def register(cli, pm) -> None:
             click.echo(line)
         if summary["interrupted"]:
             click.echo("Interrupted: the triplets above are written; rerun the same command to resume.", err=True)
-            raise click.exceptions.Exit(130)
+            # Re-raised so the CLI exits with 130 (main() turns an Exit code raised here into 0).
+            raise KeyboardInterrupt

@@ -1,0 +1,85 @@
+"""`cachetune run`: config resolution, and the whole pipeline end to end with a real GGUF."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cachetune.core.plugins import get_plugin_manager
+from cachetune.core.run_config import resolve_config
+
+
+@pytest.fixture(scope="module")
+def pm():
+    return get_plugin_manager(load_entrypoints=False)
+
+
+def test_config_precedence(pm, tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("domain: medical\ntrain:\n  lr: 3.0e-4\n  epochs: 2\ngenerate:\n  limit: 40\n",
+                        encoding="utf-8")
+    config = resolve_config(pm.get_domain("medical"), cfg_file, {"generate": {"limit": 10, "model": None}},
+                            ["train.lr=1e-4", "evaluate.domain_sets=false"])
+    assert config["train"]["lr"] == pytest.approx(1e-4)  # --set beats the file
+    assert config["train"]["epochs"] == 2  # the file beats the defaults
+    assert config["generate"]["limit"] == 10  # a flag beats the file
+    assert config["generate"]["model"] is None and config["evaluate"]["domain_sets"] is False
+    assert config["run"]["workdir"].endswith("medical")
+    assert config["run"]["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("train:\n  lrr: 1\n", "unknown key 'train.lrr'"),
+    ("trian:\n  lr: 1\n", "unknown section 'trian'"),
+    ("domain: programming\n", "config is for domain 'programming'"),
+    ("train: [1, 2\n", "invalid YAML"),
+])
+def test_bad_config_is_one_line(run_cli, tmp_path, content, needle):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(content, encoding="utf-8")
+    result = run_cli(["run", "--domain", "medical", "--config", cfg_file, "--print-config"])
+    err = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(err) == 1 and needle in err[0] and "run.yaml" in err[0]
+
+
+def test_print_config(run_cli, tmp_path):
+    result = run_cli(["run", "--domain", "programming", "--workdir", tmp_path, "--set", "train.lr=5e-4",
+                      "--print-config"])
+    assert result.exit_code == 0
+    import yaml
+
+    config = yaml.safe_load(result.stdout)
+    assert config["domain"] == "programming" and config["train"]["lr"] == pytest.approx(5e-4)
+    assert config["run"]["workdir"] == str(tmp_path)
+    assert not any(tmp_path.iterdir())  # printing the config runs nothing
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_resume(run_cli, tmp_path, smollm_gguf, tiny_model):
+    """Every stage for real (SmolLM GGUF generator, tiny base), then a rerun that skips them all."""
+    work, registry = tmp_path / "work", tmp_path / "registry"
+    args = ["run", "--domain", "programming", "--workdir", work, "--limit", "14", "--model", smollm_gguf,
+            "--base-model", tiny_model, "--registry", registry,
+            "--set", "generate.max_tokens=96", "--set", "generate.embedding_filter=false",
+            "--set", "generate.holdout_limit=4", "--set", "prepare.holdout=0.3",
+            "--set", "train.batch_size=8", "--set", "evaluate.domain_sets=false"]
+    first = run_cli(args)
+    assert first.exit_code == 0, first.stderr
+    state = json.loads((work / "run.json").read_text(encoding="utf-8"))["stages"]
+    assert list(state) == ["prepare", "generate", "train", "evaluate", "register"]
+    assert state["generate"]["summary"]["train"]["triplets_written"] > 0
+    assert (work / "adapter" / "adapter_model.safetensors").exists()
+    metrics = json.loads((work / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert "adapter" in metrics["sets"][next(iter(metrics["sets"]))]
+    assert "margin" in first.stdout and "registered as programming@1" in first.stdout
+    records = json.loads(run_cli(["adapters", "list", "--registry", registry, "--json"]).stdout)
+    assert [r["version"] for r in records] == [1]
+
+    weights = (work / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    second = run_cli(args)
+    assert second.exit_code == 0, second.stderr
+    assert second.stderr.count("up to date, skipped") == 5
+    assert (work / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == weights
+    records = json.loads(run_cli(["adapters", "list", "--registry", registry, "--json"]).stdout)
+    assert len(records) == 1  # not registered twice
