@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 CONALA = REPO.parent / "shared" / "data" / "conala" / "conala-train.json"
 
 
-def load_queries(n: int) -> list:
+def load_queries(n: int):
     from cachetune.core.plugins import get_plugin_manager
     from cachetune.core.prepare import prepare
 

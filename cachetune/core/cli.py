@@ -105,3 +105,7 @@ def main(argv: Optional[list] = None, pm=None) -> int:
 
 def entry() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

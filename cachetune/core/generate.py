@@ -299,24 +299,26 @@ class _Run:
 
     def execute(self, todo, writer, templates, make_generator, corpus, load_model, default_base_model, progress, log):
         config, use_llm = self.config, self.mode == "queries"
-        model = None
-        if config.mine_negatives > 0 or (use_llm and config.embedding_filter):
-            if load_model is None:
-                from cachetune.core.models import load_sentence_transformer as load_model  # noqa: N813
-            model = load_model(config.base_model or default_base_model)
-        miner = None
-        if config.mine_negatives > 0:
-            from cachetune.core.mining import HardNegativeMiner
-
-            log(f"embedding {len(corpus)} corpus queries for mining")
-            miner = HardNegativeMiner(model, corpus, relative_margin=config.mining_margin)
-        embedding_filter = (EmbeddingFilter(model, config.paraphrase_floor, config.negative_ceiling)
-                            if use_llm and config.embedding_filter else None)
+        # The backend first: a missing model or server should fail before the base model loads.
         generator = make_generator() if use_llm else None
-        if generator is not None:
-            self.generator_label = generator.label
-        bar = progress(len(todo)) if progress is not None else None
+        bar = None
         try:
+            if generator is not None:
+                self.generator_label = generator.label
+            model = None
+            if config.mine_negatives > 0 or (use_llm and config.embedding_filter):
+                if load_model is None:
+                    from cachetune.core.models import load_sentence_transformer as load_model  # noqa: N813
+                model = load_model(config.base_model or default_base_model)
+            miner = None
+            if config.mine_negatives > 0:
+                from cachetune.core.mining import HardNegativeMiner
+
+                log(f"embedding {len(corpus)} corpus queries for mining")
+                miner = HardNegativeMiner(model, corpus, relative_margin=config.mining_margin)
+            embedding_filter = (EmbeddingFilter(model, config.paraphrase_floor, config.negative_ceiling)
+                                if use_llm and config.embedding_filter else None)
+            bar = progress(len(todo)) if progress is not None else None
             size = config.batch_size or getattr(generator, "batch_size", None) or DEFAULT_BATCH_SIZE
             self.summary_base["batch_size"] = size
             for start in range(0, len(todo), size):
