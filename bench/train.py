@@ -156,7 +156,7 @@ def main() -> None:
     if len(rows) < needed:
         raise SystemExit(f"{data} has {len(rows)} triplets; {needed} needed for {args.steps}+1 steps")
 
-    from cachetune.core.train import physical_cores
+    from cachetune.core.train_runtime import physical_cores
 
     torch.set_num_threads(physical_cores())
     print(f"{len(rows)} triplets from {data}; batch {args.batch_size}, {args.steps} timed steps, "

@@ -225,7 +225,7 @@ def test_register_flag_reaches_the_registry(run_cli, tmp_path, triplet_file, tin
 def test_threads_default_to_physical_cores():
     import os
 
-    from cachetune.core.train import physical_cores
+    from cachetune.core.train_runtime import physical_cores
 
     assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
 

@@ -28,8 +28,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "negatives": 2,
         "temperature": 0.7,
         "max_tokens": 256,
-        "batch_size": 32,
-        "concurrency": 2,
+        "batch_size": None,  # the backend's default (llama-cpp 1, openai 32, vllm 256)
+        "concurrency": None,  # the backend's default
         "limit": None,  # queries of the train split to generate for
         "holdout_limit": 200,  # held-out queries to generate evaluation triplets for
         "mine_negatives": 0,

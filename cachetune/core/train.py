@@ -2,8 +2,9 @@
 
 A lean loop of our own around sentence-transformers + peft, measured faster on CPU than
 ``SentenceTransformerTrainer`` (``bench/train.py``): texts are tokenised once, batches are
-length-grouped and padded only to their own longest text, and each batch holds no duplicate
-anchors (see :mod:`cachetune.core.training_data`). The loss is sentence-transformers'
+length-grouped and hold no duplicate anchors (see :mod:`cachetune.core.training_data`), and
+each step embeds its distinct texts in forwards of similar-length texts padded only to their
+own longest (:func:`embed_columns`). The loss is sentence-transformers'
 ``MultipleNegativesRankingLoss`` with scale ``1 / temperature`` over the positives and the
 triplets' hard negatives (in-batch negatives + hard negatives); ``hard_negatives=False``
 drops the negative column, as the upstream recipe's trainer does.
@@ -20,27 +21,31 @@ Output folder: peft's ``adapter_config.json`` + ``adapter_model.safetensors`` an
 from __future__ import annotations
 
 import math
-import os
 import platform
 import random
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from cachetune.core import train_checkpoints as ckpt
-from cachetune.core.adapters import CARD_FILE, PEFT_CONFIG, PEFT_WEIGHTS
+from cachetune.core.adapters import CARD_FILE, PEFT_WEIGHTS
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import write_json
 from cachetune.core.models import canonical_model_id, resolve_base_model, sha256_file, weights_sha256
+from cachetune.core.train_runtime import Runtime, gather_rng_states, init_runtime, sync_gradients
 from cachetune.core.training_data import TokenizedTexts, TripletBatchSampler, load_triplets
 
 # Chosen from the held-out learning-rate sweep (bench/lr_sweep.py, README): the seed's 2e-5
 # leaves a LoRA on a few thousand triplets practically unchanged.
 DEFAULT_LR = 2e-4
+
+# Padded tokens per forward on CPU: small enough that texts of similar length share a forward,
+# large enough that matrix products stay efficient (bench/train.py).
+CPU_TOKENS_PER_FORWARD = 4096
 
 # Settings that fix the training trajectory: a resumed run must use the same ones.
 RESUME_OPTIONS = {
@@ -82,6 +87,7 @@ class TrainConfig:
     threads: Optional[int] = None
     max_steps: Optional[int] = None
     register: bool = False
+    tokens_per_forward: Optional[int] = None  # None: CPU_TOKENS_PER_FORWARD on CPU, 0 (unlimited) on GPU
 
     def validate(self) -> None:
         checks = [
@@ -100,6 +106,7 @@ class TrainConfig:
             (self.checkpoint_every >= 0, "--checkpoint-every must not be negative"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
+            (self.tokens_per_forward is None or self.tokens_per_forward >= 0, "--tokens-per-forward must not be negative"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
         ]
         for ok, message in checks:
@@ -111,82 +118,6 @@ class TrainConfig:
         hp["target_modules"] = list(self.target_modules)
         hp["scale"] = round(1.0 / self.temperature, 6)
         return hp
-
-
-@dataclass
-class Runtime:
-    """Where this process runs: device, and its place in a torchrun / accelerate launch."""
-
-    device: object
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    precision: str = "fp32"
-    threads: int = 1
-    distributed: bool = field(default=False)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process (hyper-threads do not speed up matmuls)."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cores, cpu = set(), None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            phys = core = None
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "processor":
-                    cpu = int(value)
-                elif key == "physical id":
-                    phys = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                elif not line.strip() and cpu is not None:
-                    if cpu in allowed:
-                        cores.add((phys, core, None if core is not None else cpu))
-                    cpu = phys = core = None
-            if cpu is not None and cpu in allowed:
-                cores.add((phys, core, None if core is not None else cpu))
-    except OSError:
-        pass
-    return max(1, min(len(cores) or len(allowed), len(allowed)))
-
-
-def init_runtime(config: TrainConfig) -> Runtime:
-    import torch
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    precision = config.precision
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise CachetuneError("--precision fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    threads = config.threads or max(1, physical_cores() // max(1, local_world))
-    torch.set_num_threads(threads)
-    runtime = Runtime(device, world, rank, local_rank, precision, threads)
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        runtime.distributed = True
-    return runtime
 
 
 def _check_output(config: TrainConfig) -> None:
@@ -287,7 +218,7 @@ def run_training(config: TrainConfig, domain_plugin: Optional[dict] = None, log:
     """Like :func:`train`, but returns ``(card, model)``: the trained SentenceTransformer
     (adapter attached, eval mode) as it is in memory, e.g. to compare with a reload."""
     config.validate()
-    runtime = init_runtime(config)
+    runtime = init_runtime(config.precision, config.threads)
     try:
         return _train(config, runtime, domain_plugin or {}, log if runtime.main else (lambda _msg: None),
                       show_progress and runtime.main)
@@ -385,6 +316,9 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
         losses, elapsed = list(state["losses"]), float(state["elapsed_s"])
         log(f"resuming from {resume_dir} at step {global_step}")
 
+    forward_tokens = config.tokens_per_forward
+    if forward_tokens is None:  # CPU: padding costs compute; GPU: one large forward is faster
+        forward_tokens = 0 if rt.device.type == "cuda" else CPU_TOKENS_PER_FORWARD
     autocast = (torch.autocast(rt.device.type, dtype=torch.bfloat16 if rt.precision == "bf16" else torch.float16)
                 if rt.precision in ("bf16", "fp16") else nullcontext())
     model.train()
@@ -399,12 +333,11 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
             continue
         rows = batches[batch_pos]
         with autocast:
-            embeddings = [model({k: (v.to(rt.device) if hasattr(v, "to") else v)
-                                 for k, v in texts.batch([col[i] for i in rows]).items()})["sentence_embedding"]
-                          for col in column_ids]
-            loss = loss_fn.compute_loss_from_embeddings([e.float() for e in embeddings], None)
+            embeddings = embed_columns(model, texts, [[col[i] for i in rows] for col in column_ids], rt.device,
+                                       forward_tokens)
+            loss = loss_fn.compute_loss_from_embeddings(embeddings, None)
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        step_loss = _sync_gradients(trainable, loss.detach(), rt) if rt.distributed else loss.item()
+        step_loss = sync_gradients(trainable, loss.detach(), rt) if rt.distributed else loss.item()
         if scaler is not None:
             scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -422,7 +355,7 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
         if config.checkpoint_every and global_step % config.checkpoint_every == 0 and global_step < total_steps:
-            rngs = _gather_rng(rt)
+            rngs = gather_rng_states(rt)
             if rt.main:
                 run_s = elapsed + time.perf_counter() - loop_start
                 folder = ckpt.save_checkpoint(
@@ -483,32 +416,28 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     return card, model
 
 
-def _sync_gradients(trainable: List, loss, rt: Runtime) -> float:
-    """Average LoRA gradients (and the loss, for the log) across ranks in one all-reduce."""
+def embed_columns(model, texts: TokenizedTexts, columns: List[List[int]], device, max_tokens: int = 0) -> List:
+    """Embeddings of a step's columns (lists of text ids), computed once per distinct text.
+
+    All texts of the step are pooled, sorted by length and cut into forwards of at most
+    ``max_tokens`` padded tokens (0: one forward), so each forward pads only across texts of
+    nearly equal length. Attention masks make every embedding independent of what it is
+    batched with, so this changes speed, not results; gradients reach every use of a text.
+    """
     import torch
-    import torch.distributed as dist
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1).to(grads[0].dtype)])
-    dist.all_reduce(flat)
-    flat /= rt.world_size
-    offset = 0
-    for p, g in zip(trainable, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).clone()
-        offset += n
-    return flat[-1].item()
-
-
-def _gather_rng(rt: Runtime) -> list:
-    state = ckpt.rng_state()
-    if not rt.distributed:
-        return [state]
-    import torch.distributed as dist
-
-    states = [None] * rt.world_size
-    dist.all_gather_object(states, state)
-    return states
+    unique = sorted({t for col in columns for t in col}, key=lambda t: texts.lengths[t])
+    pieces, start = [], 0
+    while start < len(unique):
+        end = start + 1
+        while end < len(unique) and (max_tokens <= 0 or (end + 1 - start) * texts.lengths[unique[end]] <= max_tokens):
+            end += 1
+        features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in texts.batch(unique[start:end]).items()}
+        pieces.append(model(features)["sentence_embedding"].float())
+        start = end
+    pooled = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+    where = {t: k for k, t in enumerate(unique)}
+    return [pooled[torch.tensor([where[t] for t in col], device=pooled.device)] for col in columns]
 
 
 def evaluate_base_and_adapter(model, peft_model, data) -> dict:

@@ -148,9 +148,9 @@ class TripletBatchSampler:
 
     ``lengths[i]`` is row i's size (summed token counts). Each epoch: shuffle all rows with
     ``Random(seed, epoch)``, cut the order into windows of ``batch_size * group_window`` rows,
-    sort each window by length, fill batches greedily in that order (a row that conflicts
-    with the open batch waits for the next one), then shuffle the batch order so lengths do
-    not come in a sweep. With ``world_size > 1`` rank r takes batches r, r + world, ... and
+    sort each window by length and pack it into full batches of similar lengths (a row that
+    conflicts with its batch joins the nearest one it fits), then shuffle the batch order so
+    lengths do not come in a sweep. With ``world_size > 1`` rank r takes batches r, r + world, ... and
     every rank gets the same number (the remainder is dropped) so gradient averaging lines up.
     """
 
@@ -179,49 +179,65 @@ class TripletBatchSampler:
         rng.shuffle(order)
         window = self.batch_size * self.group_window
         batches: List[List[int]] = []
-        waiting: List[int] = []
+        carry: List[int] = []
         for start in range(0, len(order), window):
-            # Rows left over from the last window are sorted in with this one.
-            chunk = sorted(waiting + order[start:start + window], key=lambda i: self.lengths[i])
-            batches_chunk, waiting = self._fill(chunk)
-            batches.extend(batches_chunk)
-        # Rows still waiting conflict with every batch that was open: they form the last batches.
-        while waiting:
-            batches_chunk, rest = self._fill(waiting, flush=True)
-            if not batches_chunk:  # cannot happen: a lone row never conflicts with itself
-                break
-            batches.extend(batches_chunk)
-            waiting = rest
+            # Rows of the last window's unfilled batches are sorted in with this one.
+            rows = sorted(carry + order[start:start + window], key=lambda i: self.lengths[i])
+            packed = self._pack(rows)
+            carry = []
+            if start + window < len(order):
+                carry = [i for b in packed if len(b) < self.batch_size for i in b]
+                packed = [b for b in packed if len(b) == self.batch_size]
+            batches.extend(packed)
         rng.shuffle(batches)
         self._cache[epoch] = batches
         return batches
 
-    def _fill(self, rows: List[int], flush: bool = False):
-        """Greedy batches over ``rows``; returns (full batches, rows left for later)."""
-        batches: List[List[int]] = []
-        pending = list(rows)
-        while pending:
-            batch, anchors, positives, candidates, rest = [], set(), set(), set(), []
-            for i in pending:
-                if len(batch) == self.batch_size:
-                    rest.append(i)
-                    continue
-                a, p, n = self.anchor_keys[i], self.positive_keys[i], self.negative_keys[i]
-                if a in anchors or p in candidates or (n is not None and n in positives):
-                    rest.append(i)
-                    continue
-                batch.append(i)
-                anchors.add(a)
-                positives.add(p)
-                candidates.add(p)
-                if n is not None:
-                    candidates.add(n)
-            if len(batch) < self.batch_size and not flush:
-                # A partial batch waits for rows of the next window, which may fit it.
-                return batches, batch + rest
-            batches.append(batch)
-            pending = rest
-        return batches, []
+    def _pack(self, rows: List[int]) -> List[List[int]]:
+        """Pack length-sorted ``rows`` into ``ceil(len / batch_size)`` batches where possible.
+
+        Each row aims at the batch its length rank gives it (length grouping) and takes the
+        nearest batch with room and no conflict. Rows whose texts recur most (several
+        paraphrases of one query, a query that is also others' hard negative) are placed
+        first, while every batch still has room: placed last, they would find every batch
+        taken by a conflicting row and end up as tiny batches of their own.
+        """
+        n_batches = -(-len(rows) // self.batch_size)
+        target = {i: rank // self.batch_size for rank, i in enumerate(rows)}
+        heat: Dict[str, int] = {}
+        for i in rows:
+            for key in (self.positive_keys[i], self.negative_keys[i]):
+                if key is not None:
+                    heat[key] = heat.get(key, 0) + 1
+        recurrence = {i: heat[self.positive_keys[i]] + (heat[self.negative_keys[i]]
+                                                        if self.negative_keys[i] is not None else 0) for i in rows}
+        batches: List[List[int]] = [[] for _ in range(n_batches)]
+        keys: List[tuple] = [(set(), set(), set()) for _ in range(n_batches)]  # anchors, positives, candidates
+        for i in sorted(rows, key=lambda r: -recurrence[r]):  # stable: length order among equals
+            a, p, n = self.anchor_keys[i], self.positive_keys[i], self.negative_keys[i]
+            chosen = None
+            t = target[i]
+            for distance in range(len(batches)):
+                for j in ((t,) if distance == 0 else (t + distance, t - distance)):
+                    if 0 <= j < len(batches) and len(batches[j]) < self.batch_size:
+                        anchors, positives, candidates = keys[j]
+                        if a not in anchors and p not in candidates and (n is None or n not in positives):
+                            chosen = j
+                            break
+                if chosen is not None:
+                    break
+            if chosen is None:  # conflicts with every batch that has room
+                batches.append([])
+                keys.append((set(), set(), set()))
+                chosen = len(batches) - 1
+            batches[chosen].append(i)
+            anchors, positives, candidates = keys[chosen]
+            anchors.add(a)
+            positives.add(p)
+            candidates.add(p)
+            if n is not None:
+                candidates.add(n)
+        return [b for b in batches if b]
 
     def steps_per_epoch(self, epoch: int = 0) -> int:
         n = len(self.all_batches(epoch))

@@ -76,6 +76,7 @@ class LlamaCppGenerator:
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         self.json_schema = bool(opts["json_schema"])
+        self.repeat_penalty = float(opts.get("repeat_penalty") or 1.0)
         # Here concurrency counts model instances; unset means one (see the module docstring).
         self.workers = max(1, int(opts.get("concurrency") or 1))
         threads = opts["n_threads"] or default_threads()
@@ -117,6 +118,7 @@ class LlamaCppGenerator:
             reply = llama.create_chat_completion(
                 messages=request.conversation, temperature=self.temperature, max_tokens=self.max_tokens,
                 seed=request.seed, grammar=self._grammar(request) if self.json_schema else None,
+                repeat_penalty=self.repeat_penalty,
             )
         except ValueError as exc:  # e.g. the prompt exceeds n_ctx: this request only
             return GenerationResult(None, error=f"request_failed: {exc}")

@@ -57,13 +57,16 @@ def register(cli, pm) -> None:
                   show_default=True, help="auto: bf16 (else fp16) autocast on CUDA, fp32 on CPU.")
     @click.option("--threads", type=int, help="Torch threads (default: physical cores per process).")
     @click.option("--max-steps", type=int, help="Stop after N steps (benchmarks, smoke tests).")
+    @click.option("--tokens-per-forward", type=int,
+                  help="Padded tokens per forward pass (default: 4096 on CPU; 0 = one forward per step, "
+                       "the GPU default).")
     @click.option("--register/--no-register", "register_adapter", default=False, show_default=True,
                   help="Add the finished adapter to the adapter registry.")
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     def train(domain, train_data, base_model, output, epochs, batch_size, lr, temperature, lora_r, lora_alpha,
               lora_dropout, target_modules, max_seq_length, eval_data, seed, no_hard_negatives, warmup_ratio,
               weight_decay, max_grad_norm, checkpoint_every, resume_from, overwrite, precision, threads,
-              max_steps, register_adapter, quiet):
+              max_steps, tokens_per_forward, register_adapter, quiet):
         """Train a LoRA adapter with MultipleNegativesRankingLoss (in-batch + hard negatives)."""
         from cachetune.core.train import TrainConfig, train as run_train
 
@@ -74,7 +77,7 @@ def register(cli, pm) -> None:
             eval_data=eval_data, seed=seed, hard_negatives=not no_hard_negatives, warmup_ratio=warmup_ratio,
             weight_decay=weight_decay, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
             resume_from=resume_from, overwrite=overwrite, precision=precision, threads=threads,
-            max_steps=max_steps, register=register_adapter,
+            max_steps=max_steps, register=register_adapter, tokens_per_forward=tokens_per_forward,
         )
         info = pm.domain_plugin(domain)
         run_train(config, domain_plugin={"name": info.name, "package": info.package, "version": info.version},
