@@ -27,7 +27,10 @@ def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
     data = output.parent / f"{output.name}-train.jsonl"
     with open(data, "w", encoding="utf-8") as out:
         for path in triplet_files:
-            out.write(Path(path).read_text(encoding="utf-8"))
+            for line in Path(path).read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                row["domain"] = domain  # the trainer keeps only rows of the adapter's domain
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
     config = TrainConfig(domain=domain, train_data=data, output=output, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, overwrite=True, seed=args.seed)
     return train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},

@@ -17,7 +17,7 @@ it fast is measured in ``bench/generate.py``:
 
 Options: ``model`` (a .gguf path; default: the Qwen2.5-Coder-0.5B GGUF in the ``get-gguf``
 cache), ``n_ctx``, ``n_threads``, ``concurrency`` (instances, default 1), ``temperature``,
-``max_tokens``, ``json_schema``.
+``max_tokens``, ``json_schema``, ``repeat_penalty`` (default 1.1).
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ class LlamaCppGenerator:
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         self.json_schema = bool(opts["json_schema"])
-        self.repeat_penalty = float(opts.get("repeat_penalty") or 1.0)
+        # 1.1 is llama.cpp server's default; with it the model copies the query (the last
+        # tokens it saw) less: 58 triplets from 30 CoNaLa queries instead of 35 (see the report).
+        self.repeat_penalty = float(opts.get("repeat_penalty") or 1.1)
         # Here concurrency counts model instances; unset means one (see the module docstring).
         self.workers = max(1, int(opts.get("concurrency") or 1))
         threads = opts["n_threads"] or default_threads()
