@@ -12,9 +12,10 @@ same real CoNaLa queries, the same GGUF and the same seeds:
   no grammar        replies not constrained by the JSON-schema grammar (--no-json-schema)
 
 Ratios are against the baseline. Other jobs on the machine change absolute numbers a lot (and
-hurt configurations with more threads than free cores most): the load average is printed.
+hurt configurations with more threads than free cores most), so the configurations run in
+interleaved rounds and each keeps its best round; the load average is printed.
 
-    .venv/bin/python bench/generate.py [--queries 6] [--model PATH.gguf] [--only NAME ...]
+    .venv/bin/python bench/generate.py [--queries 6] [--rounds 2] [--model PATH.gguf] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queries", type=int, default=6)
     parser.add_argument("--model", default=None, help="GGUF (default: the get-gguf qwen file)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each keeps its best")
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     args = parser.parse_args()
 
@@ -96,18 +98,20 @@ def main() -> None:
     ]
     print(f"model {Path(model).name}; {args.queries} CoNaLa queries ({len(requests)} requests); "
           f"{os.cpu_count()} CPUs; default n_threads {default_threads()}; load average {os.getloadavg()[0]:.2f}")
-    results = []
-    for name, options, how in configs:
-        if args.only and name not in args.only:
-            continue
-        result = measure(name, options, requests, args.queries, **how)
-        results.append(result)
-        print(f"  {name:16s} {result['queries_per_s']:.3f} queries/s  {result['tokens_per_s']:5.1f} completion tok/s  "
-              f"({result['completion_tokens']} completion, {result['prompt_tokens']} prompt tokens, "
-              f"{result['wall_s']:.1f} s)", flush=True)
+    configs = [c for c in configs if not args.only or c[0] in args.only]
+    best = {}
+    for round_no in range(1, args.rounds + 1):
+        for name, options, how in configs:
+            result = measure(name, options, requests, args.queries, **how)
+            print(f"  round {round_no} {name:16s} {result['queries_per_s']:.3f} queries/s  "
+                  f"{result['tokens_per_s']:5.1f} completion tok/s  ({result['completion_tokens']} completion, "
+                  f"{result['prompt_tokens']} prompt tokens, {result['wall_s']:.1f} s)", flush=True)
+            if name not in best or result["queries_per_s"] > best[name]["queries_per_s"]:
+                best[name] = result
+    results = [best[name] for name, _, _ in configs]
     baseline = next((r for r in results if r["name"] == "one-at-a-time"), None)
     if baseline:
-        print(f"ratios vs one-at-a-time (load average now {os.getloadavg()[0]:.2f}):")
+        print(f"ratios vs one-at-a-time, best of {args.rounds} rounds (load average now {os.getloadavg()[0]:.2f}):")
         for result in results[1:]:
             print(f"  {result['name']:16s} x{result['queries_per_s'] / baseline['queries_per_s']:.2f}")
 

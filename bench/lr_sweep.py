@@ -6,7 +6,7 @@ out ~10% of the questions, trains one adapter per learning rate (1 epoch, sequen
 prints a markdown table of held-out margin (mean cos(a,p) - cos(a,n)), triplet accuracy and
 recall@1 over all held-out intents, for the base model and each adapter.
 
-    .venv/bin/python bench/lr_sweep.py                      # lrs 2e-5,1e-4,2e-4,5e-4
+    .venv/bin/python bench/lr_sweep.py                      # lrs 2e-5 ... 5e-3, hard negatives
     .venv/bin/python bench/lr_sweep.py --lrs 1e-3 --no-hard-negatives --results nohn.json
 """
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(REPO.parent / "shared/data/conala/conala-train.json"))
     parser.add_argument("--workdir", default="/tmp/cachetune-lr-sweep")
-    parser.add_argument("--lrs", default="2e-5,1e-4,2e-4,5e-4")
+    parser.add_argument("--lrs", default="2e-5,1e-4,2e-4,5e-4,1e-3,2e-3,5e-3")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

@@ -2,17 +2,19 @@
 
 Same base model, LoRA (r=8, alpha=16, query/value), loss (MultipleNegativesRankingLoss,
 scale 20, hard negatives as a third column), AdamW + linear schedule + clipping 0.5,
-batch size and number of steps, on real CoNaLa-derived triplets. Measured after one
-warm-up step each (lazy imports and allocator warm-up are not training speed):
+batch size and number of steps, on real CoNaLa-derived triplets. Measured after a
+warm-up step each (lazy imports and allocator warm-up are not training speed), in wall time
+and in this process's CPU time (steadier when other jobs share the machine):
 
-- ``cachetune``: ``cachetune train`` (through its CLI entry point), its loop's triplets/s;
+- ``cachetune``: ``cachetune train`` (through its CLI entry point): runs of 1 and 1 + N steps,
+  whose difference is N steps of its loop;
 - ``plain-128``: a plain sentence-transformers loop: random batches, every column padded to
   128 tokens, ``loss(features, labels)`` as the upstream examples write it;
 - ``trainer`` (``--trainer``): ``SentenceTransformerTrainer`` with the no-duplicates sampler
   and its collator's per-batch padding.
 
     .venv/bin/python bench/train.py                       # batch 128, 3 timed steps
-    .venv/bin/python bench/train.py --batch-size 64 --steps 4 --trainer
+    .venv/bin/python bench/train.py --batch-size 64 --steps 4 --trainer --threads 1
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def optimizer_for(model, lr, total):
     return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup(max(1, total // 10), total))
 
 
-def plain_loop(rows, base, batch_size, steps, lr, seed) -> float:
-    """triplets/s of a plain loop with fixed padding to 128 (the first step is a warm-up)."""
+def plain_loop(rows, base, batch_size, steps, lr, seed):
+    """(wall, CPU-time) triplets/s of a plain loop with fixed padding to 128; step 0 is a warm-up."""
     import torch
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
@@ -66,10 +68,10 @@ def plain_loop(rows, base, batch_size, steps, lr, seed) -> float:
     params, opt, sched = optimizer_for(model, lr, steps + 1)
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    timed_start, done = None, 0
+    wall = cpu = 0.0
+    done = 0
     for step in range(steps + 1):
-        if step == 1:
-            timed_start = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batch = [rows[i] for i in order[step * batch_size:(step + 1) * batch_size]]
         features = []
         for column in ("anchor", "positive", "negative"):
@@ -84,39 +86,47 @@ def plain_loop(rows, base, batch_size, steps, lr, seed) -> float:
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step >= 1:
+            wall += time.perf_counter() - t0
+            cpu += time.process_time() - c0
             done += len(batch)
-    return done / (time.perf_counter() - timed_start)
+    return done / wall, done / cpu
 
 
-def cachetune_train(data: Path, base, batch_size, steps, lr, seed, work: Path) -> float:
-    """triplets/s reported by ``cachetune train`` for ``steps`` steps (after a 1-step warm-up run)."""
+def cachetune_train(data: Path, base, batch_size, steps, lr, seed, work: Path, threads: int):
+    """(wall, CPU-time) triplets/s of ``cachetune train``: runs of 1 and 1 + ``steps`` steps (after a
+    warm-up run); their difference is ``steps`` steps of training, without loading or saving."""
     from cachetune.core.cli import main
 
     def run(out, n):
         args = ["train", "--domain", "programming", "--train-data", str(data), "--output", str(out),
                 "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed), "--max-steps", str(n),
-                "--checkpoint-every", "0", "--overwrite", "--quiet"]
+                "--checkpoint-every", "0", "--overwrite", "--quiet", "--threads", str(threads)]
         if base:
             args += ["--base-model", base]
+        c0 = time.process_time()
         if main(args) != 0:
             raise SystemExit("cachetune train failed")
-        return json.loads((out / "cachetune.json").read_text())
+        cpu = time.process_time() - c0
+        res = json.loads((out / "cachetune.json").read_text())["results"]
+        return res["wall_time_s"], cpu, res["triplets_seen"]
 
     run(work / "warmup", 1)
-    card = run(work / "timed", steps)
-    return card["results"]["triplets_per_s"]
+    wall1, cpu1, rows1 = run(work / "one", 1)
+    wall2, cpu2, rows2 = run(work / "timed", steps + 1)
+    rows = rows2 - rows1
+    return rows / (wall2 - wall1), rows / (cpu2 - cpu1)
 
 
-def trainer_loop(rows, base, batch_size, steps, lr, seed, work: Path) -> float:
-    """triplets/s of SentenceTransformerTrainer (its train_runtime covers all steps; one warm-up step first)."""
+def trainer_loop(rows, base, batch_size, steps, lr, seed, work: Path):
+    """(wall, CPU-time) triplets/s of SentenceTransformerTrainer: runs of 1 and 1 + ``steps`` steps."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     dataset = Dataset.from_dict({c: [r[c] for r in rows] for c in ("anchor", "positive", "negative")})
-    speeds = []
-    for n in (1, steps):
+    measured = []
+    for n in (1, steps + 1):
         model = lora_model(base, seed)
         args = SentenceTransformerTrainingArguments(
             output_dir=str(work / f"trainer-{n}"), per_device_train_batch_size=batch_size, max_steps=n,
@@ -125,9 +135,11 @@ def trainer_loop(rows, base, batch_size, steps, lr, seed, work: Path) -> float:
             seed=seed, dataloader_num_workers=0, disable_tqdm=True)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                              loss=MultipleNegativesRankingLoss(model, scale=20.0))
+        c0 = time.process_time()
         out = trainer.train()
-        speeds.append(n * batch_size / out.metrics["train_runtime"])
-    return speeds[-1]
+        measured.append((out.metrics["train_runtime"], time.process_time() - c0))
+    done = steps * batch_size
+    return done / (measured[1][0] - measured[0][0]), done / (measured[1][1] - measured[0][1])
 
 
 def main() -> None:
@@ -137,10 +149,13 @@ def main() -> None:
     parser.add_argument("--base-model", default=None)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per method.")
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trainer", action="store_true", help="Also time SentenceTransformerTrainer.")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="Torch threads for every method (default: physical cores). On a machine shared "
+                             "with other jobs, 1 thread avoids stalls at every parallel operation's barrier.")
     args = parser.parse_args()
 
     import torch
@@ -158,22 +173,28 @@ def main() -> None:
 
     from cachetune.core.train_runtime import physical_cores
 
-    torch.set_num_threads(physical_cores())
+    threads = args.threads or physical_cores()
+    torch.set_num_threads(threads)
     print(f"{len(rows)} triplets from {data}; batch {args.batch_size}, {args.steps} timed steps, "
           f"{torch.get_num_threads()} threads", flush=True)
     results = {}
-    results["cachetune"] = cachetune_train(data, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work)
-    print(f"cachetune train:            {results['cachetune']:8.1f} triplets/s", flush=True)
-    torch.set_num_threads(physical_cores())
+    results["cachetune"] = cachetune_train(data, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work,
+                                           threads)
+    torch.set_num_threads(threads)
     results["plain-128"] = plain_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed)
-    print(f"plain ST loop, padded 128:  {results['plain-128']:8.1f} triplets/s", flush=True)
     if args.trainer:
         results["trainer"] = trainer_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work)
-        print(f"SentenceTransformerTrainer: {results['trainer']:8.1f} triplets/s", flush=True)
-    print(f"\nratio cachetune / plain-128: {results['cachetune'] / results['plain-128']:.2f}x (goal >= 2x)")
-    if "trainer" in results:
-        print(f"ratio cachetune / SentenceTransformerTrainer: {results['cachetune'] / results['trainer']:.2f}x")
-
+    names = {"cachetune": "cachetune train", "plain-128": "plain ST loop, padded to 128",
+             "trainer": "SentenceTransformerTrainer"}
+    print("\n| method | triplets/s (wall) | triplets/s (CPU time) |\n| --- | ---: | ---: |")
+    for key, (wall, cpu) in results.items():
+        print(f"| {names[key]} | {wall:.1f} | {cpu:.1f} |")
+    ours = results["cachetune"]
+    for key in ("plain-128", "trainer"):
+        if key in results:
+            print(f"ratio cachetune / {key}: {ours[0] / results[key][0]:.2f}x wall, "
+                  f"{ours[1] / results[key][1]:.2f}x CPU time" + (" (goal >= 2x)" if key == "plain-128" else ""))
+    print("(CPU time counts only this process's own compute, so it is steadier than wall time on a shared machine)")
 
 if __name__ == "__main__":
     main()

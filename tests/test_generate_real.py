@@ -222,7 +222,6 @@ def test_transformers_backend_on_a_real_gguf_model(smollm_gguf):
     assert any(parse_reply(r.text, PARAPHRASES).items for r in results)
 
 
-@pytest.mark.slow
 def test_mining_agrees_with_sentence_transformers(embedded_model, shared_data):
     """Our streaming miner picks what sentence-transformers' mine_hard_negatives picks."""
     from datasets import Dataset

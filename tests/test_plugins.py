@@ -128,6 +128,25 @@ def test_hook_register_commands(pm, run_cli):
     assert result.exit_code == 0 and "hello from a plugin" in result.stdout
 
 
+def test_plugin_command_exit_code_reaches_the_shell(pm, run_cli):
+    def register_commands(cli):
+        @cli.command()
+        @click.pass_context
+        def check(ctx):
+            """Exit 3 like a failed check."""
+            click.echo("3 problems")
+            ctx.exit(3)
+
+        @cli.command()
+        def value():
+            """Return a non-integer value."""
+            return {"not": "an exit code"}
+
+    register_module(pm, plugin("cmd", register_commands=register_commands), "cmd")
+    assert run_cli(["check"], pm=pm).exit_code == 3
+    assert run_cli(["value"], pm=pm).exit_code == 0
+
+
 def test_blocked_plugins(monkeypatch):
     monkeypatch.setenv("CACHETUNE_DISABLE_PLUGINS", "medical, vllm")
     pm = get_plugin_manager(load_entrypoints=False)

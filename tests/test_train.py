@@ -66,7 +66,7 @@ def test_trains_adapter_folder_with_card(run_cli, triplet_file, tmp_path, tiny_m
     assert hp["hard_negatives"] is True and hp["max_grad_norm"] == 0.5
     # 48 rows, batch 8: at least 6 batches per epoch (more when paraphrases of one question must be kept apart)
     assert hp["total_steps"] == card["results"]["steps"] >= 12
-    assert card["results"]["triplets_per_s"] > 0
+    assert card["results"]["triplets_per_s"] > 0 and card["results"]["triplets_seen"] == 2 * 48
     assert card["results"]["final_loss"] > 0 and card["results"]["wall_time_s"] > 0
     evaluation = card["results"]["eval"]
     assert set(evaluation["base"]) == set(evaluation["adapter"]) >= {"margin", "accuracy", "recall_at_1"}

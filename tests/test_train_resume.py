@@ -81,4 +81,5 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path, shared_data, tiny_
     card = json.loads((out / CARD_FILE).read_text())
     assert card["results"]["steps"] == ref_card["results"]["steps"] > 3
     assert card["results"]["final_loss"] == ref_card["results"]["final_loss"]
+    assert card["results"]["triplets_seen"] == ref_card["results"]["triplets_seen"] == 2 * 40
     assert not (out / "checkpoints").exists()

@@ -76,7 +76,7 @@ def main(argv: Optional[list] = None, pm=None) -> int:
     debug = "--debug" in argv
     try:
         cli = make_cli(pm)
-        cli.main(args=argv, prog_name="cachetune", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="cachetune", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
@@ -100,7 +100,8 @@ def main(argv: Optional[list] = None, pm=None) -> int:
             raise
         click.echo(f"Error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
         return 1
-    return 0
+    # without standalone mode click hands ctx.exit(n) back as the return value
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
 
 def entry() -> None:

@@ -9,7 +9,7 @@ import click
 from cachetune.core.cli import domain_option
 
 # Mirrors cachetune.core.train.DEFAULT_LR without importing the training module (and torch) for --help.
-DEFAULT_LR = 2e-4
+DEFAULT_LR = 2e-3
 
 
 def _modules(ctx, param, value):
