@@ -8,9 +8,10 @@ Expects one `cachetune run ... --stop-after generate` work folder per domain (da
         --stop-after generate
     python bench/quality.py --workdir programming=runs/programming --workdir medical=runs/medical
 
-Trains one adapter per domain and one multi-domain adapter on both triplet files, then evaluates every
-adapter on every domain's held-out triplets and the domain's human pair set (CoNaLa pairs restricted to
-held-out questions; RQE test), and prints margin, triplet accuracy, AP and the calibrated hit rate.
+Trains one adapter per domain and one multi-domain adapter on both triplet files (with `cachetune run`'s
+training defaults unless --epochs/--batch-size/--lr say otherwise), then evaluates every adapter on every
+domain's held-out triplets and the domain's human pair set (CoNaLa pairs restricted to held-out
+questions; RQE test), and prints margin, triplet accuracy, AP and the calibrated hit rate.
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
                 row = json.loads(line)
                 row["domain"] = domain  # the trainer keeps only rows of the adapter's domain
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    config = TrainConfig(domain=domain, train_data=data, output=output, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, overwrite=True, seed=args.seed)
+    from cachetune.core.run_config import DEFAULTS
+    from cachetune.core.train import DEFAULT_LR
+
+    config = TrainConfig(domain=domain, train_data=data, output=output,
+                         epochs=args.epochs or DEFAULTS["train"]["epochs"],
+                         batch_size=args.batch_size or DEFAULTS["train"]["batch_size"],
+                         lr=args.lr or DEFAULT_LR, overwrite=True, seed=args.seed)
     return train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
                  log=lambda m: None, show_progress=False)
 
@@ -65,9 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", action="append", required=True, help="DOMAIN=FOLDER (repeat per domain)")
     parser.add_argument("--output", type=Path, default=Path("runs/quality"))
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--epochs", type=int, default=None, help="default: cachetune run's (1)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: cachetune run's (64)")
+    parser.add_argument("--lr", type=float, default=None, help="default: the trainer's measured default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-multi", action="store_true", help="skip the multi-domain adapter")
     args = parser.parse_args()

@@ -131,7 +131,13 @@ def test_resume_skips_done_queries_and_keeps_history(tmp_path, templates):
     assert asked == {"merge two dictionaries"}
     assert (tmp_path / "t.jsonl").read_text().startswith(before)
     assert summary["queries_skipped_done"] == 2 and len(summary["previous_runs"]) == 1
-    # a query that gave no triplet is not in the output, so a rerun asks for it again
+    # a query that gave no triplet is recorded in the sidecar: its seeded requests would get the
+    # same replies, so a rerun does not ask again ...
+    assert (tmp_path / "t.jsonl.no-triplets").read_text() == "programming-0002\n"
+    summary = run(tmp_path, templates, None)
+    assert summary["queries_done"] == 0 and summary["queries_skipped_done"] == 3
+    # ... until the sidecar is deleted
+    (tmp_path / "t.jsonl.no-triplets").unlink()
     gen = ScriptedGenerator(GOOD)
     summary = run(tmp_path, templates, gen)
     assert summary["queries_done"] == 1 and len(gen.calls) == 1
@@ -147,7 +153,8 @@ def test_torn_last_line_is_dropped_with_its_query(tmp_path, templates):
     out.write_bytes(complete + b'{"anchor": "half a li')
     done, kept, dropped = scan_output(out, "programming")
     # the torn line and the whole last query before it go; that query is generated again
-    assert done == {"programming-0000"} and kept == 3 and dropped == 3
+    # (programming-0002 gave no triplet and is in the sidecar)
+    assert done == {"programming-0000", "programming-0002"} and kept == 3 and dropped == 3
     assert out.read_bytes() == b"".join(complete.splitlines(keepends=True)[:3])
     summary = run(tmp_path, templates, ScriptedGenerator(GOOD))
     rows = lines(out)
@@ -168,11 +175,33 @@ def test_torn_line_repaired_by_a_real_rerun(tmp_path, templates):
     assert len(rows) == 5 and len({(r["query_id"], r["anchor"]) for r in rows}) == 5
 
 
+def test_a_torn_sidecar_line_is_asked_again(tmp_path, templates):
+    run(tmp_path, templates, ScriptedGenerator(GOOD))
+    sidecar = tmp_path / "t.jsonl.no-triplets"
+    sidecar.write_bytes(sidecar.read_bytes()[:-3])  # killed while writing the id
+    gen = ScriptedGenerator(GOOD)
+    summary = run(tmp_path, templates, gen)
+    assert summary["queries_done"] == 1 and sidecar.read_text() == "programming-0002\n"
+
+
+def test_a_failed_request_is_not_recorded_as_done(tmp_path, templates):
+    class Failing(ScriptedGenerator):
+        def generate(self, requests):
+            return [GenerationResult(None, error="HTTP 503") for _ in requests]
+
+    summary = run(tmp_path, templates, Failing(GOOD))
+    assert summary["queries_without_triplets"] == 3 and not (tmp_path / "t.jsonl.no-triplets").exists()
+    gen = ScriptedGenerator(GOOD)
+    assert run(tmp_path, templates, gen)["queries_done"] == 3
+
+
 def test_no_resume_starts_over(tmp_path, templates):
     run(tmp_path, templates, ScriptedGenerator(GOOD))
+    assert (tmp_path / "t.jsonl.no-triplets").exists()
     summary = run(tmp_path, templates, ScriptedGenerator(GOOD), resume=False)
     assert summary["queries_skipped_done"] == 0 and len(lines(tmp_path / "t.jsonl")) == 5
     assert summary["previous_runs"] == []
+    assert (tmp_path / "t.jsonl.no-triplets").read_text() == "programming-0002\n"  # started over too
 
 
 def test_foreign_or_corrupt_output_is_an_error_naming_the_line(tmp_path, templates):

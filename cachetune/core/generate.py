@@ -352,7 +352,8 @@ class _Run:
         for anchor, negatives in zip(check.paraphrases, mined_rows):
             rows.extend(_triplet(item, anchor, neg.text, config.domain, "mined", label) for neg in negatives)
             stats.triplets_mined_negative += len(negatives)
-        writer.write(rows)
+        # a query without triplets is recorded so a rerun skips it, unless the backend failed
+        writer.write(rows, None if check.request_failed else item.query_id)
         stats.rejected.update(check.rejected)
         stats.notes.update(check.notes)
         stats.queries_done += 1
@@ -382,6 +383,7 @@ def _ask(generator: Generator, templates, batch: List[Item], config: GenerateCon
             stats.completion_tokens += result.completion_tokens or 0
             if result.error:
                 checked.rejected[f"{'paraphrase' if kind == PARAPHRASES else 'negative'}/request_failed"] += 1
+                checked.request_failed = True
                 continue
             check_items(item.query, kind, parse_reply(result.text, kind), n, checked)
         checked_all.append(checked)

@@ -294,6 +294,7 @@ class Checked:
     negatives: List[str] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
+    request_failed: bool = False  # a backend error, not a reply: the query is worth asking again
 
 
 def check_items(query: str, kind: str, parsed: Parsed, limit: int, checked: Checked) -> None:

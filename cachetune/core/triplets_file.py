@@ -3,7 +3,10 @@
 A query's lines are written with one ``os.write`` call on an ``O_APPEND`` descriptor (no Python
 buffer that a crash could leave half flushed), and an exclusive ``flock`` keeps a second run off
 the file. :func:`scan_output` is what a rerun does first: it repairs the tail a killed run may
-have left and says which query ids are done.
+have left and says which query ids are done. Queries that gave no triplet are listed in a
+sidecar, ``T.jsonl.no-triplets`` (one id per line), so a rerun does not ask for them again: its
+seeded requests would get the same replies. Delete the sidecar to retry them (e.g. after
+changing the filter thresholds).
 """
 
 from __future__ import annotations
@@ -11,21 +14,40 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from cachetune.core.errors import CachetuneError
+
+
+def no_triplets_path(path: Path) -> Path:
+    """The sidecar listing the query ids that were asked and gave no triplet."""
+    return path.with_name(path.name + ".no-triplets")
+
+
+def _scan_no_triplets(path: Path) -> set:
+    sidecar = no_triplets_path(path)
+    if not sidecar.exists():
+        return set()
+    data = sidecar.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):  # a killed write: that query is asked again
+        os.truncate(sidecar, len(complete))
+    return {line.strip() for line in complete.decode("utf-8", "replace").splitlines() if line.strip()}
 
 
 def scan_output(path: Path, domain: str) -> Tuple[set, int, int]:
     """Repair a torn tail and return ``(done query ids, triplet lines kept, lines dropped)``.
 
+    Done ids include those of the ``.no-triplets`` sidecar.
+
     A line without its newline is what a killed write leaves; it is dropped together with the
     lines of the last complete query id before it, since a query's lines are written by one
     ``write`` that the kill may have cut anywhere. A bad line elsewhere is not ours to fix.
     """
-    data = path.read_bytes()
+    empty = _scan_no_triplets(path)
+    data = path.read_bytes() if path.exists() else b""
     if not data:
-        return set(), 0, 0
+        return empty, 0, 0
     torn = not data.endswith(b"\n")
     complete = data[: data.rfind(b"\n") + 1] if torn else data
     lines = complete.splitlines(keepends=True)
@@ -51,13 +73,16 @@ def scan_output(path: Path, domain: str) -> Tuple[set, int, int]:
             dropped += 1
     if torn:
         os.truncate(path, sum(len(line) for line in lines))
-    return set(ids), len(ids), dropped
+    return set(ids) | empty, len(ids), dropped
 
 
 class TripletWriter:
-    """Appends a query's lines with one ``os.write`` (no Python buffering) under an exclusive lock."""
+    """Appends a query's lines with one ``os.write`` (no Python buffering) under an exclusive lock;
+    the id of a query without triplets goes to the ``.no-triplets`` sidecar the same way."""
 
     def __init__(self, path: Path):
+        self.path = path
+        self.empty_fd = None
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -72,14 +97,24 @@ class TripletWriter:
 
     def truncate(self) -> None:
         os.ftruncate(self.fd, 0)
+        no_triplets_path(self.path).unlink(missing_ok=True)
 
-    def write(self, rows: Sequence[dict]) -> None:
-        if not rows:
-            return
-        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-        while data:  # a short write only happens on odd filesystems; finish it
-            written = os.write(self.fd, data)
-            data = data[written:]
+    def write(self, rows: Sequence[dict], query_id: Optional[str] = None) -> None:
+        """Append ``rows``; with none, record ``query_id`` (when given) as asked without triplets."""
+        if rows:
+            _write_all(self.fd, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+        elif query_id:
+            if self.empty_fd is None:
+                self.empty_fd = os.open(no_triplets_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            _write_all(self.empty_fd, (query_id + "\n").encode("utf-8"))
 
     def close(self) -> None:
+        if self.empty_fd is not None:
+            os.close(self.empty_fd)
         os.close(self.fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:  # a short write only happens on odd filesystems; finish it
+        written = os.write(fd, data)
+        data = data[written:]
