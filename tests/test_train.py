@@ -238,6 +238,12 @@ def test_register_adds_to_the_real_registry(run_cli, tmp_path, triplet_file, tin
     assert res.exit_code == 0, res.stderr
     records = AdapterRegistry(tmp_path / "registry").list("programming")
     assert len(records) == 1 and f"registered: {records[0]['ref']}" in res.stdout
+    # --registry wins over $CACHETUNE_HOME
+    res = run_cli(tiny_args(triplet_file, tmp_path / "b", tiny_model, "--max-steps", "1", "--register",
+                            "--registry", tmp_path / "other"))
+    assert res.exit_code == 0, res.stderr
+    assert len(AdapterRegistry(tmp_path / "other").list("programming")) == 1
+    assert len(AdapterRegistry(tmp_path / "registry").list("programming")) == 1
 
 
 def test_help_does_not_import_torch_and_defaults_agree():

@@ -88,6 +88,7 @@ class TrainConfig:
     threads: Optional[int] = None
     max_steps: Optional[int] = None
     register: bool = False
+    registry: Optional[Path] = None  # None: $CACHETUNE_HOME, else ~/.cache/cachetune
     tokens_per_forward: Optional[int] = None  # None: CPU_TOKENS_PER_FORWARD on CPU, 0 (unlimited) on GPU
 
     def validate(self) -> None:
@@ -414,7 +415,7 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
         f"final loss {results['final_loss']}, {results['triplets_per_s']} triplets/s, "
         f"{results['wall_time_s']} s training ({time.time() - started:.1f} s in all)")
     if config.register:
-        record = register_adapter(out)
+        record = register_adapter(out, config.registry)
         log(f"registered: {record.get('ref') if isinstance(record, dict) else record}")
     return card, model
 
@@ -453,11 +454,11 @@ def evaluate_base_and_adapter(model, peft_model, data) -> dict:
     return {"data": str(data.path), "base": base, "adapter": adapter}
 
 
-def register_adapter(adapter_dir: Path):
+def register_adapter(adapter_dir: Path, registry_dir: Optional[Path] = None):
     """Hand the finished adapter to the registry (``--register``)."""
     try:
         from cachetune.registry import register_trained_adapter
     except ImportError:
         raise CachetuneError("--register: the adapter registry is not available "
                              "(cachetune.registry.register_trained_adapter); the adapter is saved", adapter_dir) from None
-    return register_trained_adapter(adapter_dir, registry_dir=None)
+    return register_trained_adapter(adapter_dir, registry_dir=registry_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cachetune.core.cli import domain_option
+from cachetune.core.commands.adapters import registry_option
 
 # Mirrors cachetune.core.train.DEFAULT_LR without importing the training module (and torch) for --help.
 DEFAULT_LR = 2e-3
@@ -62,11 +63,12 @@ def register(cli, pm) -> None:
                        "the GPU default).")
     @click.option("--register/--no-register", "register_adapter", default=False, show_default=True,
                   help="Add the finished adapter to the adapter registry.")
+    @registry_option
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     def train(domain, train_data, base_model, output, epochs, batch_size, lr, temperature, lora_r, lora_alpha,
               lora_dropout, target_modules, max_seq_length, eval_data, seed, no_hard_negatives, warmup_ratio,
               weight_decay, max_grad_norm, checkpoint_every, resume_from, overwrite, precision, threads,
-              max_steps, tokens_per_forward, register_adapter, quiet):
+              max_steps, tokens_per_forward, register_adapter, registry, quiet):
         """Train a LoRA adapter with MultipleNegativesRankingLoss (in-batch + hard negatives)."""
         from cachetune.core.train import TrainConfig, train as run_train
 
@@ -77,7 +79,8 @@ def register(cli, pm) -> None:
             eval_data=eval_data, seed=seed, hard_negatives=not no_hard_negatives, warmup_ratio=warmup_ratio,
             weight_decay=weight_decay, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
             resume_from=resume_from, overwrite=overwrite, precision=precision, threads=threads,
-            max_steps=max_steps, register=register_adapter, tokens_per_forward=tokens_per_forward,
+            max_steps=max_steps, register=register_adapter, registry=registry,
+            tokens_per_forward=tokens_per_forward,
         )
         info = pm.domain_plugin(domain)
         run_train(config, domain_plugin={"name": info.name, "package": info.package, "version": info.version},
