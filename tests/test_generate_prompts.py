@@ -54,6 +54,9 @@ def test_response_schema_asks_for_exactly_n_strings():
     ('{"items": [{"text": "t u"}, {"text": "v w"}]}', ["t u", "v w"], None, None),
     ('{"paraphrases": ["complete one", "complete \\"two\\"", "cut of', ["complete one", 'complete "two"'], None,
      "truncated"),
+    # raw control characters inside strings (small models emit them), complete and cut off
+    ('{"paraphrases": ["a\tb", "c\nd"]}', ["a\tb", "c\nd"], None, None),
+    ('{"paraphrases": ["a\tb", "bad \\q escape", "cut', ["a\tb"], None, "truncated"),
     ('', [], "empty_output", None),
     (None, [], "empty_output", None),
     ('I cannot help with that.', [], "unparseable_output", None),

@@ -209,7 +209,7 @@ def parse_reply(text: Optional[str], kind: str) -> Parsed:
     if text is None or not text.strip():
         return Parsed([], problem="empty_output")
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)  # small models put raw newlines/tabs inside strings
     for candidate in candidates:
         for match in re.finditer(r"[\[{]", candidate):
             try:
@@ -226,7 +226,12 @@ def parse_reply(text: Optional[str], kind: str) -> Parsed:
     # A reply cut off by max_tokens: keep the complete strings after the opening bracket.
     start = re.search(r'"' + re.escape(kind.rstrip("s")) + r's?"\s*:\s*\[', text, re.IGNORECASE)
     if start is not None:
-        strings = [json.loads(f'"{m.group(1)}"') for m in _JSON_STRING.finditer(text, start.end())]
+        strings = []
+        for m in _JSON_STRING.finditer(text, start.end()):
+            try:
+                strings.append(decoder.decode(f'"{m.group(1)}"'))
+            except json.JSONDecodeError:  # e.g. a stray backslash escape: skip that string
+                continue
         if strings:
             return Parsed(strings, note="truncated")
     return Parsed([], problem="unparseable_output")
