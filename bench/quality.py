@@ -38,7 +38,8 @@ def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
     config = TrainConfig(domain=domain, train_data=data, output=output,
                          epochs=args.epochs or DEFAULTS["train"]["epochs"],
                          batch_size=args.batch_size or DEFAULTS["train"]["batch_size"],
-                         lr=args.lr or DEFAULT_LR, overwrite=True, seed=args.seed)
+                         lr=args.lr or DEFAULT_LR, overwrite=True, seed=args.seed,
+                         drop_inverted=not args.keep_inverted)
     return train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
                  log=lambda m: None, show_progress=False)
 
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: cachetune run's (64)")
     parser.add_argument("--lr", type=float, default=None, help="default: the trainer's measured default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-inverted", action="store_true",
+                        help="train on the triplets the base model ranks backwards too")
     parser.add_argument("--no-multi", action="store_true", help="skip the multi-domain adapter")
     args = parser.parse_args()
 
@@ -88,12 +91,15 @@ def main() -> None:
         started = time.time()
         card = train_adapter(domain, [folder / "triplets" / "train.jsonl"], args.output / f"adapter-{domain}", args)
         adapters[domain] = args.output / f"adapter-{domain}"
-        print(f"trained {domain}: {card['data']['triplets']} triplets in {time.time() - started:.0f} s")
+        dropped = card["data"]["skipped_by_reason"].get("inverted", 0)
+        print(f"trained {domain}: {card['data']['triplets']} triplets ({dropped} inverted ones dropped) "
+              f"in {time.time() - started:.0f} s")
     if not args.no_multi and len(workdirs) > 1:
         files = [f / "triplets" / "train.jsonl" for f in workdirs.values()]
         card = train_adapter(next(iter(workdirs)), files, args.output / "adapter-multi", args)
         adapters["multi"] = args.output / "adapter-multi"
-        print(f"trained multi: {card['data']['triplets']} triplets")
+        dropped = card["data"]["skipped_by_reason"].get("inverted", 0)
+        print(f"trained multi: {card['data']['triplets']} triplets ({dropped} inverted ones dropped)")
 
     rows = []
     for trained_on, adapter in adapters.items():

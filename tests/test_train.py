@@ -38,7 +38,7 @@ def triplet_file(tmp_path, shared_data):
 
 def tiny_args(triplets, out, model, *extra):
     return ["train", "--domain", "programming", "--train-data", triplets, "--base-model", model, "--output", out,
-            "--batch-size", "8", "--quiet", *extra]
+            "--batch-size", "8", "--quiet", "--keep-inverted", *extra]  # a random tiny model ranks at random
 
 
 def test_trains_adapter_folder_with_card(run_cli, triplet_file, tmp_path, tiny_model):
@@ -60,10 +60,10 @@ def test_trains_adapter_folder_with_card(run_cli, triplet_file, tmp_path, tiny_m
     assert card["lora"] == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}
     assert card["trainable_parameters"] == 2048
     assert card["data"] == {"path": str(triplet_file), "sha256": sha256_file(triplet_file), "triplets": 48,
-                            "skipped": 0}
+                            "skipped": 0, "skipped_by_reason": {"duplicate": 0, "other_domain": 0}}
     hp = card["hyperparameters"]
     assert (hp["lr"], hp["batch_size"], hp["epochs"], hp["temperature"], hp["scale"]) == (1e-3, 8, 2, 0.05, 20.0)
-    assert hp["hard_negatives"] is True and hp["max_grad_norm"] == 0.5
+    assert hp["hard_negatives"] is True and hp["drop_inverted"] is False and hp["max_grad_norm"] == 0.5
     # 48 rows, batch 8: at least 6 batches per epoch (more when paraphrases of one question must be kept apart)
     assert hp["total_steps"] == card["results"]["steps"] >= 12
     assert card["results"]["triplets_per_s"] > 0 and card["results"]["triplets_seen"] == 2 * 48
@@ -135,6 +135,42 @@ def test_real_model_adapter_reloads_with_plain_peft(tmp_path, shared_data, embed
     assert card["trainable_parameters"] == 73728
     assert card["base_model"]["id"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert 280_000 < (tmp_path / "a" / PEFT_WEIGHTS).stat().st_size < 320_000
+
+
+def test_triplets_the_base_model_ranks_backwards_are_dropped(run_cli, tmp_path, shared_data, embedded_model):
+    from sentence_transformers import SentenceTransformer
+
+    rows = conala_triplets(shared_data, 16)
+    # Mislabelled on purpose: the "negative" is the anchor in capitals, the same text to an uncased model.
+    for row in rows[:4]:
+        row["negative"] = row["anchor"].upper()
+    data = write_jsonl(tmp_path / "t.jsonl", rows)
+    model = SentenceTransformer(embedded_model, device="cpu")
+    enc = [model.encode([r[k] for r in rows], normalize_embeddings=True) for k in ("anchor", "positive", "negative")]
+    inverted = [bool((a @ p) <= (a @ n)) for a, p, n in zip(*enc)]
+    assert inverted[:4] == [True] * 4
+
+    args = ["train", "--domain", "programming", "--train-data", data, "--base-model", embedded_model,
+            "--batch-size", "8", "--max-steps", "1", "--quiet"]
+    res = run_cli([*args, "--output", tmp_path / "dropped"])
+    assert res.exit_code == 0, res.stderr
+    n = sum(inverted)
+    assert f"dropped {n:,} triplets the base model ranks backwards" in res.stdout
+    card = json.loads((tmp_path / "dropped" / CARD_FILE).read_text())
+    assert card["data"]["triplets"] == 16 - n and card["data"]["skipped_by_reason"]["inverted"] == n
+    assert card["hyperparameters"]["drop_inverted"] is True
+
+    res = run_cli([*args, "--output", tmp_path / "kept", "--keep-inverted"])
+    assert res.exit_code == 0 and "ranks backwards" not in res.stdout
+    card = json.loads((tmp_path / "kept" / CARD_FILE).read_text())
+    assert card["data"]["triplets"] == 16 and "inverted" not in card["data"]["skipped_by_reason"]
+
+    everything = write_jsonl(tmp_path / "all.jsonl", rows[:4])
+    res = run_cli(["train", "--domain", "programming", "--train-data", everything, "--base-model", embedded_model,
+                   "--output", tmp_path / "none", "--quiet"])
+    assert res.exit_code == 1
+    assert f"Error: {everything}: every triplet is ranked backwards by the base model" in res.stderr
+    assert not (tmp_path / "none" / PEFT_WEIGHTS).exists()
 
 
 def test_hard_negatives_change_training_and_can_be_left_out(run_cli, tmp_path, shared_data, tiny_model):

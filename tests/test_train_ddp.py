@@ -38,6 +38,23 @@ def test_torchrun_two_processes(tmp_path, shared_data, tiny_model):
 
     # each rank took every other batch; the remainder batch is dropped so both step together
     triplets = load_triplets(data, "programming")
+    # rank 0 dropped the triplets the base model ranks backwards and the other rank followed
+    from types import SimpleNamespace
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from cachetune.core.train import drop_inverted_triplets
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks' summation order
+    try:
+        dropped = drop_inverted_triplets(SentenceTransformer(tiny_model, device="cpu"), triplets,
+                                         SimpleNamespace(device=torch.device("cpu"), distributed=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert card["data"]["skipped_by_reason"]["inverted"] == dropped
+    assert card["data"]["triplets"] == len(triplets.anchors) == 40 - dropped
     texts = TokenizedTexts(AutoTokenizer.from_pretrained(tiny_model),
                            triplets.anchors + triplets.positives + triplets.negatives, 128)
     lengths = [texts.length(a) + texts.length(p) + texts.length(n)

@@ -69,6 +69,9 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path, shared_data, tiny_
            "'sentence-transformers/all-MiniLM-L6-v2' (--base-model)" in res.stderr
     res = run_cli(args(out, "--resume-from-checkpoint", checkpoint, "--lr", "1e-3"))
     assert res.exit_code == 1 and "checkpoint was trained with --lr 0.003, not 0.001" in res.stderr
+    res = run_cli(args(out, "--resume-from-checkpoint", checkpoint, "--keep-inverted"))
+    assert res.exit_code == 1
+    assert "checkpoint was trained with drop_inverted=True, not False (--keep-inverted)" in res.stderr
 
     resumed = run(CLI, args(out, "--resume-from-checkpoint", out))
     assert resumed.returncode == 0, resumed.stderr
@@ -81,5 +84,7 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path, shared_data, tiny_
     card = json.loads((out / CARD_FILE).read_text())
     assert card["results"]["steps"] == ref_card["results"]["steps"] > 3
     assert card["results"]["final_loss"] == ref_card["results"]["final_loss"]
-    assert card["results"]["triplets_seen"] == ref_card["results"]["triplets_seen"] == 2 * 40
+    # the random tiny model ranks some triplets backwards: both runs dropped the same ones
+    assert card["data"] == ref_card["data"] and 0 < card["data"]["triplets"] < 40
+    assert card["results"]["triplets_seen"] == ref_card["results"]["triplets_seen"] == 2 * card["data"]["triplets"]
     assert not (out / "checkpoints").exists()

@@ -198,6 +198,7 @@ class Pipeline:
                 temperature=opts["temperature"], lora_r=opts["lora_r"], lora_alpha=opts["lora_alpha"],
                 lora_dropout=opts["lora_dropout"], target_modules=tuple(modules),
                 max_seq_length=opts["max_seq_length"], seed=self.seed, hard_negatives=opts["hard_negatives"],
+                drop_inverted=opts["drop_inverted"],
                 resume_from=resume, overwrite=resume is None,
             )
             info = self.pm.domain_plugin(self.domain.name)

@@ -46,6 +46,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "target_modules": "query,value",
         "max_seq_length": 128,
         "hard_negatives": True,
+        "drop_inverted": True,  # drop triplets the base model ranks backwards (train --keep-inverted)
     },
     "evaluate": {"target_precision": 0.95, "pairs": [], "domain_sets": True},
     "register": {"enabled": True, "registry": None, "name": None},

@@ -53,9 +53,12 @@ RESUME_OPTIONS = {
     "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "temperature": "--temperature",
     "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
     "target_modules": "--target-modules", "max_seq_length": "--max-seq-length", "seed": "--seed",
-    "hard_negatives": "--no-hard-negatives", "warmup_ratio": "--warmup-ratio",
+    "hard_negatives": "--no-hard-negatives", "drop_inverted": "--keep-inverted", "warmup_ratio": "--warmup-ratio",
     "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm", "max_steps": "--max-steps",
 }
+
+# What a checkpoint written before an option existed was trained with.
+LEGACY_VALUES = {"drop_inverted": False}
 
 
 @dataclass
@@ -78,6 +81,8 @@ class TrainConfig:
     eval_data: Optional[Path] = None
     seed: int = 0
     hard_negatives: bool = True
+    # Drop triplets the base model ranks backwards (see drop_inverted_triplets).
+    drop_inverted: bool = True
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 0.5
@@ -153,9 +158,13 @@ def _check_resume(state: dict, settings: dict, folder: Path) -> None:
         raise CachetuneError(f"checkpoint was trained on {old['world_size']} process(es), this run has "
                              f"{settings['world_size']}", folder)
     for key, option in RESUME_OPTIONS.items():
-        if old["hyperparameters"][key] != settings["hyperparameters"][key]:
-            raise CachetuneError(f"checkpoint was trained with {option} {old['hyperparameters'][key]}, "
-                                 f"not {settings['hyperparameters'][key]}", folder)
+        # Checkpoints older than an option were trained as if it had its legacy value.
+        was = old["hyperparameters"].get(key, LEGACY_VALUES.get(key))
+        now = settings["hyperparameters"][key]
+        if was != now:
+            if isinstance(now, bool):  # a flag: name the setting, then the flag that flips it
+                raise CachetuneError(f"checkpoint was trained with {key}={was}, not {now} ({option})", folder)
+            raise CachetuneError(f"checkpoint was trained with {option} {was}, not {now}", folder)
 
 
 def build_lora_model(model, config: TrainConfig):
@@ -231,6 +240,39 @@ def run_training(config: TrainConfig, domain_plugin: Optional[dict] = None, log:
             dist.destroy_process_group()
 
 
+def drop_inverted_triplets(model, data, rt: Runtime) -> int:
+    """Drop the triplets the base model ranks backwards: cos(anchor, negative) >= cos(anchor, positive).
+
+    With a small generator these are mostly mislabelled -- a "negative" that is really another
+    paraphrase ("set the working directory" for "change current working directory"), or a
+    "paraphrase" that changed the meaning -- and training on them pulls true paraphrases apart.
+    Measured (README, results): on Qwen2.5-Coder-0.5B triplets, dropping them (22% of
+    programming, 8% of medical) turns the programming adapter's held-out margin from a loss
+    into a gain and doubles the medical adapter's gain. Counted in ``data.skipped["inverted"]``.
+    Under torchrun rank 0 decides and the others follow, so every rank trains on the same rows.
+    """
+    import torch
+
+    enc = dict(batch_size=256 if rt.device.type == "cuda" else 64, convert_to_tensor=True,
+               normalize_embeddings=True, show_progress_bar=False)
+    with torch.no_grad():
+        anchors = model.encode(data.anchors, **enc)
+        positives = model.encode(data.positives, **enc)
+        negatives = model.encode(data.negatives, **enc)
+        keep = ((anchors * positives).sum(dim=1) > (anchors * negatives).sum(dim=1)).to(torch.uint8)
+    if rt.distributed:
+        import torch.distributed as dist
+
+        keep = keep.to(rt.device)
+        dist.broadcast(keep, 0)
+    mask = keep.bool().tolist()
+    for column in (data.anchors, data.positives, data.negatives):
+        column[:] = [value for value, kept in zip(column, mask) if kept]
+    dropped = mask.count(False)
+    data.skipped["inverted"] = data.skipped.get("inverted", 0) + dropped
+    return dropped
+
+
 def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_progress: bool) -> dict:
     import numpy as np
     import torch
@@ -268,6 +310,12 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     if limit and config.max_seq_length > limit:
         raise CachetuneError(f"--max-seq-length {config.max_seq_length} exceeds the base model's limit ({limit})")
     model.max_seq_length = config.max_seq_length
+    if config.drop_inverted and config.hard_negatives:
+        dropped = drop_inverted_triplets(model, data, rt)
+        log(f"dropped {dropped:,} triplets the base model ranks backwards (--keep-inverted keeps them)")
+        if not data.anchors:
+            raise CachetuneError("every triplet is ranked backwards by the base model: check the negatives "
+                                 "(or pass --keep-inverted)", config.train_data)
     peft_model = build_lora_model(model, config)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
@@ -397,7 +445,7 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
                  "target_modules": list(config.target_modules)},
         "trainable_parameters": n_trainable,
         "data": {"path": str(config.train_data), "sha256": settings["data_sha256"], "triplets": len(data),
-                 "skipped": data.skipped_total},
+                 "skipped": data.skipped_total, "skipped_by_reason": dict(data.skipped)},
         "hyperparameters": {**settings["hyperparameters"], "optimizer": "AdamW", "schedule": "linear warmup + decay",
                             "warmup_steps": warmup_steps, "total_steps": total_steps,
                             "loss": "MultipleNegativesRankingLoss", "precision": rt.precision,

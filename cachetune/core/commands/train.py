@@ -46,6 +46,9 @@ def register(cli, pm) -> None:
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--no-hard-negatives", "no_hard_negatives", is_flag=True,
                   help="Train on (anchor, positive) only, as the upstream trainer does.")
+    @click.option("--drop-inverted/--keep-inverted", default=True, show_default=True,
+                  help="Drop triplets the base model ranks backwards (cos(anchor, negative) >= "
+                       "cos(anchor, positive)): with a small generator these are mostly mislabelled.")
     @click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
     @click.option("--weight-decay", type=float, default=0.01, show_default=True)
     @click.option("--max-grad-norm", type=float, default=0.5, show_default=True)
@@ -66,8 +69,8 @@ def register(cli, pm) -> None:
     @registry_option
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     def train(domain, train_data, base_model, output, epochs, batch_size, lr, temperature, lora_r, lora_alpha,
-              lora_dropout, target_modules, max_seq_length, eval_data, seed, no_hard_negatives, warmup_ratio,
-              weight_decay, max_grad_norm, checkpoint_every, resume_from, overwrite, precision, threads,
+              lora_dropout, target_modules, max_seq_length, eval_data, seed, no_hard_negatives, drop_inverted,
+              warmup_ratio, weight_decay, max_grad_norm, checkpoint_every, resume_from, overwrite, precision, threads,
               max_steps, tokens_per_forward, register_adapter, registry, quiet):
         """Train a LoRA adapter with MultipleNegativesRankingLoss (in-batch + hard negatives)."""
         from cachetune.core.train import TrainConfig, train as run_train
@@ -76,8 +79,8 @@ def register(cli, pm) -> None:
             domain=domain, train_data=train_data, output=output, base_model=base_model, epochs=epochs,
             batch_size=batch_size, lr=lr, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, target_modules=target_modules, max_seq_length=max_seq_length,
-            eval_data=eval_data, seed=seed, hard_negatives=not no_hard_negatives, warmup_ratio=warmup_ratio,
-            weight_decay=weight_decay, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
+            eval_data=eval_data, seed=seed, hard_negatives=not no_hard_negatives, drop_inverted=drop_inverted,
+            warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
             resume_from=resume_from, overwrite=overwrite, precision=precision, threads=threads,
             max_steps=max_steps, register=register_adapter, registry=registry,
             tokens_per_forward=tokens_per_forward,
