@@ -89,15 +89,15 @@ def main() -> None:
     requests = build_requests(rows, templates)
     base = {"model": model, "temperature": 0.7, "max_tokens": 256}
     configs = [
-        ("one-at-a-time", dict(base), dict(one_at_a_time=True)),
-        ("batched", dict(base), {}),
+        ("one-at-a-time", dict(base, concurrency=1, n_threads=1), dict(one_at_a_time=True)),
+        ("batched", dict(base, concurrency=1, n_threads=1), {}),
         ("2 instances", dict(base, concurrency=2, n_threads=2), {}),
-        ("1x2 threads", dict(base, n_threads=2), {}),
-        ("no prefix reuse", dict(base), dict(reset_each=True)),
-        ("no grammar", dict(base, json_schema=False), {}),
+        ("1x2 threads", dict(base, concurrency=1, n_threads=2), {}),
+        ("no prefix reuse", dict(base, concurrency=1, n_threads=1), dict(reset_each=True)),
+        ("no grammar", dict(base, concurrency=1, n_threads=1, json_schema=False), {}),
     ]
     print(f"model {Path(model).name}; {args.queries} CoNaLa queries ({len(requests)} requests); "
-          f"{os.cpu_count()} CPUs; default n_threads {default_threads()}; load average {os.getloadavg()[0]:.2f}")
+          f"{os.cpu_count()} CPUs; default n_threads {default_threads()} (one instance per core); load average {os.getloadavg()[0]:.2f}")
     configs = [c for c in configs if not args.only or c[0] in args.only]
     best = {}
     for round_no in range(1, args.rounds + 1):

@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-inverted", action="store_true",
+                        help="train on the triplets the base model ranks backwards too")
     args = parser.parse_args()
 
     from cachetune.core.plugins import get_plugin_manager

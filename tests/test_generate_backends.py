@@ -306,3 +306,23 @@ def test_transformers_needs_a_model():
 
     with pytest.raises(CachetuneError, match="needs --model"):
         TransformersGenerator({})
+
+
+def test_llama_cpp_defaults_one_instance_per_core(tmp_path):
+    from cachetune.core.train_runtime import physical_cores
+    from cachetune.plugins.llama_cpp_generator import LlamaCppGenerator
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")  # nothing loads before the first request
+
+    def shape(**opts):
+        gen = LlamaCppGenerator({"model": str(gguf), **opts})
+        return gen.workers, gen.threads_per_worker, gen.batch_size
+
+    assert shape(n_threads=1) == (1, 1, 1)
+    assert shape(n_threads=2) == (2, 1, 1)  # two single-threaded instances, one query's two requests
+    assert shape(n_threads=3) == (3, 1, 2)
+    assert shape(n_threads=8) == (4, 2, 2)  # at most 4 instances; the other cores become their threads
+    assert shape(n_threads=2, concurrency=1) == (1, 2, 1)
+    cores = physical_cores()
+    assert shape()[0] == min(cores, 4) and shape()[0] * shape()[1] <= cores

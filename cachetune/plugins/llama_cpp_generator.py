@@ -10,13 +10,18 @@ it fast is measured in ``bench/generate.py``:
   reply are evaluated per request;
 - replies are constrained by a JSON-schema grammar (exactly ``n`` non-empty strings), so
   the model neither rambles past the object nor returns something unparseable;
-- threads: llama.cpp's threads spin at barriers, so more threads than free cores is many
-  times slower; the default is half the logical CPUs.
-- ``concurrency`` > 1 runs that many ``Llama`` instances in threads (llama.cpp releases the
-  GIL), each with ``n_threads / concurrency`` threads.
+- threads: llama.cpp's threads spin at barriers, so more threads than free cores (SMT
+  siblings, cores other jobs use) is many times slower; the default ``n_threads`` is the
+  physical cores.
+- instances: ``concurrency`` ``Llama`` instances answer requests in threads (llama.cpp
+  releases the GIL; the weights are one shared mmap), each with ``n_threads / concurrency``
+  threads. A 0.5B model does not keep several threads of one instance busy: on 2 idle cores
+  two single-threaded instances answer ×2.1 as many queries as one, one instance with two
+  threads ×1.5. The default is one instance per physical core, at most 4, and a batch of
+  enough queries (two requests each) to give every instance one.
 
 Options: ``model`` (a .gguf path; default: the Qwen2.5-Coder-0.5B GGUF in the ``get-gguf``
-cache), ``n_ctx``, ``n_threads``, ``concurrency`` (instances, default 1), ``temperature``,
+cache), ``n_ctx``, ``n_threads``, ``concurrency`` (instances), ``temperature``,
 ``max_tokens``, ``json_schema``, ``repeat_penalty`` (default 1.1).
 """
 
@@ -57,10 +62,14 @@ def resolve_model(model: Optional[str]) -> Path:
     return path
 
 
+MAX_DEFAULT_INSTANCES = 4
+
+
 def default_threads() -> int:
-    """Half the logical CPUs: llama.cpp's threads spin at barriers, so more threads than free
-    cores (SMT siblings, or cores other jobs use) slow it down many times (see the bench)."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """The physical cores: llama.cpp's threads spin at barriers, so SMT siblings only slow it down."""
+    from cachetune.core.train_runtime import physical_cores
+
+    return physical_cores()
 
 
 class LlamaCppGenerator:
@@ -70,19 +79,19 @@ class LlamaCppGenerator:
         opts = backend_options(options)
         self.path = resolve_model(opts["model"])
         self.label = f"{NAME}:{self.path.stem}"
-        # Requests run one after another whatever the batch (see the bench): a batch of one
-        # query writes each query as soon as it is done.
-        self.batch_size = 1
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         self.json_schema = bool(opts["json_schema"])
         # 1.1 is llama.cpp server's default; with it the model copies the query (the last
         # tokens it saw) less: 58 triplets from 30 CoNaLa queries instead of 35 (see the report).
         self.repeat_penalty = float(opts.get("repeat_penalty") or 1.1)
-        # Here concurrency counts model instances; unset means one (see the module docstring).
-        self.workers = max(1, int(opts.get("concurrency") or 1))
-        threads = opts["n_threads"] or default_threads()
-        self.threads_per_worker = max(1, int(threads) // self.workers)
+        # Here concurrency counts model instances (see the module docstring).
+        threads = int(opts["n_threads"] or default_threads())
+        self.workers = max(1, int(opts.get("concurrency") or min(threads, MAX_DEFAULT_INSTANCES)))
+        self.threads_per_worker = max(1, threads // self.workers)
+        # Queries per batch: two requests each, enough for every instance; a small batch writes
+        # each query soon after it is done.
+        self.batch_size = max(1, (self.workers + 1) // 2)
         self.n_ctx = int(opts["n_ctx"])
         self._llamas: List[object] = []
         self._grammars: dict = {}
