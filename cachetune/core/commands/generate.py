@@ -69,8 +69,9 @@ def register(cli, pm) -> None:
     @click.option("--batch-size", type=int,
                   help="Queries per backend call; their triplets are written when it returns. Default: the "
                        "backend's (llama-cpp 1, openai 32, vllm 256, transformers half its --concurrency).")
-    @click.option("--concurrency", type=int, help="openai: requests in flight (8); llama-cpp: model instances (1); "
-                                                  "transformers: sequences per generate() (8).")
+    @click.option("--concurrency", type=int,
+                  help="openai: requests in flight (8); llama-cpp: model instances (one per core, at most 4); "
+                       "transformers: sequences per generate() (8).")
     @click.option("--tensor-parallel", type=int, default=1, show_default=True, help="vllm: GPUs per model.")
     @click.option("--temperature", type=float, default=0.7, show_default=True)
     @click.option("--max-tokens", type=int, default=256, show_default=True, help="Tokens per reply.")
@@ -93,7 +94,7 @@ def register(cli, pm) -> None:
     @click.option("--api-key", help="openai: API key (default $OPENAI_API_KEY).")
     @click.option("--json-schema/--no-json-schema", default=True, show_default=True,
                   help="Ask the backend to constrain replies to the JSON schema where it can.")
-    @click.option("--n-threads", type=int, help="llama-cpp: CPU threads (default: half the logical cores).")
+    @click.option("--n-threads", type=int, help="llama-cpp: CPU threads in all (default: the physical cores).")
     def generate(domain, input_path, output, backend, model, paraphrases, negatives, batch_size, concurrency,
                  tensor_parallel, temperature, max_tokens, seed, mine_negatives, mining_margin, limit, resume,
                  embedding_filter, paraphrase_floor, negative_ceiling, base_model, base_url, api_key, json_schema,
