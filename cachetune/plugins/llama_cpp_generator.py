@@ -96,6 +96,7 @@ class LlamaCppGenerator:
         self._llamas: List[object] = []
         self._grammars: dict = {}
         self._grammar_lock = threading.Lock()
+        self._running: List[threading.Event] = []  # one per worker of the generate() in progress
 
     def _load(self):
         if self._llamas:
@@ -148,36 +149,51 @@ class LlamaCppGenerator:
         failures: list = []
         stop = threading.Event()
 
-        def work(llama):
-            while not stop.is_set():
-                try:
-                    index = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    results[index] = self._answer(llama, requests[index])
-                except BaseException as exc:  # surfaced in the calling thread below
-                    failures.append(exc)
-                    stop.set()
+        def work(llama, finished: threading.Event):
+            try:
+                while not stop.is_set():
+                    try:
+                        index = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        results[index] = self._answer(llama, requests[index])
+                    except BaseException as exc:  # surfaced in the calling thread below
+                        failures.append(exc)
+                        stop.set()
+            finally:
+                finished.set()
 
-        threads = [threading.Thread(target=work, args=(llama,), daemon=True) for llama in self._llamas]
-        for thread in threads:
-            thread.start()
+        # Completion is tracked with events, not Thread.join: a join interrupted by Ctrl-C can
+        # leave the thread marked finished while it still runs (CPython 3.11), and close() would
+        # then free a model in use (llama.cpp aborts with GGML_ASSERT(backend) or segfaults).
+        self._running = [threading.Event() for _ in self._llamas]
+        for llama, finished in zip(self._llamas, self._running):
+            threading.Thread(target=work, args=(llama, finished), daemon=True).start()
         try:
-            for thread in threads:
-                thread.join()
+            for finished in self._running:
+                finished.wait()
         except BaseException:
-            # Ctrl-C: let each thread finish its current request, so close() never frees a
-            # model that is still generating.
+            # Ctrl-C: let each worker finish its current request, then hand the interrupt on.
             stop.set()
-            for thread in threads:
-                thread.join()
+            self._wait_idle()
             raise
         if failures:
             raise failures[0]
         return results  # type: ignore[return-value]
 
+    def _wait_idle(self) -> None:
+        """Block until no worker is answering a request (a further Ctrl-C only restarts the wait)."""
+        for finished in self._running:
+            while True:
+                try:
+                    if finished.wait(0.1):
+                        break
+                except KeyboardInterrupt:
+                    continue
+
     def close(self) -> None:
+        self._wait_idle()
         for llama in self._llamas:
             close = getattr(llama, "close", None)
             if close is not None:
