@@ -77,6 +77,7 @@ def templates():
 
 
 def run(tmp_path, templates, generator, queries=tuple(GOOD), **overrides):
+    Path(tmp_path).mkdir(parents=True, exist_ok=True)
     inp = write_queries(tmp_path / "train.jsonl", list(queries))
     config = GenerateConfig(domain="programming", input=inp, output=tmp_path / "t.jsonl", embedding_filter=False,
                             **overrides)
@@ -271,6 +272,29 @@ def test_only_paraphrases_asked_when_negatives_are_mined(tmp_path, templates, ti
     for row in rows:  # a mined negative is another query of the corpus, never its own
         assert row["negative"] != row["positive"]
         assert row["negative"] in list(GOOD) + ["sort a list of strings", "read a csv file", "merge two lists"]
+
+
+def test_mine_fallback_gives_negatives_only_to_queries_left_without_one(tmp_path, templates, tiny_model):
+    script = dict(GOOD)
+    # every negative of this query is rejected (it repeats the query): no triplet without the fallback
+    script["split a string on commas"] = {
+        "paraphrases": '{"paraphrases": ["break a string at each comma", "divide a comma-separated string"]}',
+        "negatives": '{"negatives": ["split a string on commas"]}',
+    }
+    queries = list(script) + ["join a list of strings", "read a csv file"]  # the last two: corpus only
+    without = run(tmp_path / "a", templates, ScriptedGenerator(script), queries=queries, base_model=tiny_model)
+    assert not any(r["positive"] == "split a string on commas" for r in lines(tmp_path / "a" / "t.jsonl"))
+
+    summary = run(tmp_path / "b", templates, ScriptedGenerator(script), queries=queries, base_model=tiny_model,
+                  mine_fallback=True)
+    rows = lines(tmp_path / "b" / "t.jsonl")
+    rescued = [r for r in rows if r["positive"] == "split a string on commas"]
+    assert [r["anchor"] for r in rescued] == ["break a string at each comma", "divide a comma-separated string"]
+    assert {r["negative_source"] for r in rescued} == {"mined"}
+    assert all(r["negative"] in queries and r["negative"] != r["positive"] for r in rescued)
+    # the queries that had LLM negatives are written exactly as without the fallback
+    assert [r for r in rows if r not in rescued] == lines(tmp_path / "a" / "t.jsonl")
+    assert summary["triplets_by_negative_source"] == {"llm": without["triplets_written"], "mined": 2}
 
 
 @pytest.fixture

@@ -59,6 +59,8 @@ class GenerateConfig:
     seed: int = 0
     resume: bool = True
     mine_negatives: int = 0
+    # Mine one negative per paraphrase for the queries whose LLM negatives were all rejected.
+    mine_fallback: bool = False
     mining_margin: float = 0.05
     base_model: Optional[str] = None
     embedding_filter: bool = True
@@ -306,12 +308,13 @@ class _Run:
             if generator is not None:
                 self.generator_label = generator.label
             model = None
-            if config.mine_negatives > 0 or (use_llm and config.embedding_filter):
+            fallback = use_llm and config.mine_fallback and config.mine_negatives == 0
+            if config.mine_negatives > 0 or fallback or (use_llm and config.embedding_filter):
                 if load_model is None:
                     from cachetune.core.models import load_sentence_transformer as load_model  # noqa: N813
                 model = load_model(config.base_model or default_base_model)
             miner = None
-            if config.mine_negatives > 0:
+            if config.mine_negatives > 0 or fallback:
                 from cachetune.core.mining import HardNegativeMiner
 
                 log(f"embedding {len(corpus)} corpus queries for mining")
@@ -328,7 +331,12 @@ class _Run:
                 pairs = list(zip(batch, checked))
                 if embedding_filter is not None:
                     embedding_filter.apply(pairs)
-                mined = _mine(miner, pairs, config.mine_negatives) if miner is not None else [[] for _ in pairs]
+                if config.mine_negatives > 0:
+                    mined = _mine(miner, pairs, config.mine_negatives)
+                elif fallback:
+                    mined = _mine_where_no_negative(miner, pairs)
+                else:
+                    mined = [[] for _ in pairs]
                 for (item, check), mined_rows in zip(pairs, mined):
                     self._write_query(writer, item, check, mined_rows)
                     if bar is not None:
@@ -399,6 +407,16 @@ def _mine(miner, pairs: List[Tuple[Item, Checked]], k: int) -> List[list]:
     per_item: List[list] = [[] for _ in pairs]
     for owner, negatives in zip(owners, found):
         per_item[owner].append(negatives)
+    return per_item
+
+
+def _mine_where_no_negative(miner, pairs: List[Tuple[Item, Checked]]) -> List[list]:
+    """One mined negative per paraphrase, only for the queries left without an LLM negative."""
+    wanted = [i for i, (_, checked) in enumerate(pairs) if checked.paraphrases and not checked.negatives]
+    per_item: List[list] = [[] for _ in pairs]
+    if wanted:
+        for index, found in zip(wanted, _mine(miner, [pairs[i] for i in wanted], 1)):
+            per_item[index] = found
     return per_item
 
 

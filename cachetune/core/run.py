@@ -149,6 +149,7 @@ class Pipeline:
             domain=self.domain.name, input=self.data_dir / f"{split}.jsonl", output=self.triplets(split),
             paraphrases=opts["paraphrases"], negatives=opts["negatives"], batch_size=opts["batch_size"],
             limit=limit, seed=self.seed, resume=True, mine_negatives=opts["mine_negatives"],
+            mine_fallback=opts["mine_fallback"] and split == "train",  # held-out triplets stay LLM-only
             base_model=self.base_model, embedding_filter=opts["embedding_filter"],
         )
         options = {"model": opts["model"], "temperature": opts["temperature"], "max_tokens": opts["max_tokens"],

@@ -33,6 +33,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "limit": None,  # queries of the train split to generate for
         "holdout_limit": 200,  # held-out queries to generate evaluation triplets for
         "mine_negatives": 0,
+        "mine_fallback": False,  # mine a negative for queries whose LLM negatives were all rejected
         "embedding_filter": True,
     },
     "train": {

@@ -78,6 +78,8 @@ def register(cli, pm) -> None:
     @click.option("--seed", type=int, default=0, show_default=True, help="Seeds every request (per query and kind).")
     @click.option("--mine-negatives", type=int, default=0, show_default=True,
                   help="Also mine K negatives per anchor from the input's queries with the base model.")
+    @click.option("--mine-fallback/--no-mine-fallback", default=False, show_default=True,
+                  help="Mine one negative per paraphrase for the queries whose LLM negatives were all rejected.")
     @click.option("--mining-margin", type=float, default=0.05, show_default=True,
                   help="Mined negatives score at most positive - |positive| * margin.")
     @click.option("--limit", type=int, help="Only the first N queries of the input.")
@@ -96,7 +98,7 @@ def register(cli, pm) -> None:
                   help="Ask the backend to constrain replies to the JSON schema where it can.")
     @click.option("--n-threads", type=int, help="llama-cpp: CPU threads in all (default: the physical cores).")
     def generate(domain, input_path, output, backend, model, paraphrases, negatives, batch_size, concurrency,
-                 tensor_parallel, temperature, max_tokens, seed, mine_negatives, mining_margin, limit, resume,
+                 tensor_parallel, temperature, max_tokens, seed, mine_negatives, mine_fallback, mining_margin, limit, resume,
                  embedding_filter, paraphrase_floor, negative_ceiling, base_model, base_url, api_key, json_schema,
                  n_threads):
         """Generate (anchor, positive, negative) triplets from prepared queries."""
@@ -107,7 +109,7 @@ def register(cli, pm) -> None:
         config = stage.GenerateConfig(
             domain=domain, input=input_path, output=output, paraphrases=paraphrases, negatives=negatives,
             batch_size=batch_size, limit=limit, seed=seed, resume=resume, mine_negatives=mine_negatives,
-            mining_margin=mining_margin, base_model=base_model, embedding_filter=embedding_filter,
+            mine_fallback=mine_fallback, mining_margin=mining_margin, base_model=base_model, embedding_filter=embedding_filter,
             paraphrase_floor=paraphrase_floor, negative_ceiling=negative_ceiling,
         )
         options = {"model": model, "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
