@@ -97,7 +97,8 @@ def main() -> None:
         ("no grammar", dict(base, concurrency=1, n_threads=1, json_schema=False), {}),
     ]
     print(f"model {Path(model).name}; {args.queries} CoNaLa queries ({len(requests)} requests); "
-          f"{os.cpu_count()} CPUs; default n_threads {default_threads()} (one instance per core); load average {os.getloadavg()[0]:.2f}")
+          f"{os.cpu_count()} CPUs; default n_threads {default_threads()} (one instance per core); "
+          f"load average {os.getloadavg()[0]:.2f}")
     configs = [c for c in configs if not args.only or c[0] in args.only]
     best = {}
     for round_no in range(1, args.rounds + 1):

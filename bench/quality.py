@@ -40,8 +40,13 @@ def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
                          batch_size=args.batch_size or DEFAULTS["train"]["batch_size"],
                          lr=args.lr or DEFAULT_LR, overwrite=True, seed=args.seed,
                          drop_inverted=not args.keep_inverted)
-    return train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
+    started = time.time()
+    card = train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
                  log=lambda m: None, show_progress=False)
+    dropped = card["data"]["skipped_by_reason"].get("inverted", 0)
+    print(f"trained {output.name}: {card['data']['triplets']} triplets ({dropped} inverted ones dropped) "
+          f"in {time.time() - started:.0f} s", flush=True)
+    return card
 
 
 def evaluate_on(pm, domain: str, workdir: Path, adapter: Path, output: Path) -> dict:
@@ -88,18 +93,12 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     adapters = {}
     for domain, folder in workdirs.items():
-        started = time.time()
-        card = train_adapter(domain, [folder / "triplets" / "train.jsonl"], args.output / f"adapter-{domain}", args)
+        train_adapter(domain, [folder / "triplets" / "train.jsonl"], args.output / f"adapter-{domain}", args)
         adapters[domain] = args.output / f"adapter-{domain}"
-        dropped = card["data"]["skipped_by_reason"].get("inverted", 0)
-        print(f"trained {domain}: {card['data']['triplets']} triplets ({dropped} inverted ones dropped) "
-              f"in {time.time() - started:.0f} s")
     if not args.no_multi and len(workdirs) > 1:
         files = [f / "triplets" / "train.jsonl" for f in workdirs.values()]
-        card = train_adapter(next(iter(workdirs)), files, args.output / "adapter-multi", args)
+        train_adapter(next(iter(workdirs)), files, args.output / "adapter-multi", args)
         adapters["multi"] = args.output / "adapter-multi"
-        dropped = card["data"]["skipped_by_reason"].get("inverted", 0)
-        print(f"trained multi: {card['data']['triplets']} triplets ({dropped} inverted ones dropped)")
 
     rows = []
     for trained_on, adapter in adapters.items():

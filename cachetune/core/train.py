@@ -53,8 +53,8 @@ RESUME_OPTIONS = {
     "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "temperature": "--temperature",
     "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
     "target_modules": "--target-modules", "max_seq_length": "--max-seq-length", "seed": "--seed",
-    "hard_negatives": "--no-hard-negatives", "drop_inverted": "--keep-inverted", "warmup_ratio": "--warmup-ratio",
-    "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm", "max_steps": "--max-steps",
+    "hard_negatives": "--no-hard-negatives", "drop_inverted": "--keep-inverted",
+    "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm", "max_steps": "--max-steps",
 }
 
 # What a checkpoint written before an option existed was trained with.
@@ -254,13 +254,15 @@ def drop_inverted_triplets(model, data, rt: Runtime) -> int:
     """
     import torch
 
-    enc = dict(batch_size=256 if rt.device.type == "cuda" else 64, convert_to_tensor=True,
-               normalize_embeddings=True, show_progress_bar=False)
-    with torch.no_grad():
-        anchors = model.encode(data.anchors, **enc)
-        positives = model.encode(data.positives, **enc)
-        negatives = model.encode(data.negatives, **enc)
-        keep = ((anchors * positives).sum(dim=1) > (anchors * negatives).sum(dim=1)).to(torch.uint8)
+    from cachetune.core.train_eval import encode
+
+    # each distinct text once: a query is the positive of all its paraphrases
+    unique = list(dict.fromkeys([*data.anchors, *data.positives, *data.negatives]))
+    where = {text: i for i, text in enumerate(unique)}
+    emb = encode(model, unique, batch_size=256 if rt.device.type == "cuda" else 64)
+    anchors, positives, negatives = (emb[[where[t] for t in column]]
+                                     for column in (data.anchors, data.positives, data.negatives))
+    keep = ((anchors * positives).sum(dim=1) > (anchors * negatives).sum(dim=1)).to(torch.uint8)
     if rt.distributed:
         import torch.distributed as dist
 

@@ -98,9 +98,9 @@ def register(cli, pm) -> None:
                   help="Ask the backend to constrain replies to the JSON schema where it can.")
     @click.option("--n-threads", type=int, help="llama-cpp: CPU threads in all (default: the physical cores).")
     def generate(domain, input_path, output, backend, model, paraphrases, negatives, batch_size, concurrency,
-                 tensor_parallel, temperature, max_tokens, seed, mine_negatives, mine_fallback, mining_margin, limit, resume,
-                 embedding_filter, paraphrase_floor, negative_ceiling, base_model, base_url, api_key, json_schema,
-                 n_threads):
+                 tensor_parallel, temperature, max_tokens, seed, mine_negatives, mine_fallback, mining_margin, limit,
+                 resume, embedding_filter, paraphrase_floor, negative_ceiling, base_model, base_url, api_key,
+                 json_schema, n_threads):
         """Generate (anchor, positive, negative) triplets from prepared queries."""
         from tqdm import tqdm
 
@@ -109,8 +109,8 @@ def register(cli, pm) -> None:
         config = stage.GenerateConfig(
             domain=domain, input=input_path, output=output, paraphrases=paraphrases, negatives=negatives,
             batch_size=batch_size, limit=limit, seed=seed, resume=resume, mine_negatives=mine_negatives,
-            mine_fallback=mine_fallback, mining_margin=mining_margin, base_model=base_model, embedding_filter=embedding_filter,
-            paraphrase_floor=paraphrase_floor, negative_ceiling=negative_ceiling,
+            mine_fallback=mine_fallback, mining_margin=mining_margin, base_model=base_model,
+            embedding_filter=embedding_filter, paraphrase_floor=paraphrase_floor, negative_ceiling=negative_ceiling,
         )
         options = {"model": model, "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
                    "concurrency": concurrency, "tensor_parallel": tensor_parallel,

@@ -70,8 +70,8 @@ def register(cli, pm) -> None:
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     def train(domain, train_data, base_model, output, epochs, batch_size, lr, temperature, lora_r, lora_alpha,
               lora_dropout, target_modules, max_seq_length, eval_data, seed, no_hard_negatives, drop_inverted,
-              warmup_ratio, weight_decay, max_grad_norm, checkpoint_every, resume_from, overwrite, precision, threads,
-              max_steps, tokens_per_forward, register_adapter, registry, quiet):
+              warmup_ratio, weight_decay, max_grad_norm, checkpoint_every, resume_from, overwrite, precision,
+              threads, max_steps, tokens_per_forward, register_adapter, registry, quiet):
         """Train a LoRA adapter with MultipleNegativesRankingLoss (in-batch + hard negatives)."""
         from cachetune.core.train import TrainConfig, train as run_train
 
@@ -80,8 +80,8 @@ def register(cli, pm) -> None:
             batch_size=batch_size, lr=lr, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, target_modules=target_modules, max_seq_length=max_seq_length,
             eval_data=eval_data, seed=seed, hard_negatives=not no_hard_negatives, drop_inverted=drop_inverted,
-            warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
-            resume_from=resume_from, overwrite=overwrite, precision=precision, threads=threads,
+            warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+            checkpoint_every=checkpoint_every, resume_from=resume_from, overwrite=overwrite, precision=precision, threads=threads,
             max_steps=max_steps, register=register_adapter, registry=registry,
             tokens_per_forward=tokens_per_forward,
         )
