@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def build_pairs(source: Path, n: int, seed: int) -> list:
-    from cachetune.domains.programming_eval import _positives
+    from cachetune.domains.programming.evaluation import _positives
 
     positives = _positives(json.loads(source.read_text(encoding="utf-8")))
     rng = random.Random(seed)
@@ -55,8 +55,8 @@ def main() -> None:
 
     import torch
 
-    from cachetune.core.evaluate import evaluate
-    from cachetune.core.plugins import get_plugin_manager
+    from cachetune.core.evaluate.runner import evaluate
+    from cachetune.core.plugin_manager import get_plugin_manager
 
     rows = build_pairs(Path(args.source), args.pairs, args.seed)
     work = Path(tempfile.mkdtemp(prefix="cachetune-bench-eval-"))

@@ -34,8 +34,8 @@ CONALA = REPO.parent / "shared" / "data" / "conala" / "conala-train.json"
 
 
 def load_queries(n: int):
-    from cachetune.core.plugins import get_plugin_manager
-    from cachetune.core.prepare import prepare
+    from cachetune.core.plugin_manager import get_plugin_manager
+    from cachetune.core.data.prepare import prepare
 
     pm = get_plugin_manager(load_entrypoints=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,8 +45,8 @@ def load_queries(n: int):
 
 
 def build_requests(rows, templates):
-    from cachetune.core.generate import request_seed
-    from cachetune.core.generation import NEGATIVES, PARAPHRASES, Request, build_conversation
+    from cachetune.core.generate.pipeline import request_seed
+    from cachetune.core.generate.prompting import NEGATIVES, PARAPHRASES, Request, build_conversation
 
     return [Request(build_conversation(templates, kind, row["query"], n), request_seed(0, row["id"], kind), kind, n)
             for row in rows for kind, n in ((PARAPHRASES, 3), (NEGATIVES, 2))]

@@ -63,7 +63,7 @@ def main() -> None:
                         help="train on the triplets the base model ranks backwards too")
     args = parser.parse_args()
 
-    from cachetune.core.plugins import get_plugin_manager
+    from cachetune.core.plugin_manager import get_plugin_manager
 
     pm = get_plugin_manager()
     args.output.mkdir(parents=True, exist_ok=True)

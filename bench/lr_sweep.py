@@ -41,10 +41,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from cachetune.core.models import load_sentence_transformer
-    from cachetune.core.pair_triplets import conala_triplet_files
-    from cachetune.core.train import TrainConfig, train
-    from cachetune.core.train_eval import triplet_metrics
-    from cachetune.core.training_data import load_triplets
+    from cachetune.domains.programming.training_pairs import conala_triplet_files
+    from cachetune.core.train.loop import TrainConfig, train
+    from cachetune.core.train.train_eval import triplet_metrics
+    from cachetune.core.train.data import load_triplets
 
     work = Path(args.workdir)
     model = load_sentence_transformer(args.base_model)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
-    from cachetune.core.train import TrainConfig, train
+    from cachetune.core.train.loop import TrainConfig, train
 
     data = output.parent / f"{output.name}-train.jsonl"
     with open(data, "w", encoding="utf-8") as out:
@@ -32,8 +32,8 @@ def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
                 row = json.loads(line)
                 row["domain"] = domain  # the trainer keeps only rows of the adapter's domain
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    from cachetune.core.run_config import DEFAULTS
-    from cachetune.core.train import DEFAULT_LR
+    from cachetune.core.pipeline.config import DEFAULTS
+    from cachetune.core.train.loop import DEFAULT_LR
 
     config = TrainConfig(domain=domain, train_data=data, output=output,
                          epochs=args.epochs or DEFAULTS["train"]["epochs"],
@@ -50,7 +50,7 @@ def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
 
 
 def evaluate_on(pm, domain: str, workdir: Path, adapter: Path, output: Path) -> dict:
-    from cachetune.core.evaluate import evaluate
+    from cachetune.core.evaluate.runner import evaluate
 
     return evaluate(pm.get_domain(domain), output, triplets=[workdir / "triplets" / "holdout.jsonl"],
                     holdout=workdir / "data", evaluation_sets=pm.evaluation_sets(domain),
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--no-multi", action="store_true", help="skip the multi-domain adapter")
     args = parser.parse_args()
 
-    from cachetune.core.plugins import get_plugin_manager
+    from cachetune.core.plugin_manager import get_plugin_manager
 
     pm = get_plugin_manager()
     workdirs = {d: Path(f) for d, f in (w.split("=", 1) for w in args.workdir)}

@@ -84,7 +84,7 @@ def main() -> None:
     import torch
 
     from cachetune.core.models import load_sentence_transformer, resolve_base_model
-    from cachetune.core.serving import load_model
+    from cachetune.core.serving.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

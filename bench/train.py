@@ -38,7 +38,7 @@ def lora_model(base, seed):
     import torch
 
     from cachetune.core.models import load_sentence_transformer
-    from cachetune.core.train import TrainConfig, build_lora_model
+    from cachetune.core.train.loop import TrainConfig, build_lora_model
 
     torch.manual_seed(seed)
     model = load_sentence_transformer(base, device="cpu")
@@ -51,7 +51,7 @@ def lora_model(base, seed):
 def optimizer_for(model, lr, total):
     import torch
 
-    from cachetune.core.train import _linear_warmup
+    from cachetune.core.train.loop import _linear_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -163,7 +163,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cachetune-bench-train-"))
     data = Path(args.data) if args.data else work / "data" / "train_triplets.jsonl"
     if not data.exists():
-        from cachetune.core.pair_triplets import conala_triplet_files
+        from cachetune.domains.programming.training_pairs import conala_triplet_files
 
         data = conala_triplet_files(args.source, work / "data", base_model=args.base_model)["paths"]["train"]
     rows = [json.loads(line) for line in data.open(encoding="utf-8") if line.strip()]
@@ -171,7 +171,7 @@ def main() -> None:
     if len(rows) < needed:
         raise SystemExit(f"{data} has {len(rows)} triplets; {needed} needed for {args.steps}+1 steps")
 
-    from cachetune.core.train_runtime import physical_cores
+    from cachetune.core.train.runtime import physical_cores
 
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)

@@ -5,7 +5,7 @@ Public API: :data:`hookimpl` for plugins, the :class:`Domain` family of types, a
 transformers) are imported only when a model is loaded.
 """
 
-from cachetune.core.domain import (
+from cachetune.core.types import (
     Domain,
     EvaluationContext,
     EvaluationSet,
@@ -21,15 +21,15 @@ __version__ = "0.1.0"
 
 
 def load_model(domain=None, registry=None, merged=False, **kwargs):
-    """A SentenceTransformer that encodes with ``domain``'s adapter (see cachetune.core.serving)."""
-    from cachetune.core.serving import load_model as _load_model
+    """A SentenceTransformer that encodes with ``domain``'s adapter (see cachetune.core.serving.models)."""
+    from cachetune.core.serving.models import load_model as _load_model
 
     return _load_model(domain=domain, registry=registry, merged=merged, **kwargs)
 
 
 def load_multi(domains, registry=None, **kwargs):
     """One base model with several domain adapters; ``encode(texts, domain=...)`` switches them."""
-    from cachetune.core.serving import load_multi as _load_multi
+    from cachetune.core.serving.models import load_multi as _load_multi
 
     return _load_multi(domains=domains, registry=registry, **kwargs)
 

@@ -61,7 +61,7 @@ def test_unknown_domain_is_one_line(run_cli, tmp_path):
 
 
 def test_unexpected_error_is_one_line_unless_debug(run_cli, tmp_path, monkeypatch):
-    import cachetune.core.prepare as prepare_module
+    import cachetune.core.data.prepare as prepare_module
 
     def explode(*a, **k):
         raise RuntimeError("kaboom")

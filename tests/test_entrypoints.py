@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cachetune.core.plugins import get_plugin_manager
+from cachetune.core.plugin_manager import get_plugin_manager
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cachetune-cooking"
 

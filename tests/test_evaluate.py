@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cachetune import Domain, EvaluationSet, PromptTemplates, hookimpl
-from cachetune.core.plugins import get_plugin_manager, register_module
+from cachetune.core.plugin_manager import get_plugin_manager, register_module
 from make_adapter import make_adapter
 
 DATA = Path(__file__).parent / "data"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.eval_inputs import parse_columns, parse_label, read_pairs, read_triplets
+from cachetune.core.evaluate.inputs import parse_columns, parse_label, read_pairs, read_triplets
 from make_adapter import make_adapter
 
 MQP = Path(__file__).parent / "data" / "medical_question_pairs.csv"

@@ -9,11 +9,12 @@ import zlib
 import numpy as np
 import pytest
 
-from cachetune.core.domain import EvaluationContext
+from cachetune.core.types import EvaluationContext
 from cachetune.core.errors import CachetuneError
-from cachetune.core.plugins import get_plugin_manager
+from cachetune.core.plugin_manager import get_plugin_manager
 from cachetune.core.text import exact_key
-from cachetune.domains import medical_eval, programming_eval
+from cachetune.domains.medical import evaluation as medical_eval
+from cachetune.domains.programming import evaluation as programming_eval
 
 
 def bag_of_words(texts):
@@ -73,7 +74,7 @@ def test_conala_holdout_keeps_training_queries_out(conala):
 
 
 def test_conala_loader_with_a_prepared_folder_and_its_cache(conala, shared_data, tmp_path, monkeypatch):
-    from cachetune.core.prepare import prepare
+    from cachetune.core.data.prepare import prepare
 
     pm = get_plugin_manager(load_entrypoints=False)
     source = shared_data / "conala" / "conala-train.json"
@@ -111,7 +112,7 @@ def test_conala_loader_source_errors_and_absence(tmp_path, monkeypatch):
         programming_eval.load_conala_pairs(EvaluationContext("programming", source=str(mined_like)))
     with pytest.raises(CachetuneError, match="evaluation data not found"):
         programming_eval.load_conala_pairs(EvaluationContext("programming", source=str(tmp_path / "missing")))
-    from cachetune.core import eval_inputs
+    from cachetune.core.evaluate.runner import inputs as eval_inputs
 
     monkeypatch.setattr(eval_inputs, "shared_data_dir", lambda: tmp_path / "nowhere")
     monkeypatch.delenv(eval_inputs.DATA_ENV, raising=False)

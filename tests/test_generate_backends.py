@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generation import NEGATIVES, PARAPHRASES, Request, build_conversation
-from cachetune.core.plugins import get_plugin_manager
+from cachetune.core.generate.prompting import NEGATIVES, PARAPHRASES, Request, build_conversation
+from cachetune.core.plugin_manager import get_plugin_manager
 
 REPLY = {PARAPHRASES: '{"paraphrases": ["put a list in order", "order the items of a list", '
                       '"arrange a list from smallest to largest"]}',
@@ -309,7 +309,7 @@ def test_transformers_needs_a_model():
 
 
 def test_llama_cpp_defaults_one_instance_per_core(tmp_path):
-    from cachetune.core.train_runtime import physical_cores
+    from cachetune.core.train.runtime import physical_cores
     from cachetune.plugins.llama_cpp_generator import LlamaCppGenerator
 
     gguf = tmp_path / "m.gguf"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generate import GenerateConfig, generate_triplets, stats_path
-from cachetune.core.triplets_file import scan_output
-from cachetune.core.generation import GenerationResult, NEGATIVES
-from cachetune.core.plugins import get_plugin_manager, register_module
+from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets, stats_path
+from cachetune.core.generate.triplets_file import scan_output
+from cachetune.core.generate.prompting import GenerationResult, NEGATIVES
+from cachetune.core.plugin_manager import get_plugin_manager, register_module
 
 FIELDS = {"anchor", "positive", "negative", "query_id", "domain", "negative_source", "generator"}
 
@@ -226,7 +226,7 @@ def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path, templates):
 
 
 def test_a_second_writer_is_refused(tmp_path, templates):
-    from cachetune.core.triplets_file import TripletWriter
+    from cachetune.core.generate.triplets_file import TripletWriter
 
     out = tmp_path / "t.jsonl"
     holder = TripletWriter(out)
@@ -343,7 +343,7 @@ def test_every_backend_is_registered_without_importing_heavy_libraries():
     import subprocess
     import sys
 
-    code = ("import sys; from cachetune.core.plugins import get_plugin_manager; "
+    code = ("import sys; from cachetune.core.plugin_manager import get_plugin_manager; "
             "pm = get_plugin_manager(load_entrypoints=False); print(sorted(pm.generators())); "
             "print([m for m in ('torch', 'llama_cpp', 'vllm', 'transformers', 'httpx') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()

@@ -1,4 +1,4 @@
-"""Prompt building, tolerant parsing, validation and pairing (cachetune.core.generation)."""
+"""Prompt building, tolerant parsing, validation and pairing (cachetune.core.generate.prompting)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from cachetune.core.generation import (
+from cachetune.core.generate.prompting import (
     NEGATIVES, PARAPHRASES, Checked, Parsed, build_conversation, check_items, clean_item, looks_like_answer,
     pair_triplets, parse_reply, response_schema,
 )
-from cachetune.core.plugins import get_plugin_manager
+from cachetune.core.plugin_manager import get_plugin_manager
 
 
 @pytest.fixture(scope="module")

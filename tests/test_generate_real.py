@@ -37,8 +37,8 @@ def check_triplets(rows, queries, generator):
 @pytest.fixture(scope="module")
 def conala_train(tmp_path_factory, shared_data):
     """Real CoNaLa queries, prepared by the real prepare stage."""
-    from cachetune.core.plugins import get_plugin_manager
-    from cachetune.core.prepare import prepare
+    from cachetune.core.plugin_manager import get_plugin_manager
+    from cachetune.core.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("conala")
     pm = get_plugin_manager(load_entrypoints=False)
@@ -206,8 +206,8 @@ def read_rows_tolerant(path):
 @pytest.mark.slow
 def test_transformers_backend_on_a_real_gguf_model(smollm_gguf):
     pytest.importorskip("gguf", reason="transformers reads GGUF files with the gguf package (test extra)")
-    from cachetune.core.generation import PARAPHRASES, Request, build_conversation, parse_reply
-    from cachetune.core.plugins import get_plugin_manager
+    from cachetune.core.generate.prompting import PARAPHRASES, Request, build_conversation, parse_reply
+    from cachetune.core.plugin_manager import get_plugin_manager
     from cachetune.plugins.transformers_generator import TransformersGenerator
 
     templates = get_plugin_manager(load_entrypoints=False).prompt_templates("programming")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.pair_triplets import (
+from cachetune.domains.programming.training_pairs import (
     Pair,
     conala_triplet_files,
     mine_negatives,

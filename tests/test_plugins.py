@@ -10,7 +10,7 @@ import pytest
 from cachetune import Domain, EvaluationSet, FewShotExample, PromptTemplates, QueryRecord, SourceReader, hookimpl
 from cachetune.core import hookspecs
 from cachetune.core.errors import CachetuneError
-from cachetune.core.plugins import BUILTIN_PLUGINS, get_plugin_manager, register_module
+from cachetune.core.plugin_manager import BUILTIN_PLUGINS, get_plugin_manager, register_module
 
 PROMPTS = PromptTemplates("sys", "para {n} {query}", "neg {n} {query}", (FewShotExample("q", ["p"], ["n"]),))
 
@@ -77,7 +77,7 @@ def test_hook_register_source_readers(pm, tmp_path):
     register_module(pm, plugin("qr", register_source_readers=lambda register: register(reader)), "qr")
     assert [r.name for r in pm.source_readers()] == ["qfile"]
 
-    from cachetune.core.prepare import prepare
+    from cachetune.core.data.prepare import prepare
 
     src = tmp_path / "x.q"
     src.write_text("Q: how do I sort a list by a key\nnoise\nQ: how do I read a csv file\n", encoding="utf-8")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cachetune.core.plugins import get_plugin_manager
-from cachetune.core.prepare import prepare
+from cachetune.core.plugin_manager import get_plugin_manager
+from cachetune.core.data.prepare import prepare
 from cachetune.core.text import exact_key, near_key, normalize_query
 
 

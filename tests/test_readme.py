@@ -34,7 +34,7 @@ def test_readme_plugin_example_registers_a_domain(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    from cachetune.core.plugins import get_plugin_manager, register_module
+    from cachetune.core.plugin_manager import get_plugin_manager, register_module
 
     pm = get_plugin_manager(load_entrypoints=False)
     register_module(pm, module, "readme-cooking")

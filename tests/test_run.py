@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cachetune.core.plugins import get_plugin_manager
-from cachetune.core.run_config import SAMPLE_GENERATE_LIMIT, resolve_config
+from cachetune.core.plugin_manager import get_plugin_manager
+from cachetune.core.pipeline.config import SAMPLE_GENERATE_LIMIT, resolve_config
 
 
 @pytest.fixture(scope="module")

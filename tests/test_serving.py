@@ -71,7 +71,7 @@ def test_load_model_merged_matches_unmerged_and_differs_from_base(registry, base
 def test_merged_export_is_a_plain_sentence_transformer(registry, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from cachetune.core.serving import MERGED_INFO_FILE, load_model
+    from cachetune.core.serving.models import MERGED_INFO_FILE, load_model
 
     registry.update_metrics("programming", {"adapter": {"pairs": {"calibrated_threshold": 0.61}}})
     out = registry.export_merged("programming", tmp_path / "merged")
@@ -94,7 +94,7 @@ def test_merged_export_is_a_plain_sentence_transformer(registry, tmp_path):
 
 
 def test_adapter_folder_outside_the_registry(registry, tmp_path):
-    from cachetune.core.serving import load_model
+    from cachetune.core.serving.models import load_model
 
     folder = shutil.copytree(registry.resolve("programming"), tmp_path / "adapter")
     model = load_model(adapter=str(folder), device="cpu")

@@ -14,7 +14,7 @@ from cachetune.core.models import sha256_file, weights_sha256
 
 def conala_triplets(shared_data, n=48, with_negative=True):
     """Real CoNaLa wordings; the negative is another question's intent (no model needed)."""
-    from cachetune.core.pair_triplets import read_conala_pairs
+    from cachetune.domains.programming.training_pairs import read_conala_pairs
 
     pairs = read_conala_pairs(shared_data / "conala" / "conala-train.json")[:n + 10]
     rows = []
@@ -104,7 +104,7 @@ def _embed_with_plain_peft(base, adapter_dir, texts):
 def _check_reload(config, texts, base):
     from sentence_transformers import SentenceTransformer
 
-    from cachetune.core.train import run_training
+    from cachetune.core.train.loop import run_training
 
     card, trained = run_training(config, show_progress=False, log=lambda _m: None)
     mine = trained.encode(texts, convert_to_tensor=True)
@@ -116,7 +116,7 @@ def _check_reload(config, texts, base):
 
 
 def test_plain_peft_reload_matches_in_process_model(tmp_path, triplet_file, tiny_model, shared_data):
-    from cachetune.core.train import TrainConfig
+    from cachetune.core.train.loop import TrainConfig
 
     texts = [r["anchor"] for r in conala_triplets(shared_data, 12)]
     config = TrainConfig("programming", triplet_file, tmp_path / "a", base_model=tiny_model, batch_size=8, lr=5e-3)
@@ -126,7 +126,7 @@ def test_plain_peft_reload_matches_in_process_model(tmp_path, triplet_file, tiny
 @pytest.mark.slow
 def test_real_model_adapter_reloads_with_plain_peft(tmp_path, shared_data, embedded_model, capsys):
     """The real all-MiniLM-L6-v2: 73,728 trainable parameters, ~290 KiB adapter, same embeddings on reload."""
-    from cachetune.core.train import TrainConfig
+    from cachetune.core.train.loop import TrainConfig
 
     rows = conala_triplets(shared_data, 48)
     data = write_jsonl(tmp_path / "t.jsonl", rows)
@@ -261,7 +261,7 @@ def test_register_flag_reaches_the_registry(run_cli, tmp_path, triplet_file, tin
 def test_threads_default_to_physical_cores():
     import os
 
-    from cachetune.core.train_runtime import physical_cores
+    from cachetune.core.train.runtime import physical_cores
 
     assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
 
@@ -291,7 +291,7 @@ def test_help_does_not_import_torch_and_defaults_agree():
     for option in ("--no-hard-negatives", "--register / --no-register", "--resume-from-checkpoint",
                    "--checkpoint-every", "--temperature", "--target-modules", "--eval-data"):
         assert option in out.stdout
-    from cachetune.core.commands import train as command
-    from cachetune.core.train import DEFAULT_LR, TrainConfig
+    from cachetune.core.cli import train as command
+    from cachetune.core.train.loop import DEFAULT_LR, TrainConfig
 
     assert command.DEFAULT_LR == DEFAULT_LR == TrainConfig("d", "t", "o").lr

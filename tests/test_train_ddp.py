@@ -18,7 +18,7 @@ from test_train import conala_triplets, write_jsonl
 def test_torchrun_two_processes(tmp_path, shared_data, tiny_model):
     from transformers import AutoTokenizer
 
-    from cachetune.core.training_data import TokenizedTexts, TripletBatchSampler, load_triplets
+    from cachetune.core.train.data import TokenizedTexts, TripletBatchSampler, load_triplets
 
     bindir = Path(sys.executable).parent
     data = write_jsonl(tmp_path / "t.jsonl", conala_triplets(shared_data, 40))
@@ -44,7 +44,7 @@ def test_torchrun_two_processes(tmp_path, shared_data, tiny_model):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from cachetune.core.train import drop_inverted_triplets
+    from cachetune.core.train.loop import drop_inverted_triplets
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks' summation order

@@ -10,7 +10,7 @@ import pytest
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.text import exact_key
-from cachetune.core.training_data import TokenizedTexts, TripletBatchSampler, load_triplets
+from cachetune.core.train.data import TokenizedTexts, TripletBatchSampler, load_triplets
 
 
 def write_rows(path, rows):
@@ -117,7 +117,7 @@ def test_batches_have_no_false_negatives_and_cover_every_row():
 
 def test_recurring_texts_do_not_leave_tiny_batches(shared_data):
     """Real CoNaLa: a query with 10 paraphrases, negatives shared by up to 15 rows."""
-    from cachetune.core.pair_triplets import read_conala_pairs
+    from cachetune.domains.programming.training_pairs import read_conala_pairs
 
     pairs = read_conala_pairs(shared_data / "conala" / "conala-train.json")
     queries = [p.query for p in pairs]

@@ -3,7 +3,7 @@
 Every hook is a registration hook: cachetune calls it once per plugin manager with a
 ``register`` callback, and the plugin calls ``register(...)`` for each thing it provides.
 Registering the same name twice is an error that names both plugins (see
-:mod:`cachetune.core.plugins`). Nothing here imports torch: the types below are only
+:mod:`cachetune.core.plugin_manager`). Nothing here imports torch: the types below are only
 imported for type checkers.
 """
 
@@ -16,7 +16,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import click
 
-    from cachetune.core.domain import (
+    from cachetune.core.types import (
         Domain,
         EvaluationSet,
         EvaluationContext,
@@ -92,7 +92,7 @@ def register_generators(register: Callable[[str, "GeneratorFactory"], None]) -> 
     """Register LLM generator backends for triplet generation.
 
     :param register: call ``register(name, factory)``; ``factory(options)`` returns a
-        :class:`cachetune.core.generation.Generator`. ``name`` is what users pass to
+        :class:`cachetune.core.generate.prompting.Generator`. ``name`` is what users pass to
         ``cachetune generate --backend``.
 
     Called by ``generate`` to list and build backends. The factory must import heavy

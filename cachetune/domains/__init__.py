@@ -1,0 +1,1 @@
+"""Built-in domain plugins, one package each, registered exactly as a third-party domain is."""

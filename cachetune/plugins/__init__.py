@@ -1,0 +1,1 @@
+"""Built-in plugins that serve every domain: the LLM generator backends."""

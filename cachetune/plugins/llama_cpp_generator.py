@@ -5,7 +5,7 @@ has one model lock, no parallel slots), so a batch is answered request by reques
 it fast is measured in ``bench/generate.py``:
 
 - every request of a run shares one long few-shot prefix (see
-  :func:`cachetune.core.generation.build_conversation`), and a ``Llama`` instance reuses the
+  :func:`cachetune.core.generate.prompting.build_conversation`), and a ``Llama`` instance reuses the
   KV cache of the longest common prefix of consecutive prompts, so only the query and the
   reply are evaluated per request;
 - replies are constrained by a JSON-schema grammar (exactly ``n`` non-empty strings), so
@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence
 
 from cachetune import hookimpl
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generation import GenerationResult, Request, backend_options
+from cachetune.core.generate.prompting import GenerationResult, Request, backend_options
 
 NAME = "llama-cpp"
 DEFAULT_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -67,7 +67,7 @@ MAX_DEFAULT_INSTANCES = 4
 
 def default_threads() -> int:
     """The physical cores: llama.cpp's threads spin at barriers, so SMT siblings only slow it down."""
-    from cachetune.core.train_runtime import physical_cores
+    from cachetune.core.train.runtime import physical_cores
 
     return physical_cores()
 

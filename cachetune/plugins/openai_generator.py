@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 
 from cachetune import hookimpl
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generation import GenerationResult, Request, backend_options
+from cachetune.core.generate.prompting import GenerationResult, Request, backend_options
 
 NAME = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

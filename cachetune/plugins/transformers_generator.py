@@ -18,7 +18,7 @@ from typing import List, Sequence
 
 from cachetune import hookimpl
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generation import GenerationResult, Request, backend_options, render_plain
+from cachetune.core.generate.prompting import GenerationResult, Request, backend_options, render_plain
 
 NAME = "transformers"
 

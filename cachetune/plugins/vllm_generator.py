@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 
 from cachetune import hookimpl
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generation import GenerationResult, Request, backend_options, render_plain
+from cachetune.core.generate.prompting import GenerationResult, Request, backend_options, render_plain
 
 NAME = "vllm"
 DEFAULT_MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"

@@ -308,7 +308,7 @@ class AdapterRegistry:
         tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
         try:
             if merged:
-                from cachetune.core.serving import save_merged
+                from cachetune.core.serving.models import save_merged
 
                 save_merged(record, folder, tmp, device=device)
             else:

@@ -1,0 +1,110 @@
+"""``cachetune embed`` and ``cachetune similarity``: try an adapter by hand.
+
+``similarity`` is the cache decision itself: the cosine of two queries under the domain's
+adapter, compared with the threshold calibrated when the adapter was evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cachetune.core.cli import domain_option
+from cachetune.core.cli.adapters import registry_option
+from cachetune.core.errors import CachetuneError
+
+
+def adapter_option(func):
+    return click.option(
+        "--adapter",
+        help="Registry NAME[@VERSION], an adapter folder, or a merged export (default: the domain's adapter).",
+    )(func)
+
+
+def _load(domain, adapter, registry, merged=False, device=None):
+    if not domain and not adapter:
+        raise click.UsageError("give --domain or --adapter")
+    from cachetune.core.serving.models import load_model
+
+    return load_model(domain=domain, registry=registry, merged=merged, adapter=adapter, device=device)
+
+
+def _label(served) -> str:
+    return served.ref or served.path
+
+
+def register(cli, pm) -> None:
+    @cli.command()
+    @domain_option(pm, required=False)
+    @adapter_option
+    @registry_option
+    @click.option("--input", "input_path", help="Texts to embed: .txt (one per line), .jsonl/.json "
+                                                "('query' or 'text' fields), or - for standard input.")
+    @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write FILE.json, FILE.jsonl or FILE.npy instead of JSON lines on standard output.")
+    @click.option("--merged", is_flag=True, help="Merge the LoRA into the weights first (same vectors, faster).")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+    @click.option("--device", help="torch device (default: sentence-transformers' choice).")
+    @click.argument("texts", nargs=-1)
+    def embed(domain, adapter, registry, input_path, output, merged, batch_size, device, texts):
+        """Embed TEXT... (or --input FILE) with a domain's adapter."""
+        from cachetune.core.serving.models import models as serving
+
+        if texts and input_path:
+            raise click.UsageError("give texts as arguments or --input, not both")
+        if not texts and not input_path:
+            raise click.UsageError("give texts to embed, or --input FILE")
+        if output is not None:
+            serving.check_output_path(output)  # fail before the model loads
+        texts = list(texts) if texts else serving.read_texts(input_path)
+        if not texts:
+            raise CachetuneError("no texts to embed", input_path)
+        model = _load(domain, adapter, registry, merged=merged, device=device)
+        vectors = model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                               show_progress_bar=len(texts) > 4 * batch_size)
+        if output is None:
+            for line in serving.iter_embedding_lines(texts, vectors):
+                click.echo(line)
+            return
+        serving.write_embeddings(output, texts, vectors, model.cachetune_adapter)
+        click.echo(f"{len(texts)} embeddings of dimension {vectors.shape[1]} "
+                   f"({_label(model.cachetune_adapter)}) -> {output}", err=True)
+
+    @cli.command()
+    @domain_option(pm, required=False)
+    @adapter_option
+    @registry_option
+    @click.option("--threshold", type=click.FloatRange(-1.0, 1.0),
+                  help="Decide with this threshold instead of the calibrated one.")
+    @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+    @click.option("--device", help="torch device (default: sentence-transformers' choice).")
+    @click.argument("a")
+    @click.argument("b")
+    def similarity(domain, adapter, registry, threshold, as_json, device, a, b):
+        """Cosine of A and B under the adapter, and whether a cache would treat them as the same query."""
+        from cachetune.core.serving.models import cosine
+
+        model = _load(domain, adapter, registry, device=device)
+        served = model.cachetune_adapter
+        score = cosine(model, a, b)
+        source = "--threshold" if threshold is not None else "calibrated"
+        if threshold is None:
+            threshold = served.calibrated_threshold
+        hit = None if threshold is None else score >= threshold
+        if as_json:
+            click.echo(json.dumps({"adapter": _label(served), "domain": served.domain, "cosine": score,
+                                   "threshold": threshold, "threshold_source": source if threshold is not None
+                                   else None, "hit": hit}))
+            return
+        click.echo(f"cosine     {score:.4f}  ({_label(served)})")
+        if threshold is None:
+            click.echo("threshold  none: this adapter has no calibrated threshold yet "
+                       "(run `cachetune evaluate --register-metrics`, or pass --threshold)")
+            return
+        click.echo(f"threshold  {threshold:.4f}  ({source})")
+        if hit:
+            click.echo("decision   HIT: same query for the cache; the cached answer would be reused")
+        else:
+            click.echo("decision   MISS: different queries; the cache would call the model")

@@ -1,1 +1,0 @@
-"""Built-in CLI commands, one module each with ``register(cli, pm)``."""

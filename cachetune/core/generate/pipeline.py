@@ -1,0 +1,438 @@
+"""Stage 2: turn prepared queries into training triplets with an LLM (and/or mined negatives).
+
+Reads ``train.jsonl`` from ``prepare``; per query, one LLM call asks for N paraphrases and one
+for M hard negatives (the reference recipe), the replies are parsed and validated
+(:mod:`cachetune.core.generate.prompting`), optionally filtered with the base embedding model, and
+paired in the reference layout: every paraphrase is an ``anchor`` with the original query as
+``positive`` and the negatives handed out round-robin. ``--mine-negatives K`` adds K mined
+negatives per anchor (:mod:`cachetune.core.mining`), or replaces the LLM's with ``--negatives 0``;
+an input of ``{"anchor", "positive"}`` pairs gets mined negatives with no LLM at all.
+
+Reliability: the triplets of a query are appended with one ``write`` call as soon as its batch
+is answered, so a crash loses at most the batch in flight. A rerun resumes: it skips query ids
+already in the output, after dropping a torn last line (and, to be safe, the rest of that last
+query's lines, which are then generated again). The output is locked while a run writes it.
+The summary ``<output>.stats.json`` is rewritten after every batch and at the end, also after
+Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from cachetune.core.errors import CachetuneError
+from cachetune.core.generate.prompting import (
+    NEGATIVES, PARAPHRASES, Checked, Generator, Request, build_conversation, check_items, pair_triplets,
+    parse_reply,
+)
+from cachetune.core.jsonl import iter_jsonl, write_json
+from cachetune.core.data.prepare import query_id as make_query_id
+from cachetune.core.text import normalize_query
+from cachetune.core.generate.triplets_file import TripletWriter, scan_output
+
+# Embedding filter defaults (cosine similarity to the query with the base model) for domains
+# whose PromptTemplates set none; the built-in domains set their own (see their PROMPTS).
+DEFAULT_PARAPHRASE_FLOOR = 0.6
+DEFAULT_NEGATIVE_CEILING = 0.9
+DEFAULT_BATCH_SIZE = 32
+MAX_IDS_IN_STATS = 200
+
+
+@dataclass
+class GenerateConfig:
+    """What ``cachetune generate`` was asked to do (see the command's help for each)."""
+
+    domain: str
+    input: Path
+    output: Path
+    paraphrases: int = 3
+    negatives: int = 2
+    batch_size: Optional[int] = None  # None: the backend's ``batch_size``, else 32
+    limit: Optional[int] = None
+    seed: int = 0
+    resume: bool = True
+    mine_negatives: int = 0
+    # Mine one negative per paraphrase for the queries whose LLM negatives were all rejected.
+    mine_fallback: bool = False
+    mining_margin: float = 0.05
+    base_model: Optional[str] = None
+    embedding_filter: bool = True
+    paraphrase_floor: Optional[float] = None  # None: the domain's (PromptTemplates), else the default
+    negative_ceiling: Optional[float] = None
+
+    def check(self) -> None:
+        for name in ("paraphrases", "negatives", "mine_negatives"):
+            if getattr(self, name) < 0:
+                raise CachetuneError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise CachetuneError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise CachetuneError(f"--limit must be positive, got {self.limit}")
+        if not 0.0 <= self.mining_margin < 1.0:
+            raise CachetuneError(f"--mining-margin must be in [0, 1), got {self.mining_margin}")
+        for name in ("paraphrase_floor", "negative_ceiling"):
+            value = getattr(self, name)
+            if value is not None and not -1.0 <= value <= 1.0:
+                raise CachetuneError(f"--{name.replace('_', '-')} is a cosine similarity in [-1, 1], got {value}")
+        if Path(self.output).resolve() == Path(self.input).resolve():
+            raise CachetuneError("--output must not be the input file", self.output)
+
+
+def stats_path(output: Path) -> Path:
+    return Path(output).with_name(Path(output).name + ".stats.json")
+
+
+def request_seed(seed: int, query_id: str, kind: str) -> int:
+    """A per-request seed that does not depend on batching or resuming."""
+    digest = hashlib.sha1(f"{seed}:{query_id}:{kind}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+# -- input ------------------------------------------------------------------------------------
+
+@dataclass
+class Item:
+    """One unit of work: a query (LLM mode) or a query with given anchors (pairs mode)."""
+
+    query_id: str
+    query: str
+    anchors: List[str] = field(default_factory=list)
+    generator: Optional[str] = None
+
+
+def read_input(path: Path, domain: str) -> Tuple[str, List[Item], int]:
+    """``("queries", items, duplicates)`` for prepared queries, ``("pairs", ...)`` for anchor/positive rows."""
+    mode: Optional[str] = None
+    items: Dict[str, Item] = {}
+    duplicates = 0
+    for number, row in iter_jsonl(path):
+        row_mode = "pairs" if "anchor" in row and "positive" in row else "queries"
+        if mode is None:
+            mode = row_mode
+        elif row_mode != mode:
+            raise CachetuneError(f"mixes {mode} rows and {row_mode} rows; use one kind per file", path, number)
+        if row.get("domain") not in (None, domain):
+            raise CachetuneError(f"row is for domain '{row['domain']}' but --domain is '{domain}'", path, number)
+        text_field = "positive" if mode == "pairs" else "query"
+        query = row.get(text_field)
+        if not isinstance(query, str) or not normalize_query(query):
+            raise CachetuneError(f"missing or empty '{text_field}' (a non-empty string)", path, number)
+        query = normalize_query(query)
+        qid = row.get("query_id" if mode == "pairs" else "id") or make_query_id(domain, query)
+        if not isinstance(qid, str):
+            raise CachetuneError(f"'id' must be a string, got {type(qid).__name__}", path, number)
+        if mode == "pairs":
+            anchor = row.get("anchor")
+            if not isinstance(anchor, str) or not normalize_query(anchor):
+                raise CachetuneError("missing or empty 'anchor' (a non-empty string)", path, number)
+            item = items.setdefault(qid, Item(qid, query, generator=row.get("generator")))
+            if normalize_query(anchor) in item.anchors:
+                duplicates += 1
+            else:
+                item.anchors.append(normalize_query(anchor))
+        elif qid in items:
+            duplicates += 1
+        else:
+            items[qid] = Item(qid, query)
+    if mode is None:
+        raise CachetuneError("no queries in the input", path)
+    return mode, list(items.values()), duplicates
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class RunStats:
+    queries_total: int = 0
+    queries_skipped_done: int = 0
+    queries_done: int = 0
+    queries_without_triplets: int = 0
+    without_triplets_ids: List[str] = field(default_factory=list)
+    triplets_written: int = 0
+    triplets_llm_negative: int = 0
+    triplets_mined_negative: int = 0
+    requests: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class EmbeddingFilter:
+    """Drops paraphrases too far from the query and negatives too close to it (cosine)."""
+
+    def __init__(self, model, floor: float, ceiling: float):
+        self.model, self.floor, self.ceiling = model, floor, ceiling
+
+    def similarities(self, pairs: List[Tuple[str, str]]) -> List[float]:
+        if not pairs:
+            return []
+        enc = dict(convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False, batch_size=64)
+        left = self.model.encode([a for a, _ in pairs], **enc)
+        right = self.model.encode([b for _, b in pairs], **enc)
+        return (left * right).sum(dim=1).tolist()
+
+    def apply(self, batch: List[Tuple[Item, Checked]]) -> None:
+        pairs, where = [], []
+        for index, (item, checked) in enumerate(batch):
+            for text in checked.paraphrases:
+                pairs.append((item.query, text)); where.append((index, PARAPHRASES, text))
+            for text in checked.negatives:
+                pairs.append((item.query, text)); where.append((index, NEGATIVES, text))
+        drop = set()
+        for (index, kind, text), score in zip(where, self.similarities(pairs)):
+            if kind == PARAPHRASES and score < self.floor:
+                drop.add((index, kind, text)); batch[index][1].rejected["paraphrase/below_similarity_floor"] += 1
+            elif kind == NEGATIVES and score > self.ceiling:
+                drop.add((index, kind, text)); batch[index][1].rejected["negative/above_similarity_ceiling"] += 1
+        for index, (_, checked) in enumerate(batch):
+            checked.paraphrases[:] = [t for t in checked.paraphrases if (index, PARAPHRASES, t) not in drop]
+            checked.negatives[:] = [t for t in checked.negatives if (index, NEGATIVES, t) not in drop]
+
+
+def _triplet(item: Item, anchor: str, negative: str, domain: str, source: str, generator: str) -> dict:
+    return {"anchor": anchor, "positive": item.query, "negative": negative, "query_id": item.query_id,
+            "domain": domain, "negative_source": source, "generator": generator}
+
+
+def generate_triplets(
+    config: GenerateConfig,
+    templates,
+    make_generator: Optional[Callable[[], Generator]],
+    *,
+    load_model: Optional[Callable[[str], object]] = None,
+    default_base_model: Optional[str] = None,
+    progress: Optional[Callable[[int], object]] = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Run the generate stage; returns the summary also written to ``<output>.stats.json``.
+
+    :param templates: the domain's :class:`PromptTemplates`.
+    :param make_generator: builds the backend (called only if there is LLM work left).
+    :param load_model: loads the base model (a SentenceTransformer) for the embedding filter
+        and mining; defaults to :func:`cachetune.core.models.load_sentence_transformer`.
+    :param progress: ``progress(total)`` returns a tqdm-like object (``update``, ``close``).
+    """
+    started = time.time()
+    config.check()
+    output = Path(config.output)
+    mode, items, duplicate_inputs = read_input(Path(config.input), config.domain)
+    corpus = [item.query for item in items]
+    if config.limit is not None:
+        items = items[: config.limit]
+    if mode == "pairs" and config.mine_negatives < 1:
+        raise CachetuneError("holds anchor/positive pairs: pass --mine-negatives K to give them mined negatives",
+                             config.input)
+    if mode == "queries" and config.paraphrases < 1:
+        raise CachetuneError("--paraphrases must be >= 1 for prepared queries (the paraphrases are the anchors)")
+    if mode == "queries" and config.negatives < 1 and config.mine_negatives < 1:
+        raise CachetuneError("--negatives 0 needs --mine-negatives K: every triplet needs a negative")
+
+    config = dataclasses.replace(
+        config,
+        paraphrase_floor=_first(config.paraphrase_floor, getattr(templates, "paraphrase_floor", None),
+                                DEFAULT_PARAPHRASE_FLOOR),
+        negative_ceiling=_first(config.negative_ceiling, getattr(templates, "negative_ceiling", None),
+                                DEFAULT_NEGATIVE_CEILING))
+    previous = _previous_runs(output) if config.resume else []
+    # Lock first: the repair below must not cut the line another run is writing.
+    writer = TripletWriter(output)
+    try:
+        run = _Run(config, mode, items, started, previous)
+        run.summary_base["duplicate_input_rows"] = duplicate_inputs
+        if config.resume:
+            done, run.summary_base["resumed_from_lines"], dropped = scan_output(output, config.domain)
+            run.summary_base["dropped_torn_lines"] = dropped
+            if dropped:
+                log(f"dropped {dropped} line(s) at the end of {output} left by an interrupted run")
+        else:
+            done = set()
+            writer.truncate()
+        todo = [item for item in items if item.query_id not in done]
+        run.stats.queries_skipped_done = len(items) - len(todo)
+        if todo:
+            run.execute(todo, writer, templates, make_generator, corpus, load_model, default_base_model, progress, log)
+    finally:
+        writer.close()
+    result = run.summary()
+    write_json(stats_path(output), result)
+    return result
+
+
+class _Run:
+    """One invocation: its counters, its summary, and the batch loop."""
+
+    def __init__(self, config: GenerateConfig, mode: str, items: List[Item], started: float, previous: list):
+        self.config, self.mode, self.started, self.previous = config, mode, started, previous
+        self.stats = RunStats(queries_total=len(items))
+        self.generator_label = "none"
+        self.interrupted = False
+        self.summary_base = {
+            "output": str(config.output), "domain": config.domain, "input": str(config.input), "mode": mode,
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()},
+            "resumed_from_lines": 0, "dropped_torn_lines": 0,
+        }
+
+    def summary(self) -> dict:
+        stats, wall = self.stats, time.time() - self.started
+        run = {
+            "finished": not self.interrupted, "interrupted": self.interrupted, "generator": self.generator_label,
+            "queries_total": stats.queries_total, "queries_skipped_done": stats.queries_skipped_done,
+            "queries_done": stats.queries_done, "queries_without_triplets": stats.queries_without_triplets,
+            "queries_without_triplets_ids": stats.without_triplets_ids[:MAX_IDS_IN_STATS],
+            "triplets_written": stats.triplets_written,
+            "triplets_by_negative_source": {"llm": stats.triplets_llm_negative, "mined": stats.triplets_mined_negative},
+            "triplets_per_query": round(stats.triplets_written / stats.queries_done, 3) if stats.queries_done else 0.0,
+            "llm_requests": stats.requests,
+            "rejected": dict(sorted(stats.rejected.items())), "rejected_total": sum(stats.rejected.values()),
+            "repaired": dict(sorted(stats.notes.items())),
+            "tokens": {"prompt": stats.prompt_tokens, "completion": stats.completion_tokens},
+            "wall_time_s": round(wall, 3),
+            "queries_per_s": round(stats.queries_done / wall, 4) if wall > 0 else 0.0,
+        }
+        return {**self.summary_base, **run, "previous_runs": self.previous}
+
+    def execute(self, todo, writer, templates, make_generator, corpus, load_model, default_base_model, progress, log):
+        config, use_llm = self.config, self.mode == "queries"
+        # The backend first: a missing model or server should fail before the base model loads.
+        generator = make_generator() if use_llm else None
+        bar = None
+        try:
+            if generator is not None:
+                self.generator_label = generator.label
+            model = None
+            fallback = use_llm and config.mine_fallback and config.mine_negatives == 0
+            if config.mine_negatives > 0 or fallback or (use_llm and config.embedding_filter):
+                if load_model is None:
+                    from cachetune.core.models import load_sentence_transformer as load_model  # noqa: N813
+                model = load_model(config.base_model or default_base_model)
+            miner = None
+            if config.mine_negatives > 0 or fallback:
+                from cachetune.core.mining import HardNegativeMiner
+
+                log(f"embedding {len(corpus)} corpus queries for mining")
+                miner = HardNegativeMiner(model, corpus, relative_margin=config.mining_margin)
+            embedding_filter = (EmbeddingFilter(model, config.paraphrase_floor, config.negative_ceiling)
+                                if use_llm and config.embedding_filter else None)
+            bar = progress(len(todo)) if progress is not None else None
+            size = config.batch_size or getattr(generator, "batch_size", None) or DEFAULT_BATCH_SIZE
+            self.summary_base["batch_size"] = size
+            for start in range(0, len(todo), size):
+                batch = todo[start: start + size]
+                checked = (_ask(generator, templates, batch, config, self.stats) if use_llm
+                           else [Checked(paraphrases=list(item.anchors)) for item in batch])
+                pairs = list(zip(batch, checked))
+                if embedding_filter is not None:
+                    embedding_filter.apply(pairs)
+                if config.mine_negatives > 0:
+                    mined = _mine(miner, pairs, config.mine_negatives)
+                elif fallback:
+                    mined = _mine_where_no_negative(miner, pairs)
+                else:
+                    mined = [[] for _ in pairs]
+                for (item, check), mined_rows in zip(pairs, mined):
+                    self._write_query(writer, item, check, mined_rows)
+                    if bar is not None:
+                        bar.update(1)
+                write_json(stats_path(config.output), self.summary())
+        except KeyboardInterrupt:
+            self.interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+            if generator is not None:
+                generator.close()
+
+    def _write_query(self, writer, item: Item, check: Checked, mined_rows: list) -> None:
+        config, stats = self.config, self.stats
+        label = self.generator_label if self.mode == "queries" else (
+            item.generator or f"input:{Path(config.input).name}")
+        rows = [_triplet(item, a, n, config.domain, "llm", label)
+                for a, _, n in pair_triplets(item.query, check.paraphrases, check.negatives)]
+        stats.triplets_llm_negative += len(rows)
+        for anchor, negatives in zip(check.paraphrases, mined_rows):
+            rows.extend(_triplet(item, anchor, neg.text, config.domain, "mined", label) for neg in negatives)
+            stats.triplets_mined_negative += len(negatives)
+        # a query without triplets is recorded so a rerun skips it, unless the backend failed
+        writer.write(rows, None if check.request_failed else item.query_id)
+        stats.rejected.update(check.rejected)
+        stats.notes.update(check.notes)
+        stats.queries_done += 1
+        stats.triplets_written += len(rows)
+        if not rows:
+            stats.queries_without_triplets += 1
+            stats.without_triplets_ids.append(item.query_id)
+
+
+def _ask(generator: Generator, templates, batch: List[Item], config: GenerateConfig, stats: RunStats) -> List[Checked]:
+    """One paraphrase and one negative request per query, answered as one batch, then validated."""
+    wanted = [(PARAPHRASES, config.paraphrases), (NEGATIVES, config.negatives)]
+    wanted = [(kind, n) for kind, n in wanted if n > 0]
+    requests = [Request(build_conversation(templates, kind, item.query, n),
+                        request_seed(config.seed, item.query_id, kind), kind, n)
+                for item in batch for kind, n in wanted]
+    results = generator.generate(requests)
+    if len(results) != len(requests):
+        raise CachetuneError(f"backend {generator.label} returned {len(results)} results for {len(requests)} requests")
+    stats.requests += len(requests)
+    checked_all = []
+    for index, item in enumerate(batch):
+        checked = Checked()
+        for offset, (kind, n) in enumerate(wanted):
+            result = results[index * len(wanted) + offset]
+            stats.prompt_tokens += result.prompt_tokens or 0
+            stats.completion_tokens += result.completion_tokens or 0
+            if result.error:
+                checked.rejected[f"{'paraphrase' if kind == PARAPHRASES else 'negative'}/request_failed"] += 1
+                checked.request_failed = True
+                continue
+            check_items(item.query, kind, parse_reply(result.text, kind), n, checked)
+        checked_all.append(checked)
+    return checked_all
+
+
+def _mine(miner, pairs: List[Tuple[Item, Checked]], k: int) -> List[list]:
+    anchors, positives, owners = [], [], []
+    for index, (item, checked) in enumerate(pairs):
+        for anchor in checked.paraphrases:
+            anchors.append(anchor); positives.append(item.query); owners.append(index)
+    found = miner.mine(anchors, positives, k)
+    per_item: List[list] = [[] for _ in pairs]
+    for owner, negatives in zip(owners, found):
+        per_item[owner].append(negatives)
+    return per_item
+
+
+def _mine_where_no_negative(miner, pairs: List[Tuple[Item, Checked]]) -> List[list]:
+    """One mined negative per paraphrase, only for the queries left without an LLM negative."""
+    wanted = [i for i, (_, checked) in enumerate(pairs) if checked.paraphrases and not checked.negatives]
+    per_item: List[list] = [[] for _ in pairs]
+    if wanted:
+        for index, found in zip(wanted, _mine(miner, [pairs[i] for i in wanted], 1)):
+            per_item[index] = found
+    return per_item
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _previous_runs(output: Path) -> list:
+    """Earlier runs' summaries (without their own history) from an existing stats file."""
+    path = stats_path(output)
+    if not output.exists() or not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    runs = list(old.get("previous_runs", []))
+    runs.append({k: v for k, v in old.items() if k not in ("previous_runs", "config")})
+    return runs

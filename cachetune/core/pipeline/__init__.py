@@ -1,0 +1,1 @@
+"""The `cachetune run` chain: prepare -> generate -> train -> evaluate -> register, from one config."""

@@ -1,0 +1,288 @@
+"""The main job: prepare -> generate -> train -> evaluate -> register, resumable.
+
+Each stage writes into the work folder and records, in ``run.json``, a fingerprint of its
+own options and of the outputs it read. On a rerun a stage is skipped when its recorded
+fingerprint matches and its outputs are still there; otherwise it runs again, and stages
+that can resume internally (generation appends per query, training has checkpoints) pick
+up where a crash left them.
+
+Work folder layout::
+
+    data/{train,holdout}.jsonl, prepare.json     prepare
+    triplets/train.jsonl, triplets/holdout.jsonl  generate (holdout triplets are for evaluation only)
+    adapter/                                     train (peft files + cachetune.json)
+    eval/metrics.json, report.md, *.png          evaluate
+    run.json                                     stage fingerprints, timings, summaries
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from cachetune.core.errors import CachetuneError
+from cachetune.core.jsonl import write_json
+
+STAGES = ("prepare", "generate", "train", "evaluate", "register")
+STATE_FILE = "run.json"
+Log = Callable[[str], None]
+
+
+def _fingerprint(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    from cachetune.core.models import sha256_file
+
+    return sha256_file(path)[:16] if Path(path).exists() else "missing"
+
+
+class RunState:
+    """``run.json``: what each stage last completed with."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / STATE_FILE
+        self.data: Dict[str, dict] = {}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text(encoding="utf-8")).get("stages", {})
+            except json.JSONDecodeError:
+                self.data = {}  # a torn state file only costs re-checking the stages
+
+    def done(self, stage: str, fingerprint: str, outputs) -> bool:
+        entry = self.data.get(stage)
+        return bool(entry and entry.get("fingerprint") == fingerprint and all(Path(p).exists() for p in outputs))
+
+    def record(self, stage: str, fingerprint: str, wall_s: float, summary: dict) -> None:
+        self.data[stage] = {"fingerprint": fingerprint, "wall_time_s": round(wall_s, 1), "summary": summary,
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(self.path, {"stages": self.data})
+
+
+class Pipeline:
+    """Runs the stages for one resolved config (see :mod:`cachetune.core.pipeline.config`)."""
+
+    def __init__(self, pm, config: dict, log: Log = print, progress: bool = True):
+        self.pm, self.config, self.log, self.progress = pm, config, log, progress
+        self.domain = pm.get_domain(config["domain"])
+        self.workdir = Path(config["run"]["workdir"])
+        self.seed = config["run"]["seed"]
+        self.base_model = config["run"]["base_model"]
+        self.state = RunState(self.workdir)
+        self.timings: Dict[str, float] = {}
+        self.skipped: Dict[str, bool] = {}
+
+    # -- paths ------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    def triplets(self, split: str) -> Path:
+        return self.workdir / "triplets" / f"{split}.jsonl"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.workdir / "adapter"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.workdir / "eval"
+
+    # -- stages -----------------------------------------------------------------------
+    def run(self, stop_after: Optional[str] = None) -> dict:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for number, stage in enumerate(STAGES, 1):
+            if stage == "register" and not self.config["register"]["enabled"]:
+                continue
+            getattr(self, f"stage_{stage}")(number)
+            if stage == stop_after:
+                break
+        return self.summary()
+
+    def _stage(self, number: int, stage: str, fingerprint: str, outputs, work: Callable[[], dict]) -> dict:
+        label = f"[{number}/{len(STAGES)}] {stage}"
+        if self.state.done(stage, fingerprint, outputs):
+            self.skipped[stage] = True
+            self.timings[stage] = self.state.data[stage].get("wall_time_s", 0.0)
+            self.log(f"{label}: up to date, skipped")
+            return self.state.data[stage]["summary"]
+        self.log(f"{label}: running")
+        started = time.time()
+        summary = work()
+        wall = time.time() - started
+        self.state.record(stage, fingerprint, wall, summary)
+        self.timings[stage], self.skipped[stage] = wall, False
+        self.log(f"{label}: done in {wall:.1f} s")
+        return summary
+
+    def stage_prepare(self, number: int) -> dict:
+        from cachetune.core.data.prepare import STATS_FILE, prepare
+
+        opts = self.config["prepare"]
+        source = opts["source"] or str(self.domain.default_source)
+        source_digest = _file_digest(Path(source)) if Path(source).is_file() else source
+        fp = _fingerprint(opts, source_digest, self.seed)
+
+        def work():
+            summary = prepare(self.domain, self.data_dir, source=source, limit=opts["limit"],
+                              holdout=opts["holdout"], seed=self.seed, readers=self.pm.source_readers(),
+                              query_field=opts["query_field"])
+            return summary["counts"]
+
+        return self._stage(number, "prepare", fp, [self.data_dir / STATS_FILE], work)
+
+    def _generate(self, split: str, limit: Optional[int]) -> dict:
+        from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets
+
+        opts = self.config["generate"]
+        backend = opts["backend"]
+        generators = self.pm.generators()
+        if backend not in generators:
+            raise CachetuneError(f"generate.backend: unknown backend '{backend}' "
+                                 f"(registered: {', '.join(sorted(generators))})")
+        config = GenerateConfig(
+            domain=self.domain.name, input=self.data_dir / f"{split}.jsonl", output=self.triplets(split),
+            paraphrases=opts["paraphrases"], negatives=opts["negatives"], batch_size=opts["batch_size"],
+            limit=limit, seed=self.seed, resume=True, mine_negatives=opts["mine_negatives"],
+            mine_fallback=opts["mine_fallback"] and split == "train",  # held-out triplets stay LLM-only
+            base_model=self.base_model, embedding_filter=opts["embedding_filter"],
+        )
+        options = {"model": opts["model"], "temperature": opts["temperature"], "max_tokens": opts["max_tokens"],
+                   "seed": self.seed, "concurrency": opts["concurrency"]}
+        factory = generators[backend].value
+        progress = None
+        if self.progress:
+            from tqdm import tqdm
+
+            progress = lambda total: tqdm(total=total, desc=f"generate {split}", unit=" queries",  # noqa: E731
+                                          mininterval=1.0, leave=False, disable=None)
+        return generate_triplets(config, self.pm.prompt_templates(self.domain.name), lambda: factory(options),
+                                 default_base_model=self.domain.default_base_model, progress=progress,
+                                 log=self.log)
+
+    def stage_generate(self, number: int) -> dict:
+        opts = self.config["generate"]
+        inputs = [_file_digest(self.data_dir / f"{s}.jsonl") for s in ("train", "holdout")]
+        fp = _fingerprint(opts, inputs, self.base_model, self.seed)
+
+        def work():
+            train = self._generate("train", opts["limit"])
+            held = self._generate("holdout", opts["holdout_limit"])
+            keys = ("queries_done", "triplets_written", "rejected_total", "queries_per_s", "generator")
+            return {"train": {k: train.get(k) for k in keys}, "holdout": {k: held.get(k) for k in keys}}
+
+        return self._stage(number, "generate", fp, [self.triplets("train"), self.triplets("holdout")], work)
+
+    def stage_train(self, number: int) -> dict:
+        from cachetune.core.adapters import CARD_FILE
+        from cachetune.core.train.loop import DEFAULT_LR, TrainConfig, train
+
+        opts = dict(self.config["train"])
+        opts["lr"] = opts["lr"] or DEFAULT_LR
+        fp = _fingerprint(opts, _file_digest(self.triplets("train")), self.base_model, self.seed)
+        modules = opts["target_modules"]
+        if isinstance(modules, str):
+            modules = tuple(m.strip() for m in modules.split(",") if m.strip())
+
+        def work():
+            from cachetune.core.train.loop import checkpoints as ckpt
+
+            resume = self.adapter_dir if (self.adapter_dir / ckpt.CHECKPOINTS_DIR).exists() else None
+            config = TrainConfig(
+                domain=self.domain.name, train_data=self.triplets("train"), output=self.adapter_dir,
+                base_model=self.base_model, epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
+                temperature=opts["temperature"], lora_r=opts["lora_r"], lora_alpha=opts["lora_alpha"],
+                lora_dropout=opts["lora_dropout"], target_modules=tuple(modules),
+                max_seq_length=opts["max_seq_length"], seed=self.seed, hard_negatives=opts["hard_negatives"],
+                drop_inverted=opts["drop_inverted"],
+                resume_from=resume, overwrite=resume is None,
+            )
+            info = self.pm.domain_plugin(self.domain.name)
+            card = train(config, domain_plugin={"name": info.name, "package": info.package,
+                                                "version": info.version},
+                         log=self.log, show_progress=self.progress)
+            return {"results": card.get("results", {}), "trainable_parameters": card.get("trainable_parameters"),
+                    "adapter_bytes": adapter_size(self.adapter_dir)}
+
+        return self._stage(number, "train", fp, [self.adapter_dir / CARD_FILE], work)
+
+    def stage_evaluate(self, number: int) -> dict:
+        from cachetune.core.evaluate.runner import evaluate
+
+        opts = self.config["evaluate"]
+        fp = _fingerprint(opts, _file_digest(self.adapter_dir / "adapter_model.safetensors"),
+                          _file_digest(self.triplets("holdout")), self.base_model)
+
+        def work():
+            sets = self.pm.evaluation_sets(self.domain.name) if opts["domain_sets"] else ()
+            result = evaluate(
+                self.domain, self.eval_dir, triplets=[self.triplets("holdout")], pairs=list(opts["pairs"]),
+                holdout=self.data_dir, evaluation_sets=sets, eval_source=self.config["prepare"]["source"],
+                seed=self.seed, base_model=self.base_model, adapter=str(self.adapter_dir),
+                target_precision=opts["target_precision"], log=self.log,
+            )
+            return {"sets": {name: {m: entry.get(m) for m in ("base", "adapter") if m in entry}
+                             for name, entry in result["sets"].items()},
+                    "improvement": result.get("improvement", {})}
+
+        return self._stage(number, "evaluate", fp, [self.eval_dir / "metrics.json"], work)
+
+    def stage_register(self, number: int) -> dict:
+        from cachetune.core.evaluate.runner import registry_summary
+        from cachetune.registry import AdapterRegistry
+
+        opts = self.config["register"]
+        registry = AdapterRegistry(opts["registry"])
+        fp = _fingerprint(opts, str(registry.root), _file_digest(self.adapter_dir / "adapter_model.safetensors"),
+                          _file_digest(self.eval_dir / "metrics.json"))
+
+        def work():
+            record = registry.add(self.adapter_dir, name=opts["name"])
+            ref = f"{record['name']}@{record['version']}"
+            metrics = json.loads((self.eval_dir / "metrics.json").read_text(encoding="utf-8"))
+            registry.update_metrics(ref, registry_summary(metrics, self.eval_dir))
+            return {"ref": ref, "registry": str(registry.root)}
+
+        summary = self._stage(number, "register", fp, [], work)
+        # A registry emptied by hand since the last run means registering again.
+        try:
+            registry.get(summary["ref"])
+        except CachetuneError:
+            self.state.data.pop("register", None)
+            summary = self._stage(number, "register", fp, [], work)
+        return summary
+
+    # -- summary ----------------------------------------------------------------------
+    def summary(self) -> dict:
+        stages = self.state.data
+        out = {"domain": self.domain.name, "workdir": str(self.workdir), "timings_s": dict(self.timings),
+               "skipped": dict(self.skipped), "stages": stages}
+        if self.adapter_dir.exists():
+            out["adapter_bytes"] = adapter_size(self.adapter_dir)
+        return out
+
+
+def adapter_size(adapter_dir: Path) -> int:
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    return weights.stat().st_size if weights.exists() else 0
+
+
+def summary_rows(summary: dict) -> list:
+    """Rows of (set, metric, base, adapter) for the final table."""
+    rows = []
+    evaluation = summary["stages"].get("evaluate", {}).get("summary", {})
+    for name, entry in evaluation.get("sets", {}).items():
+        for kind, metrics in (("triplets", ("margin", "accuracy")), ("pairs", ("ap", "calibrated_threshold",
+                                                                                "hit_rate", "false_hit_rate"))):
+            base = entry.get("base", {}).get(kind)
+            adapter = entry.get("adapter", {}).get(kind)
+            if not base:
+                continue
+            for metric in metrics:
+                rows.append((name, metric, base.get(metric), (adapter or {}).get(metric)))
+    return rows
