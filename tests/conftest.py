@@ -1,4 +1,4 @@
-"""Shared fixtures: real model and data locations, a tiny random BERT, a CLI runner."""
+"""Shared fixtures: real model and data locations, a tiny random BERT, a CLI runner, a real Redis."""
 
 from __future__ import annotations
 
@@ -77,6 +77,33 @@ def qwen_gguf() -> str:
 def smollm_gguf() -> str:
     """SmolLM2-135M-Instruct Q4_1 (small and weak; fast smoke tests)."""
     return _gguf("smollm")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real Redis 8.2 with RediSearch and RedisJSON on a free loopback port (tests/redis_server.py).
+
+    Skipped, with the reason, where the test-only wheels are missing or the server cannot start.
+    """
+    from redis_server import RedisServer, RedisUnavailable
+
+    server = RedisServer()
+    try:
+        server.start()
+    except RedisUnavailable as exc:
+        pytest.skip(f"no Redis with vector search: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """``redis://127.0.0.1:PORT`` of the session's Redis, emptied before each test."""
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
 
 
 class CliResult:
