@@ -112,7 +112,7 @@ def test_conala_loader_source_errors_and_absence(tmp_path, monkeypatch):
         programming_eval.load_conala_pairs(EvaluationContext("programming", source=str(mined_like)))
     with pytest.raises(CachetuneError, match="evaluation data not found"):
         programming_eval.load_conala_pairs(EvaluationContext("programming", source=str(tmp_path / "missing")))
-    from cachetune.core.evaluate.runner import inputs as eval_inputs
+    from cachetune.core.evaluate import inputs as eval_inputs
 
     monkeypatch.setattr(eval_inputs, "shared_data_dir", lambda: tmp_path / "nowhere")
     monkeypatch.delenv(eval_inputs.DATA_ENV, raising=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from cachetune.core.evaluate.runner import metrics as M
+from cachetune.core.evaluate import metrics as M
 
 
 def _sklearn_reference(scores, labels, target):

@@ -18,7 +18,7 @@ CLI = "import sys; from cachetune.core.cli import main; sys.exit(main(sys.argv[1
 # Save the first checkpoint, then die as abruptly as `kill -9` would make it.
 KILL_AFTER_CHECKPOINT = """
 import os, signal, sys
-from cachetune.core.train.loop import checkpoints as train_checkpoints
+from cachetune.core.train import checkpoints as train_checkpoints
 save = train_checkpoints.save_checkpoint
 def save_then_die(*args, **kwargs):
     folder = save(*args, **kwargs)

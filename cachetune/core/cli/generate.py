@@ -104,7 +104,7 @@ def register(cli, pm) -> None:
         """Generate (anchor, positive, negative) triplets from prepared queries."""
         from tqdm import tqdm
 
-        from cachetune.core.generate.pipeline import pipeline as stage
+        from cachetune.core.generate import pipeline as stage
 
         config = stage.GenerateConfig(
             domain=domain, input=input_path, output=output, paraphrases=paraphrases, negatives=negatives,

@@ -50,7 +50,7 @@ def register(cli, pm) -> None:
     @click.argument("texts", nargs=-1)
     def embed(domain, adapter, registry, input_path, output, merged, batch_size, device, texts):
         """Embed TEXT... (or --input FILE) with a domain's adapter."""
-        from cachetune.core.serving.models import models as serving
+        from cachetune.core.serving import models as serving
 
         if texts and input_path:
             raise click.UsageError("give texts as arguments or --input, not both")

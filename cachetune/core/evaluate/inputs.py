@@ -248,7 +248,8 @@ def read_holdout(folder, domain: Optional[str] = None) -> Optional[EvalInput]:
 
 def shared_data_dir() -> Path:
     """``../shared/data`` beside a development checkout of cachetune."""
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    # cachetune/core/evaluate/inputs.py -> the folder that holds the checkout
+    return Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 def locate_eval_data(context, relative: str) -> Optional[Path]:

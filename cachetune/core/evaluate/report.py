@@ -177,7 +177,7 @@ def _fmt(value) -> str:
 
 
 def _plot_set(output: Path, name: str, entry: dict, raw: dict, models, target_precision: float) -> List[Path]:
-    from cachetune.core.evaluate.runner import plots
+    from cachetune.core.evaluate import plots
 
     slug = file_slug(name)
     title = f"{name} ({entry['kind']}, {entry['rows']} rows)"

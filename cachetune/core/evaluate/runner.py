@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cachetune.core.evaluate.runner import metrics as M
+from cachetune.core.evaluate import metrics as M
 from cachetune.core.types import Domain, EvaluationContext, EvaluationSet
 from cachetune.core.errors import CachetuneError
 from cachetune.core.evaluate.report import render_report, write_set_files

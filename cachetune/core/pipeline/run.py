@@ -190,7 +190,7 @@ class Pipeline:
             modules = tuple(m.strip() for m in modules.split(",") if m.strip())
 
         def work():
-            from cachetune.core.train.loop import checkpoints as ckpt
+            from cachetune.core.train import checkpoints as ckpt
 
             resume = self.adapter_dir if (self.adapter_dir / ckpt.CHECKPOINTS_DIR).exists() else None
             config = TrainConfig(

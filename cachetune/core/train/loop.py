@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from cachetune.core.train.loop import checkpoints as ckpt
+from cachetune.core.train import checkpoints as ckpt
 from cachetune.core.adapters import CARD_FILE, PEFT_WEIGHTS
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import write_json
