@@ -191,7 +191,8 @@ class MultiAdapterModel:
     """One base SentenceTransformer carrying several named LoRA adapters.
 
     ``encode(texts, domain=...)`` activates that domain's adapter (peft ``set_adapter``)
-    and encodes; the base weights are loaded once. ``domain=None`` encodes with every
+    and encodes; the base weights are loaded once. The labels are domains for
+    :func:`load_multi`, whatever :func:`load_shared`'s caller chose otherwise. ``domain=None`` encodes with every
     adapter disabled (the base model). Switching mutates the shared model, so calls are
     serialised with a lock.
     """
@@ -238,30 +239,39 @@ def load_multi(domains: Sequence[str], registry=None, device: Optional[str] = No
     if len(set(domains)) != len(domains):
         raise CachetuneError(f"a domain is listed twice: {list(domains)}")
     reg = open_registry(registry)
-    records = {domain: reg.find(domain) for domain in domains}
-    first_domain, first = next(iter(records.items()))
-    for domain, record in records.items():
+    return load_shared({domain: reg.find(domain) for domain in domains}, reg, device=device, base_model=base_model)
+
+
+def load_shared(records: Dict[str, dict], registry, device: Optional[str] = None,
+                base_model: Optional[str] = None) -> MultiAdapterModel:
+    """Registry ``records`` (label -> record) as adapters of one base model, selected by label.
+
+    ``load_multi`` labels them by domain; ``cachetune serve`` by ``name@version``.
+    """
+    reg = open_registry(registry)
+    first_label, first = next(iter(records.items()))
+    for label, record in records.items():
         if (record["base_model"]["id"], record["base_model"].get("weights_sha256")) != \
                 (first["base_model"]["id"], first["base_model"].get("weights_sha256")):
             raise CachetuneError(
-                f"adapters need one base model: {first['ref']} ({first_domain}) is on '{first['base_model']['id']}', "
-                f"{record['ref']} ({domain}) on '{record['base_model']['id']}'", reg.index.path
+                f"adapters need one base model: {first['ref']} ({first_label}) is on '{first['base_model']['id']}', "
+                f"{record['ref']} ({label}) on '{record['base_model']['id']}'", reg.index.path
             )
-    folders = {domain: reg.check(record) for domain, record in records.items()}
-    model = load_sentence_transformer(check_base(first["base_model"], base_model, folders[first_domain]),
+    folders = {label: reg.check(record) for label, record in records.items()}
+    model = load_sentence_transformer(check_base(first["base_model"], base_model, folders[first_label]),
                                       device=device)
     # peft adapter names become module keys, so use safe internal names, not user strings.
-    peft_names = {domain: f"adapter_{i}" for i, domain in enumerate(domains)}
-    peft_model = attach_adapter(model, folders[first_domain], adapter_name=peft_names[first_domain])
-    for domain in domains[1:]:
+    peft_names = {label: f"adapter_{i}" for i, label in enumerate(records)}
+    peft_model = attach_adapter(model, folders[first_label], adapter_name=peft_names[first_label])
+    for label in list(records)[1:]:
         try:
-            peft_model.load_adapter(str(folders[domain]), adapter_name=peft_names[domain])
+            peft_model.load_adapter(str(folders[label]), adapter_name=peft_names[label])
         except Exception as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CachetuneError(f"could not load adapter: {first_line}", folders[domain]) from None
+            raise CachetuneError(f"could not load adapter: {first_line}", folders[label]) from None
     model.eval()
-    served = {domain: ServedAdapter(r["ref"], r["domain"], str(folders[domain]), r["base_model"]["id"],
-                                    r.get("calibrated_threshold"), False) for domain, r in records.items()}
+    served = {label: ServedAdapter(r["ref"], r["domain"], str(folders[label]), r["base_model"]["id"],
+                                   r.get("calibrated_threshold"), False) for label, r in records.items()}
     return MultiAdapterModel(model, peft_model, served, peft_names)
 
 

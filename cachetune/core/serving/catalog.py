@@ -1,0 +1,151 @@
+"""What ``cachetune serve`` serves: registry adapters and their base models, under every name
+a client may send as ``model``.
+
+A request's ``model`` is an adapter ``name@version``, an adapter name (its latest loaded
+version), a domain (the adapter the registry serves for it, if loaded) or a base model id.
+Unmerged adapters on one base model share one copy of it (:func:`load_shared`) and are
+switched per batch; ``merged=True`` folds each adapter into a copy of its own (base-model
+speed, one copy each). Every adapter is loaded with the registry's checks: file hashes and
+the base model's weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence
+
+from cachetune.core.errors import CachetuneError
+from cachetune.core.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_ID, load_sentence_transformer
+from cachetune.core.serving.models import ServedAdapter, check_base, load_model, load_shared, open_registry
+
+
+@dataclass
+class Encoder:
+    """One servable model: ``encode(texts)`` returns one unit-length float32 row per text."""
+
+    id: str
+    encode: Callable[[List[str]], "object"]
+    tokenizer: object  # a private copy: counting runs on the event loop while another thread encodes
+    max_tokens: int
+    dimension: int
+    base_model: str
+    model: object  # the SentenceTransformer that encodes (shared by unmerged adapters on one base)
+    adapter: Optional[ServedAdapter] = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def token_counts(self, texts: Sequence[str]) -> List[int]:
+        """Tokens per text as the model sees them, special tokens included, before truncation."""
+        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return [len(row) for row in ids]
+
+    def describe(self) -> dict:
+        """The ``/v1/models`` entry: OpenAI's fields plus what a cache needs to set its threshold."""
+        adapter = self.adapter
+        return {
+            "id": self.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "cachetune",
+            "base_model": self.base_model,
+            "domain": adapter.domain if adapter else None,
+            "calibrated_threshold": adapter.calibrated_threshold if adapter else None,
+            "merged": adapter.merged if adapter else False,
+            "dimension": self.dimension,
+            "max_tokens": self.max_tokens,
+        }
+
+
+class ModelCatalog:
+    """The loaded encoders, and the names (ids and aliases) that select them."""
+
+    def __init__(self, encoders: Sequence[Encoder], aliases: Dict[str, str]):
+        self.encoders = {encoder.id: encoder for encoder in encoders}
+        self.aliases = aliases
+
+    def resolve(self, name: str) -> Optional[Encoder]:
+        """The encoder for a request's ``model`` (an id or an alias); None when not served."""
+        return self.encoders.get(name) or self.encoders.get(self.aliases.get(name, ""))
+
+    def describe(self) -> List[dict]:
+        return [encoder.describe() for encoder in self.encoders.values()]
+
+
+def _dimension(model) -> int:
+    # sentence-transformers 5 renamed the method; older releases only have the first name
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return getter()
+
+
+def _encoder(model_id: str, encode, model, base_model: str, batch_size: int,
+             adapter: Optional[ServedAdapter] = None) -> Encoder:
+    def run(texts: List[str]):
+        return encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                      show_progress_bar=False)
+
+    return Encoder(model_id, run, copy.deepcopy(model.tokenizer), int(model.max_seq_length),
+                   _dimension(model), base_model, model, adapter)
+
+
+def select_records(registry, refs: Sequence[str] = ()) -> List[dict]:
+    """The records to serve: ``refs`` (``name[@version]`` or a domain), else every name's latest version."""
+    if not refs:
+        return [registry.get(name) for name in sorted({r["name"] for r in registry.list()})]
+    records: Dict[str, dict] = {}
+    for ref in refs:
+        try:
+            record = registry.get(ref)
+        except CachetuneError as exc:
+            if "@" in ref or not registry.list(domain=ref):
+                raise CachetuneError(f"--model {ref}: {exc.message}", exc.path) from None
+            record = registry.find(ref)
+        records.setdefault(record["ref"], record)
+    return list(records.values())
+
+
+def _aliases(registry, records: List[dict], base_ids: Sequence[str]) -> Dict[str, str]:
+    """Adapter names, then domains, then base-model short names, each pointing at one loaded id."""
+    aliases: Dict[str, str] = {}
+    loaded = {r["ref"] for r in records}
+    for record in sorted(records, key=lambda r: r["version"]):
+        aliases[record["name"]] = record["ref"]  # the latest loaded version wins
+    for domain in {r["domain"] for r in records} - set(aliases):
+        chosen = registry.find(domain)["ref"]
+        aliases[domain] = chosen if chosen in loaded else [r["ref"] for r in records if r["domain"] == domain][-1]
+    for base_id in base_ids:
+        names = EMBEDDED_ALIASES if base_id == EMBEDDED_MODEL_ID else {base_id.rstrip("/").rsplit("/", 1)[-1]}
+        for name in names:
+            aliases.setdefault(name, base_id)
+    return {name: target for name, target in aliases.items() if name != target}
+
+
+def load_catalog(registry=None, refs: Sequence[str] = (), merged: bool = False, device: Optional[str] = None,
+                 batch_size: int = 64) -> ModelCatalog:
+    """Load the adapters named by ``refs`` (default: every adapter in the registry) and their bases."""
+    reg = open_registry(registry)
+    records = select_records(reg, refs)
+    groups: Dict[str, List[dict]] = {}
+    for record in records:
+        groups.setdefault(record["base_model"]["id"], []).append(record)
+    encoders: List[Encoder] = []
+    for base_id, group in groups.items():
+        if merged:
+            base = load_sentence_transformer(check_base(group[0]["base_model"], None, reg.path_of(group[0])),
+                                             device=device)
+            encoders.append(_encoder(base_id, base.encode, base, base_id, batch_size))
+            for record in group:
+                model = load_model(adapter=record["ref"], registry=reg, merged=True, device=device)
+                encoders.append(_encoder(record["ref"], model.encode, model, base_id, batch_size,
+                                         model.cachetune_adapter))
+            continue
+        multi = load_shared({r["ref"]: r for r in group}, reg, device=device)
+        encoders.append(_encoder(base_id, partial(multi.encode, domain=None), multi.model, base_id, batch_size))
+        for record in group:
+            encoders.append(_encoder(record["ref"], partial(multi.encode, domain=record["ref"]), multi.model,
+                                     base_id, batch_size, multi.adapters[record["ref"]]))
+    if not records:  # an empty registry still serves the base model
+        base = load_sentence_transformer(None, device=device)
+        encoders.append(_encoder(EMBEDDED_MODEL_ID, base.encode, base, EMBEDDED_MODEL_ID, batch_size))
+    return ModelCatalog(encoders, _aliases(reg, records, list(groups) or [EMBEDDED_MODEL_ID]))
