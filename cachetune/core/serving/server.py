@@ -57,6 +57,8 @@ async def _read_body(request, limit: int) -> bytes:
 
 
 def _texts(value) -> List[str]:
+    if value is None:
+        raise ApiError(422, "'input' is required: a string or a list of strings", param="input")
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
