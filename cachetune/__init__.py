@@ -6,6 +6,7 @@ transformers) are imported only when a model is loaded.
 """
 
 from cachetune.core.types import (
+    BackendOption,
     Domain,
     EvaluationContext,
     EvaluationSet,
@@ -35,6 +36,7 @@ def load_multi(domains, registry=None, **kwargs):
 
 
 __all__ = [
+    "BackendOption",
     "CachetuneError",
     "Domain",
     "EvaluationContext",

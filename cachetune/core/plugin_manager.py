@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pluggy
 
 from cachetune.core import hookspecs
-from cachetune.core.types import Domain, EvaluationSet, PromptTemplates, SourceReader
+from cachetune.core.types import (
+    BackendOption, Domain, EvaluationSet, GeneratorBackend, PromptTemplates, SourceReader,
+)
 from cachetune.core.errors import CachetuneError
 
 ENTRY_POINT_GROUP = "cachetune"
@@ -53,8 +56,27 @@ class Registered:
     plugin: str
 
 
+class _Disable(Exception):
+    """Raised inside a collection: plugin ``plugin`` must be disabled for ``reason``."""
+
+    def __init__(self, plugin: str, reason: str):
+        super().__init__(reason)
+        self.plugin, self.reason = plugin, reason
+
+
 class CachetunePluginManager(pluggy.PluginManager):
-    """A pluggy manager that also remembers plugin origins and load failures."""
+    """A pluggy manager that also remembers plugin origins, load failures and who registered what.
+
+    Registration hooks are called through pluggy, one plugin at a time, in pluggy's call order:
+    for each plugin :meth:`pluggy.PluginManager.subset_hook_caller` builds a caller without the
+    other plugins' implementations (hook wrappers stay), so ``tryfirst``/``trylast``, wrappers,
+    ``add_hookcall_monitoring`` and ``enable_tracing`` all apply, and the ``register`` callback
+    handed to that call knows which plugin it belongs to. Pluggy calls later-registered plugins
+    first (installed plugins before the built-ins) unless ``tryfirst``/``trylast`` say otherwise;
+    the first registration of a name keeps it. A plugin that registers a name already taken, or
+    whose hook fails, is disabled as a whole (every hook, so nothing half-registered stays) with
+    one warning in :attr:`load_errors`, and the registrations are collected again without it.
+    """
 
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT_NAME)
@@ -63,45 +85,85 @@ class CachetunePluginManager(pluggy.PluginManager):
         self.plugin_info: Dict[str, PluginInfo] = {}
         self._cache: Dict[str, object] = {}
 
-    # -- collection -------------------------------------------------------------------
-    def _collect(self, hook_name: str, key: Callable[..., str], wrap: Callable[..., object]) -> Dict[str, Registered]:
-        """Call ``hook_name`` on each plugin with a ``register`` callback; refuse duplicates."""
-        found: Dict[str, Registered] = {}
-        hook = getattr(self.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            plugin_name = impl.plugin_name
+    # -- calling hooks ----------------------------------------------------------------
+    def call_per_plugin(self, hook_name: str, make_kwargs: Callable[[str], dict],
+                        after: Optional[Callable[[str], None]] = None) -> None:
+        """Call ``hook_name`` through pluggy once per implementing plugin, in pluggy's call order.
 
-            def register(*args, _plugin=plugin_name):
-                name = key(*args)
-                if name in found:
-                    raise CachetuneError(
-                        f"{hook_name}: '{name}' is registered by both plugin '{found[name].plugin}' "
-                        f"and plugin '{_plugin}'"
-                    )
-                found[name] = Registered(name, wrap(*args), _plugin)
-
+        ``make_kwargs(plugin_name)`` builds that call's arguments (its ``register`` callback);
+        ``after(plugin_name)`` checks what the call did. An exception from a plugin's hook becomes
+        :class:`_Disable` naming the plugin.
+        """
+        impls = getattr(self.hook, hook_name).get_hookimpls()
+        plain = [impl for impl in impls if not (impl.hookwrapper or impl.wrapper)]
+        for impl in reversed(plain):  # pluggy calls the last of get_hookimpls() first
+            others = [other.plugin for other in plain if other.plugin is not impl.plugin]
+            caller = self.subset_hook_caller(hook_name, remove_plugins=others)
             try:
-                impl.function(register=register)
-            except CachetuneError:
+                caller(**make_kwargs(impl.plugin_name))
+            except _Disable:
                 raise
             except Exception as exc:  # a broken plugin names itself, not a traceback
-                raise CachetuneError(f"plugin '{plugin_name}' failed in {hook_name}: {exc!r}") from exc
+                raise _Disable(impl.plugin_name, f"failed in {hook_name}: {exc!r}") from exc
+            if after is not None:
+                after(impl.plugin_name)
+
+    def describe(self, plugin_name: str) -> str:
+        """``'name' (package version)`` for warnings."""
+        info = self.plugin_info.get(plugin_name)
+        return f"plugin '{plugin_name}' ({info.package} {info.version})" if info else f"plugin '{plugin_name}'"
+
+    def forget_registrations(self) -> None:
+        """Collect registrations again on next use (after a plugin was added or removed)."""
+        self._cache.clear()
+
+    def disable(self, plugin_name: str, reason: str) -> None:
+        """Unregister (and block) a plugin, with one warning line, and forget what was collected."""
+        self.load_errors.append(f"{self.describe(plugin_name)} disabled: {reason}")
+        self.set_blocked(plugin_name)
+        self.forget_registrations()
+
+    def _collect(self, hook_name: str, accept: Callable[..., Tuple[str, object]]) -> Dict[str, Registered]:
+        """Registrations of ``hook_name`` by name; ``accept(*args)`` checks one and returns (name, value)."""
+        found: Dict[str, Registered] = {}
+
+        def make_kwargs(plugin_name: str) -> dict:
+            def register(*args):
+                name, value = accept(*args)
+                if name in found:
+                    raise _Disable(plugin_name, f"{hook_name}: '{name}' is already registered by "
+                                                f"{self.describe(found[name].plugin)}")
+                found[name] = Registered(name, value, plugin_name)
+
+            return {"register": register}
+
+        self.call_per_plugin(hook_name, make_kwargs)
         return found
 
-    def _cached(self, hook_name: str, key, wrap) -> Dict[str, Registered]:
-        if hook_name not in self._cache:
-            self._cache[hook_name] = self._collect(hook_name, key, wrap)
+    def _cached(self, hook_name: str, accept) -> Dict[str, Registered]:
+        """:meth:`_collect` once per manager, disabling conflicting or broken plugins until none is left."""
+        while hook_name not in self._cache:
+            try:
+                self._cache[hook_name] = self._collect(hook_name, accept)
+            except _Disable as stop:
+                self.disable(stop.plugin, stop.reason)
         return self._cache[hook_name]  # type: ignore[return-value]
 
+    def check_registrations(self) -> None:
+        """Collect every registration hook now, so conflicts are found (and warned about) up front."""
+        hooks = ("register_domains", "register_source_readers", "register_prompt_templates",
+                 "register_evaluation_sets", "register_generators")
+        while True:
+            self.source_readers(), self.generators(), self._cached("register_prompt_templates", _accept_templates)
+            for name in list(self.domains()):
+                self.evaluation_sets(name)
+            if all(hook in self._cache for hook in hooks):
+                return  # else a plugin was disabled on the way (that clears the cache): again
+
+    # -- what plugins registered -------------------------------------------------------
     def domains(self) -> Dict[str, Registered]:
         """Registered domains by name (``Registered.value`` is the :class:`Domain`)."""
-
-        def check(domain):
-            if not isinstance(domain, Domain):
-                raise CachetuneError(f"register_domains: expected a cachetune.Domain, got {type(domain).__name__}")
-            return domain.name
-
-        return self._cached("register_domains", check, lambda d: d)
+        return self._cached("register_domains", _accept_domain)
 
     def get_domain(self, name: str) -> Domain:
         domains = self.domains()
@@ -116,42 +178,85 @@ class CachetunePluginManager(pluggy.PluginManager):
         return self.plugin_info.get(plugin, PluginInfo(plugin, "unknown", "unknown", False))
 
     def source_readers(self) -> List[SourceReader]:
-        readers = self._cached("register_source_readers", lambda r: r.name, lambda r: r)
+        """Plugin readers in pluggy's call order (``prepare`` tries them in this order)."""
+        readers = self._cached("register_source_readers", lambda reader: (reader.name, reader))
         return [r.value for r in readers.values()]  # type: ignore[misc]
 
     def prompt_templates(self, domain: str) -> PromptTemplates:
         """A plugin's override for ``domain``'s prompts, else the domain's own."""
-        overrides = self._cached("register_prompt_templates", lambda d, t: d, lambda d, t: t)
+        overrides = self._cached("register_prompt_templates", _accept_templates)
         if domain in overrides:
             return overrides[domain].value  # type: ignore[return-value]
         return self.get_domain(domain).prompts
 
     def evaluation_sets(self, domain: str) -> List[EvaluationSet]:
         """The domain's own evaluation sets, then those other plugins registered for it."""
-        extra = self._cached(
-            "register_evaluation_sets", lambda d, s: f"{d}/{s.name}", lambda d, s: (d, s)
-        )
-        sets = list(self.get_domain(domain).evaluation_sets)
-        names = {s.name for s in sets}
-        for reg in extra.values():
-            dom, eval_set = reg.value  # type: ignore[misc]
-            if dom != domain:
-                continue
-            if eval_set.name in names:
-                raise CachetuneError(
-                    f"register_evaluation_sets: '{domain}/{eval_set.name}' is already defined by the domain "
-                    f"and registered again by plugin '{reg.plugin}'"
-                )
-            sets.append(eval_set)
-        return sets
+        while True:
+            extra = self._cached("register_evaluation_sets", lambda d, s: (f"{d}/{s.name}", (d, s)))
+            sets = list(self.get_domain(domain).evaluation_sets)
+            own = {s.name for s in sets}
+            clash = next((reg for reg in extra.values() if reg.value[0] == domain and reg.value[1].name in own), None)
+            if clash is None:
+                return sets + [reg.value[1] for reg in extra.values() if reg.value[0] == domain]
+            self.disable(clash.plugin, f"register_evaluation_sets: '{clash.name}' is already defined by domain "
+                                       f"'{domain}' ({self.describe(self.domains()[domain].plugin)})")
 
     def generators(self) -> Dict[str, Registered]:
-        """Generator backends by name (``Registered.value`` is the factory)."""
-        return self._cached("register_generators", lambda n, f: n, lambda n, f: f)
+        """Generator backends by name (``Registered.value`` is a :class:`GeneratorBackend`)."""
+        return self._cached("register_generators", _accept_generator)
+
+    def add_commands(self, cli) -> None:
+        """Call ``register_commands`` per plugin; a plugin that replaces an existing command is disabled."""
+        while True:
+            original = dict(cli.commands)
+            owners: Dict[str, Optional[str]] = {name: None for name in original}  # None: a built-in command
+            before: dict = {}
+
+            def make_kwargs(plugin_name: str) -> dict:
+                before.clear()
+                before.update(cli.commands)
+                return {"cli": cli}
+
+            def after(plugin_name: str) -> None:
+                for name, command in before.items():
+                    if cli.commands.get(name) is not command:
+                        owner = "a built-in command" if owners[name] is None else \
+                            f"added by {self.describe(owners[name])}"
+                        raise _Disable(plugin_name, f"register_commands: command '{name}' is {owner}")
+                owners.update({name: plugin_name for name in cli.commands if name not in before})
+
+            try:
+                self.call_per_plugin("register_commands", make_kwargs, after)
+                return
+            except _Disable as stop:
+                cli.commands.clear()
+                cli.commands.update(original)
+                self.disable(stop.plugin, stop.reason)
 
     def hooks_of(self, plugin_name: str) -> List[str]:
         plugin = self.get_plugin(plugin_name)
         return sorted(h.name for h in (self.get_hookcallers(plugin) or []))
+
+
+def _accept_domain(domain) -> Tuple[str, Domain]:
+    if not isinstance(domain, Domain):
+        raise CachetuneError(f"register_domains: expected a cachetune.Domain, got {type(domain).__name__}")
+    if domain.answer_pattern:
+        try:
+            re.compile(domain.answer_pattern)
+        except re.error as exc:
+            raise CachetuneError(f"domain '{domain.name}': answer_pattern is not a regular expression: {exc}") from None
+    return domain.name, domain
+
+
+def _accept_templates(domain_name: str, templates: PromptTemplates) -> Tuple[str, PromptTemplates]:
+    return domain_name, templates
+
+
+def _accept_generator(name: str, factory, options: Sequence[BackendOption] = ()) -> Tuple[str, GeneratorBackend]:
+    backend = GeneratorBackend(name, factory, tuple(options))
+    backend.check()
+    return name, backend
 
 
 def _blocked_from_env() -> Tuple[str, ...]:
@@ -245,4 +350,4 @@ def register_module(pm: CachetunePluginManager, module: object, name: str) -> No
     pm.register(module, name=name)
     package, version = _dist_of(getattr(module, "__name__", name))
     pm.plugin_info[name] = PluginInfo(name, package, version, False)
-    pm._cache.clear()
+    pm.forget_registrations()

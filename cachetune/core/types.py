@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, FrozenSet, Iterator, Optional, Sequence, Tuple, Union
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,50 @@ class Domain:
     default_base_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     min_chars: int = 8
     max_chars: int = 400
+    # Domain rules for judging generated text (cachetune's own rules are domain-neutral):
+    # ``answer_pattern`` is a regular expression (searched, case-sensitive) that marks a
+    # generated paraphrase or negative as an answer when it matches the item but not the query
+    # (programming: a line of Python); ``filler_words`` are words that do not change what a
+    # question asks, on top of cachetune's own ("how", "do", "the", ...): dropped from the
+    # near-duplicate key and never counted as a shared topic word (programming: "python").
+    answer_pattern: Optional[str] = None
+    filler_words: FrozenSet[str] = frozenset()
 
 
-# A generator factory takes the backend options (model, batch size, ...) and returns an
-# object with ``generate(prompts) -> list[GenerationResult]`` (see core.generation).
+# A generator factory takes the backend options (model, temperature, its declared options) and
+# returns an object with ``generate(requests) -> list[GenerationResult]`` (see
+# cachetune.core.generate.prompting.Generator).
 GeneratorFactory = Callable[[dict], Any]
+
+OPTION_TYPES = (int, float, bool, str)
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """An option a generator backend declares: ``cachetune generate -o NAME VALUE`` and the run
+    config's ``generate.options`` set it. ``type`` is ``int``, ``float``, ``bool`` or ``str``;
+    ``default`` ``None`` means the backend decides (its ``help`` says how)."""
+
+    name: str
+    type: type
+    default: Any = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class GeneratorBackend:
+    """A registered backend: its name, its factory and the options it declares."""
+
+    name: str
+    factory: GeneratorFactory
+    options: Tuple[BackendOption, ...] = ()
+
+    def check(self) -> None:
+        """Refuse malformed declarations (the plugin that registered them is then disabled)."""
+        seen = set()
+        for option in self.options:
+            if not isinstance(option, BackendOption):
+                raise ValueError(f"backend '{self.name}': options must be BackendOption, got {option!r}")
+            if option.type not in OPTION_TYPES or not option.name.isidentifier() or option.name in seen:
+                raise ValueError(f"backend '{self.name}': bad or repeated option {option!r}")
+            seen.add(option.name)

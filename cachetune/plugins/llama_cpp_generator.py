@@ -20,9 +20,8 @@ it fast is measured in ``bench/generate.py``:
   threads ×1.5. The default is one instance per physical core, at most 4, and a batch of
   enough queries (two requests each) to give every instance one.
 
-Options: ``model`` (a .gguf path; default: the Qwen2.5-Coder-0.5B GGUF in the ``get-gguf``
-cache), ``n_ctx``, ``n_threads``, ``concurrency`` (instances), ``temperature``,
-``max_tokens``, ``json_schema``, ``repeat_penalty`` (default 1.1).
+``model`` is a .gguf path (default: the Qwen2.5-Coder-0.5B GGUF in the ``get-gguf`` cache);
+the options it declares are in :data:`OPTIONS`.
 """
 
 from __future__ import annotations
@@ -33,9 +32,10 @@ import threading
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from cachetune import hookimpl
+from cachetune import BackendOption, hookimpl
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generate.prompting import GenerationResult, Request, backend_options
+from cachetune.core.generate.backends import backend_options
+from cachetune.core.generate.prompting import GenerationResult, Request
 
 NAME = "llama-cpp"
 DEFAULT_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -64,6 +64,17 @@ def resolve_model(model: Optional[str]) -> Path:
 
 MAX_DEFAULT_INSTANCES = 4
 
+OPTIONS = (
+    BackendOption("n_threads", int, None, "CPU threads in all (default: the physical cores)."),
+    BackendOption("concurrency", int, None, "model instances answering in threads (default: one per "
+                                            "physical core, at most 4)."),
+    BackendOption("n_ctx", int, 2048, "context window in tokens."),
+    BackendOption("json_schema", bool, True, "constrain replies with a JSON-schema grammar."),
+    # 1.1 is llama.cpp server's default; with it the model copies the query (the last tokens it
+    # saw) less: 58 triplets from 30 CoNaLa queries instead of 35 (see the report).
+    BackendOption("repeat_penalty", float, 1.1, "penalty for repeating recent tokens."),
+)
+
 
 def default_threads() -> int:
     """The physical cores: llama.cpp's threads spin at barriers, so SMT siblings only slow it down."""
@@ -76,18 +87,16 @@ class LlamaCppGenerator:
     """Answers requests with ``workers`` llama.cpp instances (one per thread)."""
 
     def __init__(self, options: dict):
-        opts = backend_options(options)
+        opts = backend_options(options, OPTIONS)
         self.path = resolve_model(opts["model"])
         self.label = f"{NAME}:{self.path.stem}"
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         self.json_schema = bool(opts["json_schema"])
-        # 1.1 is llama.cpp server's default; with it the model copies the query (the last
-        # tokens it saw) less: 58 triplets from 30 CoNaLa queries instead of 35 (see the report).
-        self.repeat_penalty = float(opts.get("repeat_penalty") or 1.1)
+        self.repeat_penalty = float(opts["repeat_penalty"])
         # Here concurrency counts model instances (see the module docstring).
         threads = int(opts["n_threads"] or default_threads())
-        self.workers = max(1, int(opts.get("concurrency") or min(threads, MAX_DEFAULT_INSTANCES)))
+        self.workers = max(1, int(opts["concurrency"] or min(threads, MAX_DEFAULT_INSTANCES)))
         self.threads_per_worker = max(1, threads // self.workers)
         # Queries per batch: two requests each, enough for every instance; a small batch writes
         # each query soon after it is done.
@@ -207,4 +216,4 @@ def create(options: dict) -> LlamaCppGenerator:
 
 @hookimpl
 def register_generators(register):
-    register(NAME, create)
+    register(NAME, create, OPTIONS)

@@ -7,12 +7,10 @@ backoff and jitter (``Retry-After`` is honoured), and when the retries run out t
 with one line -- the triplets already written stay and a rerun resumes. Any other 4xx fails
 only that request (counted as ``request_failed``).
 
-Options: ``base_url`` (else ``$OPENAI_BASE_URL``, else OpenAI's), ``api_key`` (else
-``$OPENAI_API_KEY``), ``model`` (default: the first model the server lists, which is what a
-single-model server such as llama.cpp or ``vllm serve`` hosts), ``concurrency``, ``timeout``,
-``max_retries``, ``retry_backoff`` (first wait, seconds), ``json_schema`` (ask for a reply that
-follows a JSON schema; a server that rejects the OpenAI form is asked with llama.cpp's form,
-then with none -- the first that works is kept for the run).
+``model`` defaults to the first model the server lists, which is what a single-model server
+such as llama.cpp or ``vllm serve`` hosts; the options it declares are in :data:`OPTIONS`. With
+``json_schema`` a server that rejects the OpenAI form of the schema is asked with llama.cpp's
+form, then with none -- the first that works is kept for the run.
 """
 
 from __future__ import annotations
@@ -24,14 +22,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence
 
-from cachetune import hookimpl
+from cachetune import BackendOption, hookimpl
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generate.prompting import GenerationResult, Request, backend_options
+from cachetune.core.generate.backends import backend_options
+from cachetune.core.generate.prompting import GenerationResult, Request
 
 NAME = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
+
+OPTIONS = (
+    BackendOption("base_url", str, None, "server URL ending in /v1 (default $OPENAI_BASE_URL, else OpenAI's)."),
+    BackendOption("api_key", str, None, "API key (default $OPENAI_API_KEY)."),
+    BackendOption("concurrency", int, 8, "requests in flight."),
+    BackendOption("timeout", float, 120.0, "seconds per HTTP request."),
+    BackendOption("max_retries", int, 5, "retries of a 429, 5xx, timeout or dropped connection."),
+    BackendOption("retry_backoff", float, 0.5, "first wait before a retry, seconds (doubles each time)."),
+    BackendOption("json_schema", bool, True, "ask for replies that follow the JSON schema."),
+)
 
 
 class RetriesExhausted(Exception):
@@ -42,14 +51,14 @@ class OpenAIGenerator:
     """Chat completions over HTTP with bounded concurrency and retries."""
 
     def __init__(self, options: dict):
-        opts = backend_options(options)
+        opts = backend_options(options, OPTIONS)
         self.base_url = (opts["base_url"] or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key = opts["api_key"] or os.environ.get("OPENAI_API_KEY") or "none"
         self.model: Optional[str] = opts["model"]
-        self.concurrency = max(1, int(opts["concurrency"] or 8))
+        self.concurrency = max(1, int(opts["concurrency"]))
         self.timeout = float(opts["timeout"])
         self.max_retries = max(0, int(opts["max_retries"]))
-        self.backoff = float(opts.get("retry_backoff", 0.5))
+        self.backoff = float(opts["retry_backoff"])
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         # Response formats to try, best first: OpenAI/vLLM/SGLang take "json_schema", the
@@ -195,4 +204,4 @@ def create(options: dict) -> OpenAIGenerator:
 
 @hookimpl
 def register_generators(register):
-    register(NAME, create)
+    register(NAME, create, OPTIONS)

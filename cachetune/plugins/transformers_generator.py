@@ -6,8 +6,8 @@ call, on CUDA when available, else CPU. A ``.gguf`` path works too (transformers
 it; needs the ``gguf`` package). Sampling in a batch shares one random stream, seeded from the
 batch's first request: a rerun with the same batches draws the same replies.
 
-Options: ``model`` (hub id, folder, or .gguf file; required), ``concurrency``, ``temperature``,
-``max_tokens``, ``device``.
+``model`` (hub id, folder, or .gguf file) is required; the options it declares are in
+:data:`OPTIONS`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,17 @@ import os
 from pathlib import Path
 from typing import List, Sequence
 
-from cachetune import hookimpl
+from cachetune import BackendOption, hookimpl
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generate.prompting import GenerationResult, Request, backend_options, render_plain
+from cachetune.core.generate.backends import backend_options
+from cachetune.core.generate.prompting import GenerationResult, Request, render_plain
 
 NAME = "transformers"
+
+OPTIONS = (
+    BackendOption("concurrency", int, 8, "sequences per generate() call."),
+    BackendOption("device", str, None, "torch device (default cuda when available, else cpu)."),
+)
 
 
 def _dtype_keyword() -> str:
@@ -35,12 +41,12 @@ class TransformersGenerator:
     """Batched ``generate`` over a causal LM loaded with transformers."""
 
     def __init__(self, options: dict):
-        opts = backend_options(options)
+        opts = backend_options(options, OPTIONS)
         if not opts["model"]:
             raise CachetuneError("the transformers backend needs --model (a hub id, a folder or a .gguf file)")
         self.model_name = str(opts["model"])
         self.label = f"{NAME}:{Path(self.model_name).stem if self.model_name.endswith('.gguf') else self.model_name}"
-        self.micro_batch = max(1, int(opts["concurrency"] or 8))
+        self.micro_batch = max(1, int(opts["concurrency"]))
         self.batch_size = max(1, self.micro_batch // 2)  # queries: 2 requests each fill one generate()
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
@@ -120,4 +126,4 @@ def create(options: dict) -> TransformersGenerator:
 
 @hookimpl
 def register_generators(register):
-    register(NAME, create)
+    register(NAME, create, OPTIONS)

@@ -13,21 +13,28 @@ vLLM needs a GPU and cannot be installed on the CI machines: everything but the 
 prompts, batching, parsing, validation -- is the code path the other backends run in tests,
 and the tests drive this module with an object that has vLLM's ``LLM`` interface.
 
-Options: ``model`` (hub id or folder, default Qwen/Qwen2.5-Coder-7B-Instruct),
-``tensor_parallel`` (``--tensor-parallel``), ``temperature``, ``max_tokens``, ``seed``,
-``json_schema``, ``gpu_memory_utilization``, ``max_model_len``.
+``model`` is a hub id or folder (default Qwen/Qwen2.5-Coder-7B-Instruct); the options it
+declares are in :data:`OPTIONS` (``-o tensor_parallel 4``).
 """
 
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from cachetune import hookimpl
+from cachetune import BackendOption, hookimpl
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generate.prompting import GenerationResult, Request, backend_options, render_plain
+from cachetune.core.generate.backends import backend_options
+from cachetune.core.generate.prompting import GenerationResult, Request, render_plain
 
 NAME = "vllm"
 DEFAULT_MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
+
+OPTIONS = (
+    BackendOption("tensor_parallel", int, 1, "GPUs per model."),
+    BackendOption("json_schema", bool, True, "constrain replies to the JSON schema (structured outputs)."),
+    BackendOption("gpu_memory_utilization", float, None, "share of GPU memory vLLM may take (default vLLM's)."),
+    BackendOption("max_model_len", int, None, "context length (default the model's)."),
+)
 
 
 def _import_vllm():
@@ -42,18 +49,18 @@ class VllmGenerator:
     """Batched offline generation with one ``vllm.LLM``."""
 
     def __init__(self, options: dict, llm=None):
-        opts = backend_options(options)
+        opts = backend_options(options, OPTIONS)
         self.model = opts["model"] or DEFAULT_MODEL
         self.label = f"{NAME}:{self.model}"
         self.batch_size = 256  # one llm.chat call schedules all 512 requests on the GPU(s)
-        self.tensor_parallel = int(opts["tensor_parallel"] or 1)
+        self.tensor_parallel = int(opts["tensor_parallel"])
         if self.tensor_parallel < 1:
-            raise CachetuneError(f"--tensor-parallel must be >= 1, got {self.tensor_parallel}")
+            raise CachetuneError(f"backend 'vllm': option 'tensor_parallel' must be >= 1, got {self.tensor_parallel}")
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         self.seed = int(opts["seed"] or 0)
         self.json_schema = bool(opts["json_schema"])
-        self.engine_options = {k: opts[k] for k in ("gpu_memory_utilization", "max_model_len") if opts.get(k)}
+        self.engine_options = {k: opts[k] for k in ("gpu_memory_utilization", "max_model_len") if opts[k]}
         self._llm = llm  # tests pass an object with vLLM's LLM interface
         self._use_chat: Optional[bool] = None
 
@@ -110,4 +117,4 @@ def create(options: dict) -> VllmGenerator:
 
 @hookimpl
 def register_generators(register):
-    register(NAME, create)
+    register(NAME, create, OPTIONS)

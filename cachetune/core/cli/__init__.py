@@ -63,10 +63,12 @@ def make_cli(pm=None) -> click.Group:
         for line in pm.load_errors:
             click.echo(f"Warning: {line}", err=True)
 
+    # Conflicting or broken plugins are disabled now, so their warnings print before any command.
+    pm.check_registrations()
     for name in BUILTIN_COMMANDS:
         module = importlib.import_module(f"cachetune.core.cli.{name}")
         module.register(cli, pm)
-    pm.hook.register_commands(cli=cli)
+    pm.add_commands(cli)
     return cli
 
 

@@ -64,15 +64,14 @@ def register(cli, pm) -> None:
     @click.option("--model", help="Backend model: a GGUF path (llama-cpp), a hub id or folder (vllm, transformers), "
                                   "a served model name (openai). Default: Qwen2.5-Coder-0.5B GGUF (llama-cpp), the "
                                   "server's first model (openai).")
+    @click.option("-o", "--option", "backend_option", type=(str, str), multiple=True, metavar="NAME VALUE",
+                  help="An option the backend declares, e.g. `-o tensor_parallel 4` (vllm), `-o base_url URL` "
+                       "(openai); repeatable. `cachetune plugins` lists each backend's options.")
     @click.option("--paraphrases", type=int, default=3, show_default=True, help="Paraphrases asked per query.")
     @click.option("--negatives", type=int, default=2, show_default=True, help="LLM hard negatives asked per query.")
     @click.option("--batch-size", type=int,
                   help="Queries per backend call; their triplets are written when it returns. Default: the "
-                       "backend's (llama-cpp 1, openai 32, vllm 256, transformers half its --concurrency).")
-    @click.option("--concurrency", type=int,
-                  help="openai: requests in flight (8); llama-cpp: model instances (one per core, at most 4); "
-                       "transformers: sequences per generate() (8).")
-    @click.option("--tensor-parallel", type=int, default=1, show_default=True, help="vllm: GPUs per model.")
+                       "backend's (llama-cpp 1, openai 32, vllm 256, transformers half its concurrency).")
     @click.option("--temperature", type=float, default=0.7, show_default=True)
     @click.option("--max-tokens", type=int, default=256, show_default=True, help="Tokens per reply.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seeds every request (per query and kind).")
@@ -92,19 +91,15 @@ def register(cli, pm) -> None:
     @click.option("--negative-ceiling", type=float, default=None,
                   help="Maximum negative-query cosine similarity (default: the domain's, else 0.9).")
     @click.option("--base-model", help="Embedding model for the filter and mining (default: the domain's).")
-    @click.option("--base-url", help="openai: server URL ending in /v1 (default $OPENAI_BASE_URL).")
-    @click.option("--api-key", help="openai: API key (default $OPENAI_API_KEY).")
-    @click.option("--json-schema/--no-json-schema", default=True, show_default=True,
-                  help="Ask the backend to constrain replies to the JSON schema where it can.")
-    @click.option("--n-threads", type=int, help="llama-cpp: CPU threads in all (default: the physical cores).")
-    def generate(domain, input_path, output, backend, model, paraphrases, negatives, batch_size, concurrency,
-                 tensor_parallel, temperature, max_tokens, seed, mine_negatives, mine_fallback, mining_margin, limit,
-                 resume, embedding_filter, paraphrase_floor, negative_ceiling, base_model, base_url, api_key,
-                 json_schema, n_threads):
+    def generate(domain, input_path, output, backend, model, backend_option, paraphrases, negatives, batch_size,
+                 temperature, max_tokens, seed, mine_negatives, mine_fallback, mining_margin, limit, resume,
+                 embedding_filter, paraphrase_floor, negative_ceiling, base_model):
         """Generate (anchor, positive, negative) triplets from prepared queries."""
         from tqdm import tqdm
 
         from cachetune.core.generate import pipeline as stage
+        from cachetune.core.generate.backends import backend_settings
+        from cachetune.core.generate.prompting import DomainRules
 
         config = stage.GenerateConfig(
             domain=domain, input=input_path, output=output, paraphrases=paraphrases, negatives=negatives,
@@ -112,13 +107,14 @@ def register(cli, pm) -> None:
             mine_fallback=mine_fallback, mining_margin=mining_margin, base_model=base_model,
             embedding_filter=embedding_filter, paraphrase_floor=paraphrase_floor, negative_ceiling=negative_ceiling,
         )
-        options = {"model": model, "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
-                   "concurrency": concurrency, "tensor_parallel": tensor_parallel,
-                   "base_url": base_url, "api_key": api_key, "json_schema": json_schema, "n_threads": n_threads}
-        factory = pm.generators()[backend].value
+        chosen = pm.generators()[backend].value
+        # Checked here, before any model loads: an unknown or mistyped -o is one error line.
+        options = backend_settings(chosen, {"model": model, "temperature": temperature, "max_tokens": max_tokens,
+                                            "seed": seed}, dict(backend_option))
+        the_domain = pm.get_domain(domain)
         summary = stage.generate_triplets(
-            config, pm.prompt_templates(domain), lambda: factory(options),
-            default_base_model=pm.get_domain(domain).default_base_model,
+            config, pm.prompt_templates(domain), lambda: chosen.factory(options),
+            default_base_model=the_domain.default_base_model, rules=DomainRules.of(the_domain),
             progress=lambda total: tqdm(total=total, desc="generating", unit=" queries", mininterval=1.0, leave=False),
             log=lambda message: click.echo(message, err=True),
         )

@@ -42,6 +42,8 @@ def register(cli, pm) -> None:
     @click.option("--limit", type=int, help="prepare.limit: keep at most N queries.")
     @click.option("--backend", help="generate.backend (default llama-cpp).")
     @click.option("--model", help="generate.model: the generator model (default: Qwen2.5-Coder-0.5B GGUF).")
+    @click.option("-o", "--option", "backend_option", type=(str, str), multiple=True, metavar="NAME VALUE",
+                  help="generate.options: an option the backend declares (see `cachetune plugins`); repeatable.")
     @click.option("--base-model", help="run.base_model: the embedding model (default: the domain's).")
     @click.option("--registry", help="register.registry: registry folder (default $CACHETUNE_HOME).")
     @click.option("--no-register", is_flag=True, help="Do not register the adapter.")
@@ -51,7 +53,7 @@ def register(cli, pm) -> None:
                   help="Stop after this stage.")
     @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
     @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
-    def run(domain, config_file, workdir, source, limit, backend, model, base_model, registry, no_register, sets,
+    def run(domain, config_file, workdir, source, limit, backend, model, backend_option, base_model, registry, no_register, sets,
             stop_after, print_config, as_json):
         """Run prepare -> generate -> train -> evaluate -> register; completed stages are skipped."""
         from cachetune.core.pipeline.run import Pipeline
@@ -60,7 +62,7 @@ def register(cli, pm) -> None:
         overrides = {
             "run": {"workdir": str(workdir) if workdir else None, "base_model": base_model},
             "prepare": {"source": source, "limit": limit},
-            "generate": {"backend": backend, "model": model},
+            "generate": {"backend": backend, "model": model, "options": dict(backend_option)},
             "register": {"registry": registry},
         }
         config = resolve_config(pm.get_domain(domain), config_file, overrides, sets)

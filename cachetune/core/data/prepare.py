@@ -78,7 +78,7 @@ def clean_queries(
             stats.case_duplicates += 1
             continue
         seen_exact.add(key)
-        nkey = near_key(text)
+        nkey = near_key(text, domain.filler_words)
         if nkey in seen_near:
             stats.near_duplicates += 1
             continue

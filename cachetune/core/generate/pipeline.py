@@ -29,13 +29,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.generate.prompting import (
-    NEGATIVES, PARAPHRASES, Checked, Generator, Request, build_conversation, check_items, pair_triplets,
+    NEGATIVES, NEUTRAL_RULES, PARAPHRASES, Checked, DomainRules, Generator, Request, build_conversation, check_items,
+    pair_triplets,
     parse_reply,
 )
-from cachetune.core.jsonl import iter_jsonl, write_json
-from cachetune.core.data.prepare import query_id as make_query_id
-from cachetune.core.text import normalize_query
+from cachetune.core.generate.embedding import EmbeddingFilter, mine_batch, mine_where_no_negative
+from cachetune.core.generate.inputs import Item, read_input
 from cachetune.core.generate.triplets_file import TripletWriter, scan_output
+from cachetune.core.jsonl import write_json
 
 # Embedding filter defaults (cosine similarity to the query with the base model) for domains
 # whose PromptTemplates set none; the built-in domains set their own (see their PROMPTS).
@@ -95,57 +96,6 @@ def request_seed(seed: int, query_id: str, kind: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-# -- input ------------------------------------------------------------------------------------
-
-@dataclass
-class Item:
-    """One unit of work: a query (LLM mode) or a query with given anchors (pairs mode)."""
-
-    query_id: str
-    query: str
-    anchors: List[str] = field(default_factory=list)
-    generator: Optional[str] = None
-
-
-def read_input(path: Path, domain: str) -> Tuple[str, List[Item], int]:
-    """``("queries", items, duplicates)`` for prepared queries, ``("pairs", ...)`` for anchor/positive rows."""
-    mode: Optional[str] = None
-    items: Dict[str, Item] = {}
-    duplicates = 0
-    for number, row in iter_jsonl(path):
-        row_mode = "pairs" if "anchor" in row and "positive" in row else "queries"
-        if mode is None:
-            mode = row_mode
-        elif row_mode != mode:
-            raise CachetuneError(f"mixes {mode} rows and {row_mode} rows; use one kind per file", path, number)
-        if row.get("domain") not in (None, domain):
-            raise CachetuneError(f"row is for domain '{row['domain']}' but --domain is '{domain}'", path, number)
-        text_field = "positive" if mode == "pairs" else "query"
-        query = row.get(text_field)
-        if not isinstance(query, str) or not normalize_query(query):
-            raise CachetuneError(f"missing or empty '{text_field}' (a non-empty string)", path, number)
-        query = normalize_query(query)
-        qid = row.get("query_id" if mode == "pairs" else "id") or make_query_id(domain, query)
-        if not isinstance(qid, str):
-            raise CachetuneError(f"'id' must be a string, got {type(qid).__name__}", path, number)
-        if mode == "pairs":
-            anchor = row.get("anchor")
-            if not isinstance(anchor, str) or not normalize_query(anchor):
-                raise CachetuneError("missing or empty 'anchor' (a non-empty string)", path, number)
-            item = items.setdefault(qid, Item(qid, query, generator=row.get("generator")))
-            if normalize_query(anchor) in item.anchors:
-                duplicates += 1
-            else:
-                item.anchors.append(normalize_query(anchor))
-        elif qid in items:
-            duplicates += 1
-        else:
-            items[qid] = Item(qid, query)
-    if mode is None:
-        raise CachetuneError("no queries in the input", path)
-    return mode, list(items.values()), duplicates
-
-
 # -- the run ------------------------------------------------------------------------------------
 
 @dataclass
@@ -165,38 +115,6 @@ class RunStats:
     completion_tokens: int = 0
 
 
-class EmbeddingFilter:
-    """Drops paraphrases too far from the query and negatives too close to it (cosine)."""
-
-    def __init__(self, model, floor: float, ceiling: float):
-        self.model, self.floor, self.ceiling = model, floor, ceiling
-
-    def similarities(self, pairs: List[Tuple[str, str]]) -> List[float]:
-        if not pairs:
-            return []
-        enc = dict(convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False, batch_size=64)
-        left = self.model.encode([a for a, _ in pairs], **enc)
-        right = self.model.encode([b for _, b in pairs], **enc)
-        return (left * right).sum(dim=1).tolist()
-
-    def apply(self, batch: List[Tuple[Item, Checked]]) -> None:
-        pairs, where = [], []
-        for index, (item, checked) in enumerate(batch):
-            for text in checked.paraphrases:
-                pairs.append((item.query, text)); where.append((index, PARAPHRASES, text))
-            for text in checked.negatives:
-                pairs.append((item.query, text)); where.append((index, NEGATIVES, text))
-        drop = set()
-        for (index, kind, text), score in zip(where, self.similarities(pairs)):
-            if kind == PARAPHRASES and score < self.floor:
-                drop.add((index, kind, text)); batch[index][1].rejected["paraphrase/below_similarity_floor"] += 1
-            elif kind == NEGATIVES and score > self.ceiling:
-                drop.add((index, kind, text)); batch[index][1].rejected["negative/above_similarity_ceiling"] += 1
-        for index, (_, checked) in enumerate(batch):
-            checked.paraphrases[:] = [t for t in checked.paraphrases if (index, PARAPHRASES, t) not in drop]
-            checked.negatives[:] = [t for t in checked.negatives if (index, NEGATIVES, t) not in drop]
-
-
 def _triplet(item: Item, anchor: str, negative: str, domain: str, source: str, generator: str) -> dict:
     return {"anchor": anchor, "positive": item.query, "negative": negative, "query_id": item.query_id,
             "domain": domain, "negative_source": source, "generator": generator}
@@ -209,6 +127,7 @@ def generate_triplets(
     *,
     load_model: Optional[Callable[[str], object]] = None,
     default_base_model: Optional[str] = None,
+    rules: DomainRules = NEUTRAL_RULES,
     progress: Optional[Callable[[int], object]] = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
@@ -216,6 +135,7 @@ def generate_triplets(
 
     :param templates: the domain's :class:`PromptTemplates`.
     :param make_generator: builds the backend (called only if there is LLM work left).
+    :param rules: the domain's additions to the reply checks (``DomainRules.of(domain)``).
     :param load_model: loads the base model (a SentenceTransformer) for the embedding filter
         and mining; defaults to :func:`cachetune.core.models.load_sentence_transformer`.
     :param progress: ``progress(total)`` returns a tqdm-like object (``update``, ``close``).
@@ -245,7 +165,7 @@ def generate_triplets(
     # Lock first: the repair below must not cut the line another run is writing.
     writer = TripletWriter(output)
     try:
-        run = _Run(config, mode, items, started, previous)
+        run = _Run(config, mode, items, started, previous, rules)
         run.summary_base["duplicate_input_rows"] = duplicate_inputs
         if config.resume:
             done, run.summary_base["resumed_from_lines"], dropped = scan_output(output, config.domain)
@@ -269,8 +189,9 @@ def generate_triplets(
 class _Run:
     """One invocation: its counters, its summary, and the batch loop."""
 
-    def __init__(self, config: GenerateConfig, mode: str, items: List[Item], started: float, previous: list):
-        self.config, self.mode, self.started, self.previous = config, mode, started, previous
+    def __init__(self, config: GenerateConfig, mode: str, items: List[Item], started: float, previous: list,
+                 rules: DomainRules):
+        self.config, self.mode, self.started, self.previous, self.rules = config, mode, started, previous, rules
         self.stats = RunStats(queries_total=len(items))
         self.generator_label = "none"
         self.interrupted = False
@@ -326,15 +247,15 @@ class _Run:
             self.summary_base["batch_size"] = size
             for start in range(0, len(todo), size):
                 batch = todo[start: start + size]
-                checked = (_ask(generator, templates, batch, config, self.stats) if use_llm
+                checked = (_ask(generator, templates, batch, config, self.stats, self.rules) if use_llm
                            else [Checked(paraphrases=list(item.anchors)) for item in batch])
                 pairs = list(zip(batch, checked))
                 if embedding_filter is not None:
                     embedding_filter.apply(pairs)
                 if config.mine_negatives > 0:
-                    mined = _mine(miner, pairs, config.mine_negatives)
+                    mined = mine_batch(miner, pairs, config.mine_negatives)
                 elif fallback:
-                    mined = _mine_where_no_negative(miner, pairs)
+                    mined = mine_where_no_negative(miner, pairs)
                 else:
                     mined = [[] for _ in pairs]
                 for (item, check), mined_rows in zip(pairs, mined):
@@ -371,7 +292,8 @@ class _Run:
             stats.without_triplets_ids.append(item.query_id)
 
 
-def _ask(generator: Generator, templates, batch: List[Item], config: GenerateConfig, stats: RunStats) -> List[Checked]:
+def _ask(generator: Generator, templates, batch: List[Item], config: GenerateConfig, stats: RunStats,
+         rules: DomainRules) -> List[Checked]:
     """One paraphrase and one negative request per query, answered as one batch, then validated."""
     wanted = [(PARAPHRASES, config.paraphrases), (NEGATIVES, config.negatives)]
     wanted = [(kind, n) for kind, n in wanted if n > 0]
@@ -393,31 +315,9 @@ def _ask(generator: Generator, templates, batch: List[Item], config: GenerateCon
                 checked.rejected[f"{'paraphrase' if kind == PARAPHRASES else 'negative'}/request_failed"] += 1
                 checked.request_failed = True
                 continue
-            check_items(item.query, kind, parse_reply(result.text, kind), n, checked)
+            check_items(item.query, kind, parse_reply(result.text, kind), n, checked, rules)
         checked_all.append(checked)
     return checked_all
-
-
-def _mine(miner, pairs: List[Tuple[Item, Checked]], k: int) -> List[list]:
-    anchors, positives, owners = [], [], []
-    for index, (item, checked) in enumerate(pairs):
-        for anchor in checked.paraphrases:
-            anchors.append(anchor); positives.append(item.query); owners.append(index)
-    found = miner.mine(anchors, positives, k)
-    per_item: List[list] = [[] for _ in pairs]
-    for owner, negatives in zip(owners, found):
-        per_item[owner].append(negatives)
-    return per_item
-
-
-def _mine_where_no_negative(miner, pairs: List[Tuple[Item, Checked]]) -> List[list]:
-    """One mined negative per paraphrase, only for the queries left without an LLM negative."""
-    wanted = [i for i, (_, checked) in enumerate(pairs) if checked.paraphrases and not checked.negatives]
-    per_item: List[list] = [[] for _ in pairs]
-    if wanted:
-        for index, found in zip(wanted, _mine(miner, [pairs[i] for i in wanted], 1)):
-            per_item[index] = found
-    return per_item
 
 
 def _first(*values):

@@ -17,7 +17,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Dict, FrozenSet, List, Optional, Pattern, Protocol, Sequence, Tuple, runtime_checkable
 
 from cachetune.core.types import PromptTemplates
 from cachetune.core.text import exact_key, near_key, normalize_query, tokens
@@ -80,33 +80,6 @@ class Generator(Protocol):
 
     def close(self) -> None:
         ...
-
-
-# -- options shared by the backends ------------------------------------------------------
-
-DEFAULT_OPTIONS = {
-    "model": None,
-    "temperature": 0.7,
-    "max_tokens": 256,
-    "seed": 0,
-    "concurrency": None,  # each backend has its own default (requests in flight, instances ...)
-    "tensor_parallel": 1,
-    "base_url": None,
-    "api_key": None,
-    "timeout": 120.0,
-    "max_retries": 5,
-    "json_schema": True,
-    "n_threads": None,
-    "n_ctx": 2048,
-    "device": None,
-}
-
-
-def backend_options(options: Optional[dict]) -> dict:
-    """``options`` on top of :data:`DEFAULT_OPTIONS` (unknown keys are kept for third-party backends)."""
-    merged = dict(DEFAULT_OPTIONS)
-    merged.update({k: v for k, v in (options or {}).items() if v is not None})
-    return merged
 
 
 def response_schema(kind: str, n: int) -> dict:
@@ -244,20 +217,36 @@ _QUOTES = "\"'\u201c\u201d\u2018\u2019`"
 # Openers of an answer, not of a question or request ("You can use sorted()", "Yes, ...").
 _ANSWER_OPENER = re.compile(
     r"^(?:(?:yes|no)\b[,.!:]|you (?:can|could|should|need|may|might|must|will)\b|here(?:'s| is| are)\b|"
-    r"sure\b|certainly\b|the (?:answer|solution|code|following)\b|this (?:can|will|code)\b|it (?:is|depends)\b|"
+    r"sure\b|certainly\b|the (?:answer|solution|following)\b|this (?:can|will)\b|it (?:is|depends)\b|"
     r"there (?:is|are)\b|answer\s*:|to do (?:this|that|so)\b|simply\b|just (?:use|call)\b)",
     re.IGNORECASE,
 )
-_CODE_LINE = re.compile(r"^\s*(?:import \w|from \w[\w.]* import |def \w|class \w|print\(|>>>|return\b|for \w+ in .*:$)",
-                        re.MULTILINE)
 # A statement: text ending in "." or "!" (a question ends in "?").
 _STATEMENT = re.compile(r"[^.!?]{12,}?[.!](?=\s|$)")
 # Words that say nothing about a question's topic: a hard negative must share another one.
 _TOPIC_STOPWORDS = frozenset(
     "a an the of to in on for and or with without from by at as is are was were be been being do does did "
     "how what which who whom whose why when where can could should would will i my me you your it its this "
-    "that these those there their them get make using use python way best possible any some all one".split()
+    "that these those there their them get make using use way best possible any some all one".split()
 )
+
+
+@dataclass(frozen=True)
+class DomainRules:
+    """What a domain adds to the checks (see :class:`cachetune.Domain`): a compiled
+    ``answer_pattern`` (an item it matches, unlike the query, is an answer) and extra
+    ``filler_words``. The defaults add nothing."""
+
+    answer_pattern: Optional[Pattern] = None
+    filler_words: FrozenSet[str] = frozenset()
+
+    @classmethod
+    def of(cls, domain) -> "DomainRules":
+        pattern = re.compile(domain.answer_pattern) if domain.answer_pattern else None
+        return cls(pattern, frozenset(domain.filler_words))
+
+
+NEUTRAL_RULES = DomainRules()
 
 
 def clean_item(text: str) -> str:
@@ -269,22 +258,26 @@ def clean_item(text: str) -> str:
     return text
 
 
-def looks_like_answer(item: str, query: str) -> bool:
+def looks_like_answer(item: str, query: str, rules: DomainRules = NEUTRAL_RULES) -> bool:
     """Heuristic: ``item`` answers ``query`` instead of asking it.
 
-    An answer opener ("You can ...", "Yes, ...", "Here is ..."), a code block or a code line,
-    or two or more statements (sentences ending in "." or "!") where the query has fewer.
+    An answer opener ("You can ...", "Yes, ...", "Here is ..."), a code block, a match of the
+    domain's ``answer_pattern`` (programming: a line of Python) that the query does not match, or
+    two or more statements (sentences ending in "." or "!") where the query has fewer.
     """
     if _ANSWER_OPENER.match(item) and not _ANSWER_OPENER.match(query):
         return True
-    if "```" in item or (_CODE_LINE.search(item) and not _CODE_LINE.search(query)):
+    if "```" in item:
+        return True
+    pattern = rules.answer_pattern
+    if pattern is not None and pattern.search(item) and not pattern.search(query):
         return True
     statements = len(_STATEMENT.findall(item))
     return statements >= 2 and statements > len(_STATEMENT.findall(query))
 
 
-def topic_words(text: str) -> set:
-    return {t for t in tokens(text) if t not in _TOPIC_STOPWORDS and len(t) > 1}
+def topic_words(text: str, filler_words: FrozenSet[str] = frozenset()) -> set:
+    return {t for t in tokens(text) if t not in _TOPIC_STOPWORDS and t not in filler_words and len(t) > 1}
 
 
 def too_long(item: str, query: str) -> bool:
@@ -302,14 +295,15 @@ class Checked:
     request_failed: bool = False  # a backend error, not a reply: the query is worth asking again
 
 
-def check_items(query: str, kind: str, parsed: Parsed, limit: int, checked: Checked) -> None:
+def check_items(query: str, kind: str, parsed: Parsed, limit: int, checked: Checked,
+                rules: DomainRules = NEUTRAL_RULES) -> None:
     """Add the valid items of ``parsed`` to ``checked``; count every rejection by reason.
 
     Rules, in order: empty item; answers the question (:func:`looks_like_answer`); far longer
     than the query; the query itself after normalisation (same case-folded text, or same
     content tokens in the same order, see :mod:`cachetune.core.text`); a duplicate of an earlier
     item of the query; for negatives, a paraphrase of this query, or off topic (no topic word
-    shared with the query); items beyond ``limit``.
+    shared with the query); items beyond ``limit``. ``rules`` are the domain's additions.
     """
     label = KIND_LABEL[kind]
     if parsed.problem:
@@ -319,17 +313,22 @@ def check_items(query: str, kind: str, parsed: Parsed, limit: int, checked: Chec
         checked.notes[f"{label}/{parsed.note}"] += 1
     if parsed.dropped:
         checked.rejected[f"{label}/not_text"] += parsed.dropped
-    query_keys = {exact_key(query), near_key(query)}
+    fillers = rules.filler_words
+
+    def keys_of(text: str) -> set:
+        return {exact_key(text), near_key(text, fillers)}
+
+    query_keys = keys_of(query)
     kept = checked.paraphrases if kind == PARAPHRASES else checked.negatives
-    seen = {near_key(item) for item in kept} | {exact_key(item) for item in kept}
-    paraphrase_keys = {near_key(p) for p in checked.paraphrases} | {exact_key(p) for p in checked.paraphrases}
-    query_topic = topic_words(query)
+    seen = set().union(*(keys_of(item) for item in kept))
+    paraphrase_keys = set().union(*(keys_of(p) for p in checked.paraphrases))
+    query_topic = topic_words(query, fillers)
     for raw in parsed.items:
         item = clean_item(raw)
-        keys = {exact_key(item), near_key(item)}
-        if not item or not near_key(item):
+        keys = keys_of(item)
+        if not item or not near_key(item, fillers):
             reason = "empty_item"
-        elif looks_like_answer(item, query):
+        elif looks_like_answer(item, query, rules):
             reason = "answers_question"
         elif too_long(item, query):
             reason = "too_long"
@@ -339,7 +338,7 @@ def check_items(query: str, kind: str, parsed: Parsed, limit: int, checked: Chec
             reason = "duplicate"
         elif kind == NEGATIVES and keys & paraphrase_keys:
             reason = "same_as_paraphrase"
-        elif kind == NEGATIVES and query_topic and not (topic_words(item) & query_topic):
+        elif kind == NEGATIVES and query_topic and not (topic_words(item, fillers) & query_topic):
             reason = "off_topic"
         elif len(kept) >= limit:
             reason = "extra_item"

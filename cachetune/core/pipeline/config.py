@@ -1,7 +1,8 @@
 """The configuration of ``cachetune run``: defaults, a YAML file, and command-line overrides.
 
 Precedence, lowest first: built-in defaults, the domain's defaults, ``--config run.yaml``,
-then command-line flags (``--source``, ``--set train.lr=1e-4``, ...). Unknown sections or
+then command-line flags (``--source``, ``-o tensor_parallel 4``, ``--set train.lr=1e-4``, ...).
+``generate.options`` is a mapping merged key by key (``--set generate.options.concurrency=4``). Unknown sections or
 keys are errors naming the file and the key, so a typo never silently falls back to a
 default.
 """
@@ -29,7 +30,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "temperature": 0.7,
         "max_tokens": 256,
         "batch_size": None,  # the backend's default (llama-cpp 1, openai 32, vllm 256)
-        "concurrency": None,  # the backend's default
+        "options": {},  # the backend's declared options (`cachetune plugins`), e.g. {tensor_parallel: 4}
         "limit": None,  # queries of the train split to generate for
         "holdout_limit": 200,  # held-out queries to generate evaluation triplets for
         "mine_negatives": 0,
@@ -84,7 +85,10 @@ def _merge(config: dict, updates: dict, where: str) -> None:
             if key not in config[section]:
                 known = ", ".join(config[section])
                 raise CachetuneError(f"unknown key '{section}.{key}' (known: {known})", where)
-            config[section][key] = value
+            if isinstance(config[section][key], dict) and isinstance(value, dict):
+                config[section][key] = {**config[section][key], **value}
+            else:
+                config[section][key] = value
 
 
 def load_config_file(path: Path) -> dict:
@@ -105,14 +109,15 @@ def load_config_file(path: Path) -> dict:
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict:
-    """``["train.lr=1e-4", "generate.limit=50"]`` -> nested dict."""
+    """``["train.lr=1e-4", "generate.options.concurrency=4"]`` -> nested dict."""
     updates: Dict[str, dict] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise CachetuneError(f"--set expects SECTION.KEY=VALUE, got '{pair}'")
-        updates.setdefault(section, {})[name] = _coerce(value)
+        name, dot, option = name.partition(".")
+        updates.setdefault(section, {})[name] = {option: _coerce(value)} if dot else _coerce(value)
     return updates
 
 
@@ -131,7 +136,7 @@ def resolve_config(
         if file_domain not in (None, domain.name):
             raise CachetuneError(f"config is for domain '{file_domain}', not '{domain.name}'", config_file)
         _merge(config, file_config, str(config_file))
-    flags = {section: {k: v for k, v in values.items() if v is not None}
+    flags = {section: {k: v for k, v in values.items() if v is not None and v != {}}
              for section, values in (overrides or {}).items()}
     _merge(config, flags, "command line")
     _merge(config, parse_overrides(sets), "--set")

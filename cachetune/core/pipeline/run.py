@@ -76,6 +76,23 @@ class Pipeline:
         self.state = RunState(self.workdir)
         self.timings: Dict[str, float] = {}
         self.skipped: Dict[str, bool] = {}
+        # Checked now, before any stage runs or model loads: an unknown backend or option is one line.
+        self.backend, self.backend_options = self._backend()
+
+    def _backend(self):
+        from cachetune.core.generate.backends import backend_settings
+
+        opts = self.config["generate"]
+        generators = self.pm.generators()
+        if opts["backend"] not in generators:
+            raise CachetuneError(f"generate.backend: unknown backend '{opts['backend']}' "
+                                 f"(registered: {', '.join(sorted(generators))})")
+        if not isinstance(opts["options"] or {}, dict):
+            raise CachetuneError(f"generate.options must be a mapping of option: value, got {opts['options']!r}")
+        backend = generators[opts["backend"]].value
+        generic = {"model": opts["model"], "temperature": opts["temperature"], "max_tokens": opts["max_tokens"],
+                   "seed": self.seed}
+        return backend, backend_settings(backend, generic, opts["options"])
 
     # -- paths ------------------------------------------------------------------------
     @property
@@ -138,13 +155,9 @@ class Pipeline:
 
     def _generate(self, split: str, limit: Optional[int]) -> dict:
         from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets
+        from cachetune.core.generate.prompting import DomainRules
 
         opts = self.config["generate"]
-        backend = opts["backend"]
-        generators = self.pm.generators()
-        if backend not in generators:
-            raise CachetuneError(f"generate.backend: unknown backend '{backend}' "
-                                 f"(registered: {', '.join(sorted(generators))})")
         config = GenerateConfig(
             domain=self.domain.name, input=self.data_dir / f"{split}.jsonl", output=self.triplets(split),
             paraphrases=opts["paraphrases"], negatives=opts["negatives"], batch_size=opts["batch_size"],
@@ -152,18 +165,16 @@ class Pipeline:
             mine_fallback=opts["mine_fallback"] and split == "train",  # held-out triplets stay LLM-only
             base_model=self.base_model, embedding_filter=opts["embedding_filter"],
         )
-        options = {"model": opts["model"], "temperature": opts["temperature"], "max_tokens": opts["max_tokens"],
-                   "seed": self.seed, "concurrency": opts["concurrency"]}
-        factory = generators[backend].value
         progress = None
         if self.progress:
             from tqdm import tqdm
 
             progress = lambda total: tqdm(total=total, desc=f"generate {split}", unit=" queries",  # noqa: E731
                                           mininterval=1.0, leave=False, disable=None)
-        return generate_triplets(config, self.pm.prompt_templates(self.domain.name), lambda: factory(options),
-                                 default_base_model=self.domain.default_base_model, progress=progress,
-                                 log=self.log)
+        return generate_triplets(config, self.pm.prompt_templates(self.domain.name),
+                                 lambda: self.backend.factory(self.backend_options),
+                                 default_base_model=self.domain.default_base_model, rules=DomainRules.of(self.domain),
+                                 progress=progress, log=self.log)
 
     def stage_generate(self, number: int) -> dict:
         opts = self.config["generate"]

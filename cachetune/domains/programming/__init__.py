@@ -16,6 +16,7 @@ from cachetune.core.types import Domain, FewShotExample, PromptTemplates, QueryR
 from cachetune.core.errors import CachetuneError
 from cachetune.core.data.sources import load_hub_dataset, load_json_file, looks_like_hub_id, split_hub_id
 from cachetune.domains.programming.evaluation import EVALUATION_SETS
+from cachetune.domains.programming.rules import ANSWER_PATTERN, FILLER_WORDS
 
 DATA = Path(__file__).parent / "data"
 CONALA_HUB = "neulab/conala"
@@ -127,6 +128,8 @@ DOMAIN = Domain(
     ),
     min_chars=8,
     max_chars=300,
+    answer_pattern=ANSWER_PATTERN,
+    filler_words=FILLER_WORDS,
 )
 
 

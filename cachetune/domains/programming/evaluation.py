@@ -41,6 +41,7 @@ from typing import Dict, List, Optional
 from cachetune.core.types import EvaluationContext, EvaluationSet
 from cachetune.core.errors import CachetuneError
 from cachetune.core.text import exact_key, near_key, normalize_query
+from cachetune.domains.programming.rules import FILLER_WORDS
 
 CONALA_FILE = "conala/conala-train.json"
 # Each negative is drawn from this many nearest candidates (see the module docstring).
@@ -103,7 +104,7 @@ def build_pairs(records: list, embed, held: Optional[set] = None, train: Optiona
     intents = [p["sentence1"] for p in positives]
     rewrites = [p["sentence2"] for p in positives]
     qids = [p["meta"]["question_id"] for p in positives]
-    near = [near_key(t) for t in intents]
+    near = [near_key(t, FILLER_WORDS) for t in intents]
     emb = np.asarray(embed(list(dict.fromkeys(intents + rewrites))), dtype=np.float32)
     row = {t: i for i, t in enumerate(dict.fromkeys(intents + rewrites))}
     sims = emb[[row[t] for t in intents]] @ emb[[row[t] for t in rewrites]].T

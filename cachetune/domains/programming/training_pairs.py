@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.text import exact_key, near_key, normalize_query
+from cachetune.domains.programming.rules import FILLER_WORDS
 
 GENERATOR = "human:conala-rewritten-intent"
 
@@ -87,7 +88,7 @@ def mine_negatives(model, queries: Sequence[str], groups: Sequence[str], batch_s
 
     emb = model.encode(list(queries), batch_size=batch_size, convert_to_tensor=True,
                        normalize_embeddings=True, show_progress_bar=False).float().cpu()
-    keys = [near_key(q) for q in queries]
+    keys = [near_key(q, FILLER_WORDS) for q in queries]
     exact = [exact_key(q) for q in queries]
     k = min(top_k, len(queries))
     found: List[Optional[str]] = []
