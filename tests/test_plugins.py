@@ -54,17 +54,10 @@ def test_hook_register_domains(pm):
     assert pm.domains()["toy"].plugin == "toyplug"
 
 
-def test_hook_register_domains_duplicate_names_both_plugins(pm):
-    register_module(pm, plugin("a", register_domains=lambda register: register(make_domain("programming"))), "dup-a")
-    with pytest.raises(CachetuneError) as err:
-        pm.domains()
-    assert "'programming'" in str(err.value) and "programming" in str(err.value) and "dup-a" in str(err.value)
-
-
 def test_hook_register_domains_rejects_non_domain(pm):
     register_module(pm, plugin("bad", register_domains=lambda register: register("nope")), "bad")
-    with pytest.raises(CachetuneError, match="expected a cachetune.Domain"):
-        pm.domains()
+    assert "programming" in pm.domains() and pm.get_plugin("bad") is None
+    assert any("expected a cachetune.Domain" in e for e in pm.load_errors)
 
 
 def test_hook_register_source_readers(pm, tmp_path):
@@ -105,15 +98,8 @@ def test_hook_register_evaluation_sets(pm):
 def test_hook_register_generators(pm):
     factory = lambda options: object()  # noqa: E731
     register_module(pm, plugin("gen", register_generators=lambda register: register("echo", factory)), "gen")
-    assert pm.generators()["echo"].value is factory
+    assert pm.generators()["echo"].value.factory is factory
     assert pm.generators()["echo"].plugin == "gen"
-
-
-def test_hook_register_generators_duplicate(pm):
-    register_module(pm, plugin("g1", register_generators=lambda register: register("same", lambda o: 1)), "g1")
-    register_module(pm, plugin("g2", register_generators=lambda register: register("same", lambda o: 2)), "g2")
-    with pytest.raises(CachetuneError, match="g1.*g2|g2.*g1"):
-        pm.generators()
 
 
 def test_hook_register_commands(pm, run_cli):
@@ -156,10 +142,171 @@ def test_blocked_plugins(monkeypatch):
     assert "programming" not in pm2.domains()
 
 
-def test_broken_hook_names_the_plugin(pm):
+def test_broken_hook_disables_the_plugin_with_one_warning(pm):
     def register_domains(register):
         raise RuntimeError("boom")
 
     register_module(pm, plugin("broken", register_domains=register_domains), "broken")
-    with pytest.raises(CachetuneError, match="plugin 'broken' failed in register_domains"):
-        pm.domains()
+    assert "programming" in pm.domains()
+    assert pm.get_plugin("broken") is None
+    assert [e for e in pm.load_errors if "broken" in e] == [
+        "plugin 'broken' (broken unknown) disabled: failed in register_domains: RuntimeError('boom')"]
+
+
+# -- order: pluggy calls the hooks, so tryfirst / trylast place a plugin --------------------------
+
+def ordered_plugin(name, hook_name, fn, **order):
+    """A plugin whose one hook carries pluggy's ordering flags (tryfirst / trylast)."""
+    module = types.ModuleType(name)
+    fn.__name__ = hook_name
+    setattr(module, hook_name, hookimpl(**order)(fn))
+    return module
+
+
+def test_register_domains_tryfirst_takes_a_builtin_name(pm):
+    mine = make_domain("programming")
+    register_module(pm, ordered_plugin("mine", "register_domains", lambda register: register(mine), tryfirst=True),
+                    "mine")
+    assert pm.get_domain("programming") is mine and pm.domains()["programming"].plugin == "mine"
+    assert pm.get_plugin("programming") is None  # the built-in that lost its name is disabled
+    assert "medical" in pm.domains()
+
+
+def test_register_domains_without_tryfirst_a_plugin_cannot_take_a_builtin_name(pm):
+    register_module(pm, plugin("dup-a", register_domains=lambda register: register(make_domain("programming"))),
+                    "dup-a")
+    assert pm.domains()["programming"].plugin == "programming"
+    assert pm.get_plugin("dup-a") is None
+    warnings = [e for e in pm.load_errors if "dup-a" in e]
+    assert len(warnings) == 1
+    assert "plugin 'dup-a' (dup-a unknown) disabled" in warnings[0]
+    assert "'programming' is already registered by plugin 'programming' (cachetune " in warnings[0]
+
+
+def test_register_source_readers_tryfirst_comes_first(pm):
+    first = SourceReader("first", lambda s: True, lambda s, o: iter(()))
+    later = SourceReader("later", lambda s: True, lambda s, o: iter(()))
+    register_module(pm, ordered_plugin("r1", "register_source_readers", lambda register: register(first),
+                                       tryfirst=True), "r1")
+    # registered later: pluggy would call it first, were r1 not tryfirst
+    register_module(pm, plugin("r2", register_source_readers=lambda register: register(later)), "r2")
+    assert [r.name for r in pm.source_readers()] == ["first", "later"]
+
+
+def test_register_source_readers_plain_order_is_lifo(pm):
+    register_module(pm, plugin("r1", register_source_readers=lambda register: register(
+        SourceReader("a", lambda s: True, lambda s, o: iter(())))), "r1")
+    register_module(pm, plugin("r2", register_source_readers=lambda register: register(
+        SourceReader("b", lambda s: True, lambda s, o: iter(())))), "r2")
+    assert [r.name for r in pm.source_readers()] == ["b", "a"]
+
+
+def test_register_prompt_templates_tryfirst_wins(pm):
+    mine, theirs = PromptTemplates("mine", "p {n} {query}", "n"), PromptTemplates("theirs", "p {n} {query}", "n")
+    register_module(pm, ordered_plugin("t1", "register_prompt_templates",
+                                       lambda register: register("medical", mine), tryfirst=True), "t1")
+    register_module(pm, plugin("t2", register_prompt_templates=lambda register: register("medical", theirs)), "t2")
+    assert pm.prompt_templates("medical") is mine
+    assert pm.get_plugin("t2") is None and any("'t2'" in e and "'t1'" in e for e in pm.load_errors)
+
+
+def test_register_evaluation_sets_tryfirst_comes_first(pm):
+    def eset(name):
+        return EvaluationSet(name, "pairs", lambda ctx: [])
+
+    register_module(pm, ordered_plugin("e1", "register_evaluation_sets",
+                                       lambda register: register("medical", eset("first")), tryfirst=True), "e1")
+    register_module(pm, plugin("e2", register_evaluation_sets=lambda register: register("medical", eset("later"))),
+                    "e2")
+    names = [s.name for s in pm.evaluation_sets("medical")]
+    assert names.index("first") < names.index("later")
+
+
+def test_register_evaluation_sets_clash_with_the_domain_disables_the_plugin(pm):
+    own = pm.get_domain("medical").evaluation_sets[0].name
+    register_module(pm, plugin("e3", register_evaluation_sets=lambda register: register(
+        "medical", EvaluationSet(own, "pairs", lambda ctx: []))), "e3")
+    assert [s.name for s in pm.evaluation_sets("medical")] == [s.name for s in pm.get_domain("medical").evaluation_sets]
+    assert pm.get_plugin("e3") is None and any(f"'medical/{own}'" in e for e in pm.load_errors)
+
+
+def test_register_generators_tryfirst_takes_a_builtin_backend(pm):
+    factory = lambda options: object()  # noqa: E731
+    register_module(pm, ordered_plugin("myllama", "register_generators",
+                                       lambda register: register("llama-cpp", factory), tryfirst=True), "myllama")
+    assert pm.generators()["llama-cpp"].value.factory is factory
+    assert pm.get_plugin("llama-cpp") is None and "openai" in pm.generators()
+
+
+def test_register_generators_conflict_keeps_the_builtin(pm):
+    register_module(pm, plugin("g1", register_generators=lambda register: register("openai", lambda o: 1)), "g1")
+    assert pm.generators()["openai"].plugin == "openai"
+    assert pm.get_plugin("g1") is None
+    assert len([e for e in pm.load_errors if "'g1'" in e and "'openai'" in e]) == 1
+
+
+def test_register_commands_tryfirst_wins(pm, run_cli):
+    def command(text):
+        def register_commands(cli):
+            @cli.command()
+            def hello():
+                """Say hello."""
+                click.echo(text)
+
+        return register_commands
+
+    register_module(pm, ordered_plugin("c1", "register_commands", command("from c1"), tryfirst=True), "c1")
+    register_module(pm, plugin("c2", register_commands=command("from c2")), "c2")
+    result = run_cli(["hello"], pm=pm)
+    assert result.exit_code == 0 and "from c1" in result.stdout
+    assert pm.get_plugin("c2") is None and "command 'hello' is added by plugin 'c1'" in result.stderr
+
+
+def test_register_commands_cannot_replace_a_builtin_command(pm, run_cli):
+    def register_commands(cli):
+        @cli.command()
+        def domains():
+            """Not the real one."""
+            click.echo("hijacked")
+
+    register_module(pm, plugin("c3", register_commands=register_commands), "c3")
+    result = run_cli(["domains"], pm=pm)
+    assert result.exit_code == 0 and "hijacked" not in result.stdout and "programming" in result.stdout
+    assert "command 'domains' is a built-in command" in result.stderr
+
+
+def test_hook_wrapper_and_monitoring_see_every_call(pm):
+    seen = []
+
+    @hookimpl(wrapper=True)
+    def register_generators(register):
+        seen.append("before")
+        result = yield
+        seen.append("after")
+        return result
+
+    wrapper = types.ModuleType("wrapper")
+    wrapper.register_generators = register_generators
+    register_module(pm, wrapper, "wrapper")
+    traced = []
+    undo = pm.add_hookcall_monitoring(lambda name, impls, kwargs: traced.append(name), lambda *a: None)
+    try:
+        assert "openai" in pm.generators()
+    finally:
+        undo()
+    # a registration hook is called plugin by plugin: once per built-in backend plugin
+    assert seen == ["before", "after"] * 4
+    assert traced.count("register_generators") == 4
+
+
+def test_conflicting_fixture_plugin_is_disabled_and_the_rest_works(pm, run_cli):
+    cooking = pytest.importorskip("cachetune_cooking")
+    register_module(pm, cooking, "cooking")
+    copy = types.ModuleType("cooking_copy")
+    copy.register_domains = hookimpl(cooking.register_domains)
+    register_module(pm, copy, "cooking-copy")
+    result = run_cli(["domains"], pm=pm)
+    assert result.exit_code == 0
+    assert {"cooking", "programming", "medical"} <= {line.split()[0] for line in result.stdout.splitlines()[2:]}
+    warnings = [line for line in result.stderr.splitlines() if "disabled" in line]
+    assert len(warnings) == 1 and "cooking-copy" in warnings[0] and "cachetune-cooking" in warnings[0]

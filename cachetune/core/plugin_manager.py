@@ -71,9 +71,10 @@ class CachetunePluginManager(pluggy.PluginManager):
     for each plugin :meth:`pluggy.PluginManager.subset_hook_caller` builds a caller without the
     other plugins' implementations (hook wrappers stay), so ``tryfirst``/``trylast``, wrappers,
     ``add_hookcall_monitoring`` and ``enable_tracing`` all apply, and the ``register`` callback
-    handed to that call knows which plugin it belongs to. Pluggy calls later-registered plugins
-    first (installed plugins before the built-ins) unless ``tryfirst``/``trylast`` say otherwise;
-    the first registration of a name keeps it. A plugin that registers a name already taken, or
+    handed to that call knows which plugin it belongs to. Pluggy calls ``tryfirst`` hooks first,
+    then the others, later-registered plugins first within each group; the built-ins mark their
+    hooks ``tryfirst``, so they come before installed plugins unless one marks its hook
+    ``tryfirst`` too (it was registered later). The first registration of a name keeps it. A plugin that registers a name already taken, or
     whose hook fails, is disabled as a whole (every hook, so nothing half-registered stays) with
     one warning in :attr:`load_errors`, and the registrations are collected again without it.
     """

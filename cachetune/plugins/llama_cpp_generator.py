@@ -214,6 +214,7 @@ def create(options: dict) -> LlamaCppGenerator:
     return LlamaCppGenerator(options)
 
 
-@hookimpl
+# tryfirst: a built-in keeps its names unless a plugin's hook is tryfirst too (core/plugin_manager.py)
+@hookimpl(tryfirst=True)
 def register_generators(register):
     register(NAME, create, OPTIONS)

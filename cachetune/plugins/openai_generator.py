@@ -202,6 +202,7 @@ def create(options: dict) -> OpenAIGenerator:
     return OpenAIGenerator(options)
 
 
-@hookimpl
+# tryfirst: a built-in keeps its names unless a plugin's hook is tryfirst too (core/plugin_manager.py)
+@hookimpl(tryfirst=True)
 def register_generators(register):
     register(NAME, create, OPTIONS)

@@ -115,6 +115,7 @@ def create(options: dict) -> VllmGenerator:
     return VllmGenerator(options)
 
 
-@hookimpl
+# tryfirst: a built-in keeps its names unless a plugin's hook is tryfirst too (core/plugin_manager.py)
+@hookimpl(tryfirst=True)
 def register_generators(register):
     register(NAME, create, OPTIONS)

@@ -139,6 +139,7 @@ DOMAIN = Domain(
 )
 
 
-@hookimpl
+# tryfirst: a built-in keeps its names unless a plugin's hook is tryfirst too (core/plugin_manager.py)
+@hookimpl(tryfirst=True)
 def register_domains(register):
     register(DOMAIN)
