@@ -6,10 +6,10 @@ same real CoNaLa queries, the same GGUF and the same seeds:
 
   one-at-a-time     one request per generate() call, one Llama, default threads (the baseline)
   batched           the whole batch in one generate() call, one Llama (what --batch-size does)
-  2 instances       two Llama instances in two threads, 1 thread each (--concurrency 2)
-  1x2 threads       one Llama with 2 threads (--n-threads 2)
+  2 instances       two Llama instances in two threads, 1 thread each (-o concurrency 2)
+  1x2 threads       one Llama with 2 threads (-o n_threads 2)
   no prefix reuse   the KV cache reset before every request (what the shared few-shot prefix saves)
-  no grammar        replies not constrained by the JSON-schema grammar (--no-json-schema)
+  no grammar        replies not constrained by the JSON-schema grammar (-o json_schema false)
 
 Ratios are against the baseline. Other jobs on the machine change absolute numbers a lot (and
 hurt configurations with more threads than free cores most), so the configurations run in

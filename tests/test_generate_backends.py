@@ -227,7 +227,7 @@ def test_vllm_batches_each_call_with_per_request_params(tmp_path, run_cli, monke
                            for i, q in enumerate(["sort a list", "copy a list", "join a list", "split a list",
                                                   "slice a list"])))
     result = run_cli(["generate", "--domain", "programming", "--input", inp, "--output", tmp_path / "t.jsonl",
-                      "--backend", "vllm", "--model", "Qwen/Qwen2.5-Coder-7B-Instruct", "--tensor-parallel", "4",
+                      "--backend", "vllm", "--model", "Qwen/Qwen2.5-Coder-7B-Instruct", "-o", "tensor_parallel", "4",
                       "--batch-size", "2", "--temperature", "0.5", "--max-tokens", "128", "--no-embedding-filter"])
     assert result.exit_code == 0, result.stderr
     assert fake.engines == [{"model": "Qwen/Qwen2.5-Coder-7B-Instruct", "tensor_parallel_size": 4, "seed": 0,
@@ -326,3 +326,52 @@ def test_llama_cpp_defaults_one_instance_per_core(tmp_path):
     assert shape(n_threads=2, concurrency=1) == (1, 2, 1)
     cores = physical_cores()
     assert shape()[0] == min(cores, 4) and shape()[0] * shape()[1] <= cores
+
+
+# -- options each backend declares -----------------------------------------------------------------
+
+@pytest.mark.parametrize("option, message", [
+    (["-o", "tensor_paralel", "4"], "backend 'vllm' has no option 'tensor_paralel' (its options: "),
+    (["-o", "tensor_parallel", "four"], "backend 'vllm': option 'tensor_parallel' takes an integer, got 'four'"),
+    (["-o", "json_schema", "maybe"], "backend 'vllm': option 'json_schema' takes true or false, got 'maybe'"),
+    (["-o", "temperature", "0.1"], "'temperature' is a generate setting, not a -o option"),
+])
+def test_bad_backend_option_is_one_line_before_any_model_loads(tmp_path, run_cli, monkeypatch, option, message):
+    fake = FakeVllm().install(monkeypatch)
+    inp = tmp_path / "train.jsonl"
+    inp.write_text(json.dumps({"id": "x", "query": "sort a list"}) + "\n")
+    result = run_cli(["generate", "--domain", "programming", "--input", inp, "--output", tmp_path / "t.jsonl",
+                      "--backend", "vllm", *option])
+    assert result.exit_code == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == [
+        line for line in result.stderr.splitlines() if message in line]
+    assert fake.engines == [] and not (tmp_path / "t.jsonl").exists()
+
+
+def test_plugins_lists_each_backends_options(run_cli):
+    result = run_cli(["plugins", "--json"])
+    rows = {row["name"]: row for row in json.loads(result.stdout)["plugins"]}
+    vllm_options = {o["name"]: o for o in rows["vllm"]["backends"][0]["options"]}
+    assert vllm_options["tensor_parallel"] == {"name": "tensor_parallel", "type": "int", "default": 1,
+                                               "help": "GPUs per model."}
+    assert {"base_url", "api_key", "concurrency"} <= {o["name"] for o in rows["openai"]["backends"][0]["options"]}
+    assert rows["programming"]["backends"] == []
+    text = run_cli(["plugins"]).stdout
+    assert "  backend vllm options:" in text and "    -o tensor_parallel INT (default 1): GPUs per model." in text
+
+
+def test_run_config_generate_options_reach_the_backend(tmp_path, monkeypatch):
+    from cachetune.core.pipeline.config import resolve_config
+    from cachetune.core.pipeline.run import Pipeline
+    from cachetune.core.plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("generate:\n  backend: vllm\n  options:\n    tensor_parallel: 2\n", encoding="utf-8")
+    config = resolve_config(pm.get_domain("programming"), config_file, sets=["generate.options.json_schema=false"])
+    pipeline = Pipeline(pm, dict(config, run=dict(config["run"], workdir=str(tmp_path / "w"))), log=lambda m: None)
+    assert (pipeline.backend_options["tensor_parallel"], pipeline.backend_options["json_schema"]) == (2, False)
+    config_file.write_text("generate:\n  backend: vllm\n  options:\n    n_threads: 2\n", encoding="utf-8")
+    config = resolve_config(pm.get_domain("programming"), config_file)
+    with pytest.raises(CachetuneError, match="backend 'vllm' has no option 'n_threads'"):
+        Pipeline(pm, config, log=lambda m: None)

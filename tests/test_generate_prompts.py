@@ -7,10 +7,14 @@ import json
 import pytest
 
 from cachetune.core.generate.prompting import (
-    NEGATIVES, PARAPHRASES, Checked, Parsed, build_conversation, check_items, clean_item, looks_like_answer,
-    pair_triplets, parse_reply, response_schema,
+    NEGATIVES, PARAPHRASES, Checked, DomainRules, Parsed, build_conversation, check_items, clean_item,
+    looks_like_answer, pair_triplets, parse_reply, response_schema,
 )
 from cachetune.core.plugin_manager import get_plugin_manager
+from cachetune.domains import medical, programming
+
+PROGRAMMING = DomainRules.of(programming.DOMAIN)
+MEDICAL = DomainRules.of(medical.DOMAIN)
 
 
 @pytest.fixture(scope="module")
@@ -91,21 +95,46 @@ def test_clean_item_strips_bullets_numbering_and_quotes():
     ("reverse list `a` in place with a.reverse()", "reverse list `a` in place", False),
 ])
 def test_looks_like_answer(item, query, expected):
-    assert looks_like_answer(item, query) is expected
+    assert looks_like_answer(item, query, PROGRAMMING) is expected
 
 
 def test_real_queries_do_not_look_like_answers(shared_data):
     """The answer heuristic must not fire on real questions (else good paraphrases die)."""
     rows = json.loads((shared_data / "conala" / "conala-train.json").read_text())
     intents = [r["intent"] for r in rows[:400]] + [r["rewritten_intent"] for r in rows[:400] if r["rewritten_intent"]]
-    flagged = [q for q in intents if looks_like_answer(q, "a question?")]
+    flagged = [q for q in intents if looks_like_answer(q, "a question?", PROGRAMMING)]
     assert len(flagged) <= len(intents) * 0.01, flagged[:10]
 
 
-def _check(query, kind, items, limit=3, checked=None):
+def _check(query, kind, items, limit=3, checked=None, rules=PROGRAMMING):
     checked = checked or Checked()
-    check_items(query, kind, Parsed(items), limit, checked)
+    check_items(query, kind, Parsed(items), limit, checked, rules)
     return checked
+
+
+@pytest.mark.parametrize("item", [
+    "class 2 obesity: which treatments are there?",
+    "The code for a hip fracture in ICD-10?",
+    "return of symptoms after stopping treatment",
+])
+def test_python_rules_judge_programming_only(item):
+    """A line that looks like Python is an answer to a programming question, not to a medical one."""
+    query = "What are the treatments for obesity and fractures?"
+    assert looks_like_answer(item, query, PROGRAMMING)
+    assert not looks_like_answer(item, query, MEDICAL)
+    assert _check(query, PARAPHRASES, [item], rules=MEDICAL).paraphrases == [item]
+    assert _check(query, PARAPHRASES, [item], rules=PROGRAMMING).rejected == {"paraphrase/answers_question": 1}
+
+
+def test_python_is_a_filler_word_for_programming_only():
+    # programming: "python" says nothing, so this is the query again; medical: a snake is a topic
+    assert _check("how do I treat a bite", PARAPHRASES, ["treat a python bite"],
+                  rules=PROGRAMMING).rejected == {"paraphrase/same_as_query": 1}
+    assert _check("how do I treat a bite", PARAPHRASES, ["treat a python bite"],
+                  rules=MEDICAL).paraphrases == ["treat a python bite"]
+    # a negative must share a topic word other than "python" in programming, any in medical
+    assert _check("python snake bite first aid", NEGATIVES, ["python anatomy"], rules=MEDICAL).negatives
+    assert not _check("python list sort", NEGATIVES, ["python anatomy"], rules=PROGRAMMING).negatives
 
 
 def test_validation_rejects_each_kind_of_junk_by_reason():

@@ -120,8 +120,8 @@ def llama_server(qwen_gguf, tmp_path_factory):
 def test_openai_backend_against_a_loopback_llama_cpp_server(tmp_path, run_cli, conala_train, llama_server):
     out = tmp_path / "triplets.jsonl"
     result = run_cli(["generate", "--domain", "programming", "--input", conala_train, "--output", out,
-                      "--backend", "openai", "--base-url", llama_server, "--api-key", "unused", "--limit", "3",
-                      "--concurrency", "2"])
+                      "--backend", "openai", "-o", "base_url", llama_server, "-o", "api_key", "unused",
+                      "--limit", "3", "-o", "concurrency", "2"])
     assert result.exit_code == 0, result.stderr
     rows = read_rows(out)
     stats = json.loads((tmp_path / "triplets.jsonl.stats.json").read_text())

@@ -1,10 +1,13 @@
 """The hooks a cachetune plugin can implement.
 
-Every hook is a registration hook: cachetune calls it once per plugin manager with a
-``register`` callback, and the plugin calls ``register(...)`` for each thing it provides.
-Registering the same name twice is an error that names both plugins (see
-:mod:`cachetune.core.plugin_manager`). Nothing here imports torch: the types below are only
-imported for type checkers.
+Every hook is a registration hook: cachetune calls it through pluggy, once per plugin, with a
+``register`` callback, and the plugin calls ``register(...)`` for each thing it provides. The
+order is pluggy's (``tryfirst``/``trylast``; the built-ins are ``tryfirst``); the first
+registration of a name keeps it, and a plugin that registers a name already taken -- or whose
+hook raises -- is disabled with one warning naming both plugins' packages (see
+:mod:`cachetune.core.plugin_manager`). A hook may be called again after a plugin is disabled,
+so it should only register. Nothing here imports torch: the types below are only imported for
+type checkers.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
         Domain,
         EvaluationSet,
         EvaluationContext,
-        GeneratorFactory,
         PromptTemplates,
         SourceReader,
     )
@@ -37,11 +39,12 @@ def register_domains(register: Callable[["Domain"], None]) -> None:
 
     :param register: call ``register(domain)`` once per :class:`cachetune.Domain`.
         A domain bundles its name, description, default base model, default query
-        source, query loader, prompt templates and evaluation sets.
+        source, readers, prompt templates, evaluation sets and its rules for generated
+        text (``answer_pattern``, ``filler_words``).
 
-    Called once when the plugin manager's domains are first listed (``cachetune
-    domains``, ``--domain`` choices, the pipeline). Returns nothing. Two plugins
-    registering the same domain name is an error naming both.
+    Called when the plugin manager's registrations are first collected (building the CLI,
+    ``--domain`` choices, the pipeline). Returns nothing. A plugin registering a domain
+    name already taken is disabled with a warning naming both.
     """
 
 
@@ -54,7 +57,7 @@ def register_source_readers(register: Callable[["SourceReader"], None]) -> None:
         ``read(source, options) -> Iterator[QueryRecord]``.
 
     Called when ``prepare`` resolves ``--source``; the domain's own ``load_queries``
-    is tried first, then readers registered here in registration order, then the
+    is tried first, then readers registered here in pluggy's call order, then the
     generic JSONL/CSV/TXT readers. Returns nothing.
     """
 
@@ -68,8 +71,9 @@ def register_prompt_templates(register: Callable[[str, "PromptTemplates"], None]
         instructions, few-shot examples).
 
     Called by ``generate``. Templates registered here replace the domain's own
-    ``prompts`` (so a plugin can ship better prompts for ``programming``); two plugins
-    registering templates for the same domain is an error naming both. Returns nothing.
+    ``prompts`` (so a plugin can ship better prompts for ``programming``); of two plugins
+    registering templates for the same domain the first in pluggy's order keeps them and the
+    other is disabled with a warning. Returns nothing.
     """
 
 
@@ -88,16 +92,20 @@ def register_evaluation_sets(register: Callable[[str, "EvaluationSet"], None]) -
 
 
 @hookspec
-def register_generators(register: Callable[[str, "GeneratorFactory"], None]) -> None:
+def register_generators(register: Callable[..., None]) -> None:
     """Register LLM generator backends for triplet generation.
 
-    :param register: call ``register(name, factory)``; ``factory(options)`` returns a
-        :class:`cachetune.core.generate.prompting.Generator`. ``name`` is what users pass to
-        ``cachetune generate --backend``.
+    :param register: call ``register(name, factory, options=())``; ``name`` is what users pass
+        to ``cachetune generate --backend``; ``options`` is a sequence of
+        :class:`cachetune.BackendOption` (name, type, default, help) the backend takes, set with
+        ``-o NAME VALUE`` or the run config's ``generate.options`` and listed by ``cachetune
+        plugins``. ``factory(options)`` gets a dict of ``model``, ``temperature``,
+        ``max_tokens``, ``seed`` and every declared option (checked and converted, defaults
+        filled) and returns a :class:`cachetune.core.generate.prompting.Generator`.
 
-    Called by ``generate`` to list and build backends. The factory must import heavy
-    libraries (vllm, llama_cpp, transformers) inside itself, not at module import.
-    Returns nothing.
+    Called when registrations are collected; ``generate`` builds the chosen backend. The
+    factory must import heavy libraries (vllm, llama_cpp, transformers) inside itself, not at
+    module import. Returns nothing.
     """
 
 
@@ -107,5 +115,7 @@ def register_commands(cli: "click.Group") -> None:
 
     :param cli: the root click group; call ``cli.command()`` or ``cli.add_command``.
 
-    Called once while :func:`cachetune.core.cli.make_cli` builds the CLI. Returns nothing.
+    Called once while :func:`cachetune.core.cli.make_cli` builds the CLI. A plugin whose
+    command replaces a built-in or another plugin's command is disabled with a warning.
+    Returns nothing.
     """
