@@ -102,14 +102,19 @@ def test_hook_register_generators(pm):
     assert pm.generators()["echo"].plugin == "gen"
 
 
-def test_hook_register_commands(pm, run_cli):
+def command_hook(command_name, text):
+    """A ``register_commands`` hook adding command ``command_name``, which prints ``text``."""
     def register_commands(cli):
-        @cli.command()
-        def hello():
-            """Say hello."""
-            click.echo("hello from a plugin")
+        @cli.command(name=command_name)
+        def command():
+            """A plugin's command."""
+            click.echo(text)
 
-    register_module(pm, plugin("cmd", register_commands=register_commands), "cmd")
+    return register_commands
+
+
+def test_hook_register_commands(pm, run_cli):
+    register_module(pm, plugin("cmd", register_commands=command_hook("hello", "hello from a plugin")), "cmd")
     result = run_cli(["hello"], pm=pm)
     assert result.exit_code == 0 and "hello from a plugin" in result.stdout
 
@@ -246,30 +251,16 @@ def test_register_generators_conflict_keeps_the_builtin(pm):
 
 
 def test_register_commands_tryfirst_wins(pm, run_cli):
-    def command(text):
-        def register_commands(cli):
-            @cli.command()
-            def hello():
-                """Say hello."""
-                click.echo(text)
-
-        return register_commands
-
-    register_module(pm, ordered_plugin("c1", "register_commands", command("from c1"), tryfirst=True), "c1")
-    register_module(pm, plugin("c2", register_commands=command("from c2")), "c2")
+    register_module(pm, ordered_plugin("c1", "register_commands", command_hook("hello", "from c1"), tryfirst=True),
+                    "c1")
+    register_module(pm, plugin("c2", register_commands=command_hook("hello", "from c2")), "c2")
     result = run_cli(["hello"], pm=pm)
     assert result.exit_code == 0 and "from c1" in result.stdout
     assert pm.get_plugin("c2") is None and "command 'hello' is added by plugin 'c1'" in result.stderr
 
 
 def test_register_commands_cannot_replace_a_builtin_command(pm, run_cli):
-    def register_commands(cli):
-        @cli.command()
-        def domains():
-            """Not the real one."""
-            click.echo("hijacked")
-
-    register_module(pm, plugin("c3", register_commands=register_commands), "c3")
+    register_module(pm, plugin("c3", register_commands=command_hook("domains", "hijacked")), "c3")
     result = run_cli(["domains"], pm=pm)
     assert result.exit_code == 0 and "hijacked" not in result.stdout and "programming" in result.stdout
     assert "command 'domains' is a built-in command" in result.stderr
