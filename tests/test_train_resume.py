@@ -57,7 +57,7 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path, shared_data, tiny_
     checkpoint = out / "checkpoints" / "checkpoint-3"
     assert f"saved {checkpoint}" in killed.stdout
     assert {p.name for p in checkpoint.iterdir()} == {"adapter_config.json", "adapter_model.safetensors",
-                                                      "trainer_state.pt", "train_state.json"}
+                                                      "trainer_state.safetensors", "train_state.json"}
     assert not (out / PEFT_WEIGHTS).exists() and not (out / CARD_FILE).exists()
 
     # Refused: starting over on top of the checkpoints, another base model, another learning rate.

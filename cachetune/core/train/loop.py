@@ -359,12 +359,7 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     loss_fn = MultipleNegativesRankingLoss(model, scale=1.0 / config.temperature)
     global_step, epoch, batch_pos, losses, elapsed = 0, 0, 0, [], 0.0
     if resume_dir is not None:
-        ckpt.load_lora_weights(peft_model, resume_dir)
-        optimizer.load_state_dict(tensors["optimizer"])
-        scheduler.load_state_dict(tensors["scheduler"])
-        if scaler is not None and tensors.get("scaler"):
-            scaler.load_state_dict(tensors["scaler"])
-        ckpt.set_rng_state(tensors["rng"][rt.rank])
+        ckpt.restore(resume_dir, tensors, peft_model, optimizer, scheduler, scaler, rt.rank)
         global_step, epoch, batch_pos = state["global_step"], state["epoch"], state["batch"]
         losses, elapsed = list(state["losses"]), float(state["elapsed_s"])
         log(f"resuming from {resume_dir} at step {global_step}")
