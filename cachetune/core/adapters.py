@@ -35,10 +35,21 @@ def read_card(adapter_dir) -> dict:
     card_path = adapter_dir / CARD_FILE
     if not card_path.exists():
         return {}
+    return read_json_object(card_path)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object; invalid JSON, another value or text that is not UTF-8 is an
+    error naming the file."""
     try:
-        return json.loads(card_path.read_text(encoding="utf-8"))
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise CachetuneError(f"invalid JSON: {exc.msg}", card_path, exc.lineno) from None
+        raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
+    except UnicodeDecodeError:
+        raise CachetuneError("not a UTF-8 text file", path) from None
+    if not isinstance(obj, dict):
+        raise CachetuneError(f"expected a JSON object, got {type(obj).__name__}", path, 1)
+    return obj
 
 
 def adapter_base_model(adapter_dir, card: Optional[dict] = None) -> str:
@@ -46,7 +57,7 @@ def adapter_base_model(adapter_dir, card: Optional[dict] = None) -> str:
     card = read_card(adapter_dir) if card is None else card
     if card.get("base_model", {}).get("id"):
         return card["base_model"]["id"]
-    peft_cfg = json.loads((Path(adapter_dir) / PEFT_CONFIG).read_text(encoding="utf-8"))
+    peft_cfg = read_json_object(Path(adapter_dir) / PEFT_CONFIG)
     return peft_cfg.get("base_model_name_or_path") or "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -106,6 +117,34 @@ def attach_adapter(model, adapter_dir, adapter_name: str = "default", trainable:
         raise CachetuneError(f"could not load adapter: {first}", adapter_dir) from None
     set_auto_model(transformer, peft_model)
     return peft_model
+
+
+def check_finite_weights(path) -> None:
+    """Refuse an adapter weights file holding NaN or infinite values (a diverged training run):
+    it would turn every embedding into NaN. Reads the file with numpy, so torch stays unloaded."""
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            for name in fh.keys():
+                try:
+                    values = fh.get_tensor(name)
+                except (TypeError, ValueError, SafetensorError):  # a dtype numpy lacks (bf16)
+                    values = _as_numpy(path, name)
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    raise CachetuneError(f"adapter weights hold NaN or infinite values (tensor '{name}'): "
+                                         "the training that wrote them diverged", path)
+    except (SafetensorError, OSError) as exc:
+        raise CachetuneError(f"unreadable adapter weights: {exc}", path) from None
+
+
+def _as_numpy(path: Path, name: str):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.get_tensor(name).float().numpy()
 
 
 def merge_adapter(model) -> None:

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import struct
 from pathlib import Path
 from typing import Dict, Optional
 
-from cachetune.core.adapters import CARD_FILE, PEFT_CONFIG, PEFT_WEIGHTS, adapter_base_model, read_card
+from cachetune.core.adapters import (
+    CARD_FILE,
+    PEFT_CONFIG,
+    PEFT_WEIGHTS,
+    adapter_base_model,
+    check_finite_weights,
+    read_card,
+    read_json_object,
+)
 from cachetune.core.errors import CachetuneError
 from cachetune.core.models import canonical_model_id, resolve_base_model, weights_sha256
 
@@ -35,18 +45,6 @@ def sha256_of(path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _read_json_file(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
-    except UnicodeDecodeError:
-        raise CachetuneError("not a UTF-8 text file", path) from None
-    if not isinstance(obj, dict):
-        raise CachetuneError(f"expected a JSON object, got {type(obj).__name__}", path, 1)
-    return obj
 
 
 def safetensors_tensor_names(path: Path) -> list:
@@ -133,6 +131,45 @@ def _base_model_entry(adapter_dir: Path, card: dict) -> dict:
     return {"id": model_id, "weights_sha256": recorded_sha or local_sha}
 
 
+def _check_regular_files(adapter_dir: Path) -> None:
+    """Every adapter file present must be a regular file: a link could point at any file on this
+    machine (which the registry would then copy, and ``export`` ship), a fifo would hang a read."""
+    if not adapter_dir.is_dir():
+        raise CachetuneError("adapter folder not found", adapter_dir)
+    for name in REQUIRED_FILES + OPTIONAL_FILES:
+        path = adapter_dir / name
+        if not os.path.lexists(path):
+            continue
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            raise CachetuneError("is a symbolic link: the registry copies only regular files", path)
+        if not stat.S_ISREG(mode):
+            raise CachetuneError("is not a regular file", path)
+
+
+def copy_regular_file(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest``, refusing a link or special file even if one was swapped in
+    after :func:`inspect_adapter` looked (the file is opened without following links)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise CachetuneError(f"cannot read adapter file: {exc.strerror} (a symbolic link?)", src) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise CachetuneError("is not a regular file", src)
+        with open(dest, "xb") as out:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                out.write(chunk)
+
+
+def _check_peft_base(peft_cfg: dict, card: dict, peft_path: Path) -> None:
+    """peft's config and the card must name the same base model (ids compared canonically)."""
+    peft_base = peft_cfg.get("base_model_name_or_path")
+    card_base = (card.get("base_model") or {}).get("id")
+    if peft_base and card_base and canonical_model_id(peft_base) != canonical_model_id(card_base):
+        raise CachetuneError(f"names base model '{peft_base}' but the card says '{card_base}'", peft_path)
+
+
 def inspect_adapter(adapter_dir) -> dict:
     """Validate an adapter folder; return what a registry record needs from it.
 
@@ -141,6 +178,7 @@ def inspect_adapter(adapter_dir) -> dict:
     naming the file at fault.
     """
     adapter_dir = Path(adapter_dir)
+    _check_regular_files(adapter_dir)
     card = read_card(adapter_dir)  # checks the folder and adapter_config.json exist
     card_path = adapter_dir / CARD_FILE
     if not card_path.exists():
@@ -148,8 +186,6 @@ def inspect_adapter(adapter_dir) -> dict:
             f"no {CARD_FILE} card (the registry needs its domain and base model; `cachetune train` writes it)",
             adapter_dir,
         )
-    if not isinstance(card, dict):
-        raise CachetuneError("card must be a JSON object", card_path, 1)
     domain = card.get("domain")
     if not isinstance(domain, str) or not domain.strip():
         raise CachetuneError("card has no 'domain'", card_path)
@@ -158,7 +194,9 @@ def inspect_adapter(adapter_dir) -> dict:
             raise CachetuneError(f"card's '{key}' must be an object", card_path)
 
     peft_path = adapter_dir / PEFT_CONFIG
-    lora = _lora_from_peft(_read_json_file(peft_path), peft_path)
+    peft_cfg = read_json_object(peft_path)
+    lora = _lora_from_peft(peft_cfg, peft_path)
+    _check_peft_base(peft_cfg, card, peft_path)
     if "lora" in card:
         _check_card_lora(card["lora"], lora, card_path)
 
@@ -166,6 +204,7 @@ def inspect_adapter(adapter_dir) -> dict:
     names = safetensors_tensor_names(weights)
     if not any("lora_" in n for n in names):
         raise CachetuneError("no LoRA tensors in the weights file", weights)
+    check_finite_weights(weights)
 
     plugin = card.get("domain_plugin")
     files = list(REQUIRED_FILES) + [f for f in OPTIONAL_FILES if (adapter_dir / f).is_file()]
@@ -188,6 +227,9 @@ def file_problems(folder: Path, expected: Dict[str, str]) -> Dict[str, Optional[
     problems: Dict[str, Optional[str]] = {}
     for name, sha in sorted(expected.items()):
         path = folder / name
+        if path.is_symlink():
+            problems[name] = "a symbolic link, not the registered file"
+            continue
         if not path.is_file():
             problems[name] = "missing"
             continue

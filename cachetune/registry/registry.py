@@ -8,8 +8,12 @@ Layout under the registry root (``--registry DIR``, else ``$CACHETUNE_HOME``, el
     adapters/<name>/<version>/   the adapter's files, as registered
 
 Adding copies the files into a staging folder first and renames it into place under the
-lock, so a version folder is either complete or absent. Records keep each file's sha256;
-:meth:`AdapterRegistry.check` re-hashes them before anything is loaded.
+lock, so a version folder is either complete or absent; a staging folder left by a killed
+add is removed by the next add (under the lock) and reported by ``verify``. Records keep each
+file's sha256; :meth:`AdapterRegistry.check` re-hashes them before anything is loaded.
+
+Every folder the registry reads, copies or deletes is derived from a validated name and
+version (never from a path stored in the index) and checked to lie inside the registry.
 """
 
 from __future__ import annotations
@@ -17,23 +21,23 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
+from cachetune.core.adapters import PEFT_WEIGHTS, check_finite_weights
 from cachetune.core.errors import CachetuneError
-from cachetune.registry.adapter_files import file_problems, hash_files, inspect_adapter
-from cachetune.registry.index_file import IndexFile
+from cachetune.registry.adapter_files import copy_regular_file, file_problems, hash_files, inspect_adapter
+from cachetune.registry.index_file import IndexFile, check_name
+from cachetune.registry.staging import folder_bytes, remove_stale, stale_folders, staging_folder
 
 HOME_ENV = "CACHETUNE_HOME"
 DEFAULT_HOME = "~/.cache/cachetune"
 ADAPTERS_DIR = "adapters"
 INDEX_FILE = "index.json"
 STAGING_DIR = ".staging"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 PathLike = Union[str, Path]
 
@@ -52,14 +56,6 @@ def parse_ref(ref: str) -> Tuple[str, Optional[int]]:
     if not version.isdigit():
         raise CachetuneError(f"bad adapter version in '{ref}' (expected NAME@<integer>)")
     return name, int(version)
-
-
-def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise CachetuneError(
-            f"bad adapter name '{name}': use letters, digits, '.', '_' or '-' (at most 64, no '@')"
-        )
-    return name
 
 
 def calibrated_threshold(metrics: dict) -> Optional[float]:
@@ -149,8 +145,20 @@ class AdapterRegistry:
             )
         return copy.deepcopy(mine[-1])  # the index lists records in the order they were added
 
+    def folder_of(self, name: str, version: int) -> Path:
+        """``adapters/<name>/<version>``, checked to lie inside the registry (no ``..``, no link out)."""
+        check_name(name)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CachetuneError(f"bad adapter version {version!r}", self.index.path)
+        folder = self.folder / name / str(version)
+        inside = os.path.realpath(self.folder)
+        if os.path.commonpath([inside, os.path.realpath(folder)]) != inside:
+            raise CachetuneError(f"adapter folder of {name}@{version} leads outside the registry", folder)
+        return folder
+
     def path_of(self, record: dict) -> Path:
-        return self.folder / record["path"]
+        """The folder of ``record``: derived from its name and version, never from its stored path."""
+        return self.folder_of(record["name"], record["version"])
 
     def resolve(self, ref: str) -> Path:
         """The folder holding ``ref``'s adapter files."""
@@ -182,6 +190,7 @@ class AdapterRegistry:
                 f"(`cachetune adapters verify` lists all problems)",
                 folder / name,
             )
+        check_finite_weights(folder / PEFT_WEIGHTS)  # registered before add refused such weights
         return folder
 
     def verify(self) -> List[str]:
@@ -196,6 +205,9 @@ class AdapterRegistry:
                 for version_dir in sorted(p for p in name_dir.iterdir() if p.is_dir()):
                     if version_dir.resolve() not in known:
                         problems.append(f"{version_dir}: folder is not in the index (an interrupted add or remove?)")
+        for stale in stale_folders(self.folder / STAGING_DIR):
+            problems.append(f"{stale}: left by an interrupted add ({folder_bytes(stale) / 1e6:.1f} MB); "
+                            f"the next `cachetune adapters add` removes it")
         return problems
 
     # -- writing ----------------------------------------------------------------------
@@ -206,61 +218,61 @@ class AdapterRegistry:
         reused, even after a removal.
         """
         adapter_dir = Path(adapter_dir)
+        if name is not None:
+            check_name(name)  # before any file is read or copied
         info = inspect_adapter(adapter_dir)
         name = check_name(name or info["domain"])
+        self.index.read()  # an index that list and verify reject is refused before any copy
 
         # Copy and hash outside the lock: other writers only wait for the rename + index write.
-        staging_root = self.folder / STAGING_DIR
-        staging_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging_root))
         moved: Optional[Path] = None
-        try:
-            for file_name in info["files"]:
-                shutil.copyfile(adapter_dir / file_name, staging / file_name)
-            record = {
-                "name": name,
-                "version": None,
-                "ref": None,
-                "domain": info["domain"],
-                "path": None,
-                "base_model": info["base_model"],
-                "lora": info["lora"],
-                "files": hash_files(staging, info["files"]),
-                "created": info["card"].get("created") or _now(),
-                "registered": None,
-                "source": str(adapter_dir.resolve()),
-                "domain_plugin": info["domain_plugin"],
-                "card": info["card"],
-                "metrics": None,
-                "calibrated_threshold": None,
-                "evaluated": None,
-            }
-            with self.index.update() as index:
-                other = next((r for r in index["adapters"] if r["name"] == name and r["domain"] != info["domain"]),
-                             None)
-                if other is not None:  # one name, one domain: `find(domain)` relies on it
-                    raise CachetuneError(
-                        f"adapter name '{name}' already holds {other['domain']} adapters ({other['ref']}), "
-                        f"this one is {info['domain']}: choose another --name", adapter_dir / "cachetune.json")
-                used = [r["version"] for r in index["adapters"] if r["name"] == name]
-                version = max([index["next_version"].get(name, 1), *(v + 1 for v in used)])
-                while (self.folder / name / str(version)).exists():  # left by a crash: never overwrite
-                    version += 1
-                dest = self.folder / name / str(version)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(staging, dest)
-                moved = dest
-                record.update(version=version, ref=f"{name}@{version}", path=f"{name}/{version}",
-                              registered=_now())
-                index["adapters"].append(record)
-                index["next_version"][name] = version + 1
-        except BaseException:
-            # The index was not written: a folder it does not point at must not linger.
-            if moved is not None:
-                shutil.rmtree(moved, ignore_errors=True)
-            raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with staging_folder(self.folder / STAGING_DIR, name) as staging:
+            try:
+                for file_name in info["files"]:
+                    copy_regular_file(adapter_dir / file_name, staging / file_name)
+                record = {
+                    "name": name,
+                    "version": None,
+                    "ref": None,
+                    "domain": info["domain"],
+                    "path": None,
+                    "base_model": info["base_model"],
+                    "lora": info["lora"],
+                    "files": hash_files(staging, info["files"]),
+                    "created": info["card"].get("created") or _now(),
+                    "registered": None,
+                    "source": str(adapter_dir.resolve()),
+                    "domain_plugin": info["domain_plugin"],
+                    "card": info["card"],
+                    "metrics": None,
+                    "calibrated_threshold": None,
+                    "evaluated": None,
+                }
+                with self.index.update() as index:
+                    remove_stale(self.folder / STAGING_DIR)  # left by killed adds; ours is locked
+                    other = next((r for r in index["adapters"]
+                                  if r["name"] == name and r["domain"] != info["domain"]), None)
+                    if other is not None:  # one name, one domain: `find(domain)` relies on it
+                        raise CachetuneError(
+                            f"adapter name '{name}' already holds {other['domain']} adapters ({other['ref']}), "
+                            f"this one is {info['domain']}: choose another --name", adapter_dir / "cachetune.json")
+                    used = [r["version"] for r in index["adapters"] if r["name"] == name]
+                    version = max([index["next_version"].get(name, 1), *(v + 1 for v in used)])
+                    while self.folder_of(name, version).exists():  # left by a crash: never overwrite
+                        version += 1
+                    dest = self.folder_of(name, version)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(staging, dest)
+                    moved = dest
+                    record.update(version=version, ref=f"{name}@{version}", path=f"{name}/{version}",
+                                  registered=_now())
+                    index["adapters"].append(record)
+                    index["next_version"][name] = version + 1
+            except BaseException:
+                # The index was not written: a folder it does not point at must not linger.
+                if moved is not None:
+                    shutil.rmtree(moved, ignore_errors=True)
+                raise
         return copy.deepcopy(record)
 
     def remove(self, ref: str) -> List[dict]:
@@ -271,11 +283,12 @@ class AdapterRegistry:
             removed = [r for r in index["adapters"]
                        if r["name"] == name and (version is None or r["version"] == version)]
             index["adapters"] = [r for r in index["adapters"] if r not in removed]
+            folders = [self.path_of(r) for r in removed]  # checked inside the registry before anything changes
         # Folders go after the index no longer points at them: a crash leaves a stray folder
         # (reported by verify), never a record without files.
-        for record in removed:
-            shutil.rmtree(self.path_of(record), ignore_errors=True)
-        name_dir = self.folder / name
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        name_dir = self.folder / check_name(name)
         if name_dir.is_dir() and not any(name_dir.iterdir()):
             name_dir.rmdir()
         return removed

@@ -24,6 +24,7 @@ from cachetune.core.adapters import (
     PEFT_WEIGHTS,
     adapter_base_model,
     attach_adapter,
+    check_finite_weights,
     merge_adapter,
     read_card,
 )
@@ -133,6 +134,7 @@ def load_folder(path, domain: Optional[str] = None, merged: bool = False, device
     from cachetune.registry.adapter_files import safetensors_tensor_names
 
     safetensors_tensor_names(path / PEFT_WEIGHTS)  # nothing recorded to hash against: at least a sane file
+    check_finite_weights(path / PEFT_WEIGHTS)
     if domain and card.get("domain") and card["domain"] != domain:
         raise CachetuneError(f"adapter is for domain '{card['domain']}', not '{domain}'", path / CARD_FILE)
     entry = {"id": adapter_base_model(path, card),
