@@ -38,10 +38,12 @@ def requests_for(templates, queries, seed0=0):
 # -- a tiny OpenAI-compatible server on loopback ------------------------------------------------
 
 class FakeOpenAI:
-    """Serves /v1/models and /v1/chat/completions; ``statuses`` are answered first, in order."""
+    """Serves /v1/models and /v1/chat/completions; ``statuses`` are answered first, in order.
+    ``hold=(text, event)``: requests about ``text`` are answered only once ``event`` is set."""
 
-    def __init__(self, statuses=(), reject_format=None, barrier=None, reject_status=422):
+    def __init__(self, statuses=(), reject_format=None, barrier=None, reject_status=422, hold=None):
         self.statuses = list(statuses)
+        self.hold, self.hold_timed_out = hold, False
         self.reject_format, self.reject_status = reject_format, reject_status
         self.barrier = barrier
         self.bodies, self.in_flight, self.max_in_flight = [], 0, 0
@@ -75,6 +77,8 @@ class FakeOpenAI:
                 try:
                     if fake.barrier is not None:
                         fake.barrier.wait()
+                    if fake.hold and fake.hold[0] in body["messages"][-1]["content"]:
+                        fake.hold_timed_out |= not fake.hold[1].wait(timeout=20)
                     fmt = (body.get("response_format") or {}).get("type")
                     if fake.reject_format and fmt in fake.reject_format:
                         return self._send(fake.reject_status,
@@ -153,6 +157,38 @@ def test_openai_concurrency_is_bounded(templates):
         gen.close()
     assert [r.text for r in results] == [REPLY[PARAPHRASES], REPLY[NEGATIVES]] * 4
     assert server.max_in_flight == 4
+
+
+def test_openai_writes_each_query_while_the_batch_is_in_flight(tmp_path, templates):
+    """A kill mid-batch keeps the finished queries: their triplets are on disk while the last
+    query's replies are still held back by the server."""
+    from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets
+    from cachetune.core.generate.triplets_file import scan_output
+
+    queries = ["sort a list", "read a file", "merge two dicts", "parse a date"]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "query": q, "domain": "programming"}) + "\n"
+                            for i, q in enumerate(queries)))
+    out = tmp_path / "triplets.jsonl"
+    release, on_disk = threading.Event(), []
+
+    class Bar:
+        def update(self, n):
+            on_disk.append(scan_output(out, "programming")[0])  # what a rerun after a kill would skip
+            if len(on_disk) == 3:
+                release.set()  # the held query may now be answered
+
+        def close(self):
+            pass
+
+    with FakeOpenAI(hold=("parse a date", release)) as server:
+        config = GenerateConfig(domain="programming", input=data, output=out, batch_size=4,
+                                embedding_filter=False)
+        summary = generate_triplets(config, templates, lambda: openai_backend(server.url, concurrency=8),
+                                    progress=lambda total: Bar())
+    assert not server.hold_timed_out  # three queries were written before the fourth was answered
+    assert on_disk[2] == {"q0", "q1", "q2"} and on_disk[3] == {"q0", "q1", "q2", "q3"}
+    assert summary["queries_done"] == 4 and summary["llm_requests"] == 8
 
 
 @pytest.mark.parametrize("status", [422, 500])  # llama-cpp-python's server answers 500

@@ -151,7 +151,8 @@ def test_hub_unreachable_is_one_line(run_cli, tmp_path, monkeypatch):
 
 @pytest.fixture
 def previous_output(tmp_path):
-    """An output folder from an earlier good run, which a failing run must leave intact."""
+    """An output folder from an earlier good run, which a failing run must leave intact
+    (even with --overwrite, which the runs below pass to get past the refusal to replace it)."""
     out = tmp_path / "out"
     out.mkdir()
     for name in ("train.jsonl", "holdout.jsonl", "prepare.json"):
@@ -166,7 +167,7 @@ def _assert_untouched(out: Path):
 
 def test_bad_missing_file(run_cli, tmp_path, previous_output):
     result = run_cli(["prepare", "--domain", "programming", "--source", tmp_path / "nope.json",
-                      "--output", previous_output])
+                      "--output", previous_output, "--overwrite"])
     assert result.exit_code != 0
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and "nope.json" in err[0] and "not found" in err[0]
@@ -176,7 +177,8 @@ def test_bad_missing_file(run_cli, tmp_path, previous_output):
 def test_bad_json_not_conala(run_cli, tmp_path, previous_output):
     src = tmp_path / "other.json"
     src.write_text(json.dumps([{"title": "x", "body": "y"}]), encoding="utf-8")
-    result = run_cli(["prepare", "--domain", "programming", "--source", src, "--output", previous_output])
+    result = run_cli(["prepare", "--domain", "programming", "--source", src, "--output", previous_output,
+                      "--overwrite"])
     err = result.stderr.strip().splitlines()
     assert result.exit_code != 0 and len(err) == 1
     assert "other.json" in err[0] and "not a CoNaLa JSON file" in err[0]
@@ -188,7 +190,8 @@ def test_bad_jsonl_line_7(run_cli, tmp_path, previous_output):
     good = [json.dumps({"query": f"how do I handle case number {i}"}) for i in range(1, 7)]
     src.write_text("\n".join(good + ['{"query": "cut off', json.dumps({"query": "after the break"})]) + "\n",
                    encoding="utf-8")
-    result = run_cli(["prepare", "--domain", "medical", "--source", src, "--output", previous_output])
+    result = run_cli(["prepare", "--domain", "medical", "--source", src, "--output", previous_output,
+                      "--overwrite"])
     err = result.stderr.strip().splitlines()
     assert result.exit_code != 0 and len(err) == 1
     assert f"{src}:7:" in err[0] and "invalid JSON" in err[0]

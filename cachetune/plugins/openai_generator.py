@@ -2,7 +2,8 @@
 
 Works with ``vllm serve``, the llama.cpp servers, SGLang, Ollama and OpenAI itself. Requests
 of a batch go out concurrently (at most ``concurrency`` in flight, default 8) over one
-``httpx`` client; a 429, a 5xx, a timeout or a dropped connection is retried with exponential
+``httpx`` client, and each reply is handed over as it arrives (``generate_each``), so a query's
+triplets are written as soon as both its replies are in; a 429, a 5xx, a timeout or a dropped connection is retried with exponential
 backoff and jitter (``Retry-After`` is honoured), and when the retries run out the run stops
 with one line -- the triplets already written stay and a rerun resumes. Any other 4xx fails
 only that request (counted as ``request_failed``).
@@ -19,8 +20,8 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from cachetune import BackendOption, hookimpl
 from cachetune.core.errors import CachetuneError
@@ -170,19 +171,26 @@ class OpenAIGenerator:
         usage = data.get("usage") or {}
         return GenerationResult(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
 
-    def generate(self, requests: Sequence[Request]) -> List[GenerationResult]:
+    def generate_each(self, requests: Sequence[Request]) -> Iterator[Tuple[int, GenerationResult]]:
+        """``(index, result)`` for each request as its reply arrives (see ``Generator``)."""
         self._resolve_model()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="cachetune-openai")
-        futures = [self._pool.submit(self._answer, request) for request in requests]
+        futures = {self._pool.submit(self._answer, request): index for index, request in enumerate(requests)}
         try:
-            return [future.result() for future in futures]
+            for future in as_completed(futures):
+                yield futures[future], future.result()
         except RetriesExhausted as exc:
             raise CachetuneError(f"openai backend: {exc}") from None
-        except BaseException:  # Ctrl-C: do not start what is still queued
+        finally:  # Ctrl-C, an error, or a caller that stopped reading: do not start what is still queued
             for future in futures:
                 future.cancel()
-            raise
+
+    def generate(self, requests: Sequence[Request]) -> List[GenerationResult]:
+        results: List[Optional[GenerationResult]] = [None] * len(requests)
+        for index, result in self.generate_each(requests):
+            results[index] = result
+        return results
 
     def close(self) -> None:
         if self._pool is not None:

@@ -20,12 +20,13 @@ from typing import Iterator
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import write_json
+from cachetune.core.outputs import REGISTRY_INDEX_FILE
 
 INDEX_FORMAT = 1
 LOCK_TIMEOUT_S = 120.0
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Names of the files beside the adapter folders: an adapter named like one would collide with it.
-RESERVED_NAMES = {"index.json", "index.json.lock"}
+RESERVED_NAMES = {REGISTRY_INDEX_FILE, REGISTRY_INDEX_FILE + ".lock"}
 # The files a registered adapter may have (peft's two, the card, peft's README).
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "cachetune.json", "README.md"}
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

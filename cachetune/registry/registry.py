@@ -29,14 +29,15 @@ from typing import List, Optional, Tuple, Union
 
 from cachetune.core.adapters import PEFT_WEIGHTS, check_finite_weights
 from cachetune.core.errors import CachetuneError
+from cachetune.core.outputs import REGISTRY_ADAPTERS_DIR, REGISTRY_INDEX_FILE, check_output
 from cachetune.registry.adapter_files import copy_regular_file, file_problems, hash_files, inspect_adapter
 from cachetune.registry.index_file import IndexFile, check_name
 from cachetune.registry.staging import folder_bytes, remove_stale, stale_folders, staging_folder
 
 HOME_ENV = "CACHETUNE_HOME"
 DEFAULT_HOME = "~/.cache/cachetune"
-ADAPTERS_DIR = "adapters"
-INDEX_FILE = "index.json"
+ADAPTERS_DIR = REGISTRY_ADAPTERS_DIR
+INDEX_FILE = REGISTRY_INDEX_FILE
 STAGING_DIR = ".staging"
 
 PathLike = Union[str, Path]
@@ -314,8 +315,8 @@ class AdapterRegistry:
         """Write ``ref`` to ``output_dir``: its adapter files, or (``merged``) a plain SentenceTransformer."""
         record = self.get(ref)
         folder = self.check(record)
-        output_dir = Path(output_dir)
-        if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        output_dir = check_output(output_dir, "--output", folder=True)
+        if output_dir.exists() and any(output_dir.iterdir()):
             raise CachetuneError("output folder exists and is not empty (--output)", output_dir)
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))

@@ -70,7 +70,8 @@ def register(cli, pm) -> None:
     @click.option("--paraphrases", type=int, default=3, show_default=True, help="Paraphrases asked per query.")
     @click.option("--negatives", type=int, default=2, show_default=True, help="LLM hard negatives asked per query.")
     @click.option("--batch-size", type=int,
-                  help="Queries per backend call; their triplets are written when it returns. Default: the "
+                  help="Queries per backend call; their triplets are written when it returns (openai: as "
+                       "each query's replies arrive). Default: the "
                        "backend's (llama-cpp 1, openai 32, vllm 256, transformers half its concurrency).")
     @click.option("--temperature", type=float, default=0.7, show_default=True)
     @click.option("--max-tokens", type=int, default=256, show_default=True, help="Tokens per reply.")

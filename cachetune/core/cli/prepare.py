@@ -20,7 +20,9 @@ def register(cli, pm) -> None:
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--query-field", help="Column/field holding the query in generic files.")
     @click.option("--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
-    def prepare(domain, source, limit, holdout, seed, query_field, output):
+    @click.option("--overwrite", is_flag=True, help="Replace train.jsonl, holdout.jsonl and prepare.json "
+                                                    "already in --output.")
+    def prepare(domain, source, limit, holdout, seed, query_field, output, overwrite):
         """Read, normalise, deduplicate and split a domain's queries."""
         from tqdm import tqdm
 
@@ -28,7 +30,7 @@ def register(cli, pm) -> None:
 
         summary = run_prepare(
             pm.get_domain(domain), output, source=source, limit=limit, holdout=holdout, seed=seed,
-            readers=pm.source_readers(), query_field=query_field,
+            readers=pm.source_readers(), query_field=query_field, overwrite=overwrite,
             progress=lambda it: tqdm(it, desc="reading", unit=" queries", leave=False, mininterval=0.5, disable=None),
         )
         c = summary["counts"]

@@ -44,11 +44,12 @@ def register(cli, pm) -> None:
                                                 "('query' or 'text' fields), or - for standard input.")
     @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
                   help="Write FILE.json, FILE.jsonl or FILE.npy instead of JSON lines on standard output.")
+    @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
     @click.option("--merged", is_flag=True, help="Merge the LoRA into the weights first (same vectors, faster).")
     @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     @click.argument("texts", nargs=-1)
-    def embed(domain, adapter, registry, input_path, output, merged, batch_size, device, texts):
+    def embed(domain, adapter, registry, input_path, output, overwrite, merged, batch_size, device, texts):
         """Embed TEXT... (or --input FILE) with a domain's adapter."""
         from cachetune.core.serving import models as serving
 
@@ -57,7 +58,7 @@ def register(cli, pm) -> None:
         if not texts and not input_path:
             raise click.UsageError("give texts to embed, or --input FILE")
         if output is not None:
-            serving.check_output_path(output)  # fail before the model loads
+            serving.check_output_path(output, overwrite)  # fail before the model loads
         texts = list(texts) if texts else serving.read_texts(input_path)
         if not texts:
             raise CachetuneError("no texts to embed", input_path)

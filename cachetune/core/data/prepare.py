@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 from cachetune.core.types import Domain, QueryRecord
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import atomic_writer, write_json
+from cachetune.core.outputs import check_output
 from cachetune.core.data.sources import GENERIC_READERS, resolve_reader
 from cachetune.core.text import exact_key, near_key, normalize_query
 
@@ -122,17 +123,20 @@ def prepare(
     readers=(),
     query_field: Optional[str] = None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Run the prepare stage; returns the ``prepare.json`` summary."""
+    """Run the prepare stage; returns the ``prepare.json`` summary.
+
+    Outputs already in ``output`` are replaced only with ``overwrite``.
+    """
     started = time.time()
     source = str(source if source is not None else domain.default_source)
     if limit is not None and limit <= 0:
         raise CachetuneError(f"--limit must be positive, got {limit}")
     if not 0.0 <= holdout < 1.0:
         raise CachetuneError(f"--holdout must be in [0, 1), got {holdout}")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise CachetuneError("output exists and is not a folder", output)
+    output = check_output(output, "--output", overwrite=overwrite, folder=True,
+                          results=(TRAIN_FILE, HOLDOUT_FILE, STATS_FILE))
 
     records = read_source(domain, source, readers, {"query_field": query_field})
     if progress is not None:

@@ -8,8 +8,9 @@ paired in the reference layout: every paraphrase is an ``anchor`` with the origi
 negatives per anchor (:mod:`cachetune.core.mining`), or replaces the LLM's with ``--negatives 0``;
 an input of ``{"anchor", "positive"}`` pairs gets mined negatives with no LLM at all.
 
-Reliability: the triplets of a query are appended with one ``write`` call as soon as its batch
-is answered, so a crash loses at most the batch in flight. A rerun resumes: it skips query ids
+Reliability: the triplets of a query are appended with one ``write`` call as soon as its replies
+are in (backends with ``generate_each``, such as openai) or its batch is answered (the others),
+so a crash loses at most the queries in flight. A rerun resumes: it skips query ids
 already in the output, after dropping a torn last line (and, to be safe, the rest of that last
 query's lines, which are then generated again). The output is locked while a run writes it.
 The summary ``<output>.stats.json`` is rewritten after every batch and at the end, also after
@@ -25,17 +26,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.generate.prompting import (
-    NEGATIVES, NEUTRAL_RULES, PARAPHRASES, Checked, DomainRules, Generator, Request, build_conversation, check_items,
-    pair_triplets,
+    NEGATIVES, NEUTRAL_RULES, PARAPHRASES, Checked, DomainRules, GenerationResult, Generator, Request,
+    build_conversation, check_items, pair_triplets,
     parse_reply,
 )
 from cachetune.core.generate.embedding import EmbeddingFilter, mine_batch, mine_where_no_negative
 from cachetune.core.generate.inputs import Item, read_input
 from cachetune.core.generate.triplets_file import TripletWriter, scan_output
+from cachetune.core.outputs import check_output
 from cachetune.core.jsonl import write_json
 
 # Embedding filter defaults (cosine similarity to the query with the base model) for domains
@@ -84,6 +86,8 @@ class GenerateConfig:
                 raise CachetuneError(f"--{name.replace('_', '-')} is a cosine similarity in [-1, 1], got {value}")
         if Path(self.output).resolve() == Path(self.input).resolve():
             raise CachetuneError("--output must not be the input file", self.output)
+        # appended to (resume) or started over (--no-resume): both asked for, so no --overwrite
+        check_output(self.output, "--output", overwrite=True)
 
 
 def stats_path(output: Path) -> Path:
@@ -245,23 +249,20 @@ class _Run:
             bar = progress(len(todo)) if progress is not None else None
             size = config.batch_size or getattr(generator, "batch_size", None) or DEFAULT_BATCH_SIZE
             self.summary_base["batch_size"] = size
+            # A backend that answers requests one by one (generate_each) has each query written as
+            # soon as its replies are in: a kill mid-batch loses only the queries still in flight.
+            streaming = use_llm and hasattr(generator, "generate_each")
             for start in range(0, len(todo), size):
                 batch = todo[start: start + size]
-                checked = (_ask(generator, templates, batch, config, self.stats, self.rules) if use_llm
-                           else [Checked(paraphrases=list(item.anchors)) for item in batch])
-                pairs = list(zip(batch, checked))
-                if embedding_filter is not None:
-                    embedding_filter.apply(pairs)
-                if config.mine_negatives > 0:
-                    mined = mine_batch(miner, pairs, config.mine_negatives)
-                elif fallback:
-                    mined = mine_where_no_negative(miner, pairs)
-                else:
-                    mined = [[] for _ in pairs]
-                for (item, check), mined_rows in zip(pairs, mined):
-                    self._write_query(writer, item, check, mined_rows)
-                    if bar is not None:
-                        bar.update(1)
+                answered = (_ask(generator, templates, batch, config, self.stats, self.rules) if use_llm
+                            else ((item, Checked(paraphrases=list(item.anchors))) for item in batch))
+                pending = []
+                for pair in answered:
+                    pending.append(pair)
+                    if streaming:
+                        self._finish(pending, writer, embedding_filter, miner, fallback, bar)
+                        pending = []
+                self._finish(pending, writer, embedding_filter, miner, fallback, bar)
                 write_json(stats_path(config.output), self.summary())
         except KeyboardInterrupt:
             self.interrupted = True
@@ -270,6 +271,23 @@ class _Run:
                 bar.close()
             if generator is not None:
                 generator.close()
+
+    def _finish(self, pairs, writer, embedding_filter, miner, fallback: bool, bar) -> None:
+        """Filter, mine and write answered queries (``(item, checked)`` pairs)."""
+        if not pairs:
+            return
+        if embedding_filter is not None:
+            embedding_filter.apply(pairs)
+        if self.config.mine_negatives > 0:
+            mined = mine_batch(miner, pairs, self.config.mine_negatives)
+        elif fallback:
+            mined = mine_where_no_negative(miner, pairs)
+        else:
+            mined = [[] for _ in pairs]
+        for (item, check), mined_rows in zip(pairs, mined):
+            self._write_query(writer, item, check, mined_rows)
+            if bar is not None:
+                bar.update(1)
 
     def _write_query(self, writer, item: Item, check: Checked, mined_rows: list) -> None:
         config, stats = self.config, self.stats
@@ -293,31 +311,50 @@ class _Run:
 
 
 def _ask(generator: Generator, templates, batch: List[Item], config: GenerateConfig, stats: RunStats,
-         rules: DomainRules) -> List[Checked]:
-    """One paraphrase and one negative request per query, answered as one batch, then validated."""
+         rules: DomainRules) -> Iterator[Tuple[Item, Checked]]:
+    """One paraphrase and one negative request per query, validated; yields each query with its
+    checked replies as soon as all of them are in (in the order they complete when the backend
+    has ``generate_each``, else once ``generate`` has answered the whole batch)."""
     wanted = [(PARAPHRASES, config.paraphrases), (NEGATIVES, config.negatives)]
     wanted = [(kind, n) for kind, n in wanted if n > 0]
     requests = [Request(build_conversation(templates, kind, item.query, n),
                         request_seed(config.seed, item.query_id, kind), kind, n)
                 for item in batch for kind, n in wanted]
-    results = generator.generate(requests)
-    if len(results) != len(requests):
-        raise CachetuneError(f"backend {generator.label} returned {len(results)} results for {len(requests)} requests")
-    stats.requests += len(requests)
-    checked_all = []
-    for index, item in enumerate(batch):
-        checked = Checked()
-        for offset, (kind, n) in enumerate(wanted):
-            result = results[index * len(wanted) + offset]
-            stats.prompt_tokens += result.prompt_tokens or 0
-            stats.completion_tokens += result.completion_tokens or 0
-            if result.error:
-                checked.rejected[f"{'paraphrase' if kind == PARAPHRASES else 'negative'}/request_failed"] += 1
-                checked.request_failed = True
-                continue
-            check_items(item.query, kind, parse_reply(result.text, kind), n, checked, rules)
-        checked_all.append(checked)
-    return checked_all
+    if hasattr(generator, "generate_each"):
+        answered = generator.generate_each(requests)
+    else:
+        results = generator.generate(requests)
+        if len(results) != len(requests):
+            raise CachetuneError(f"backend {generator.label} returned {len(results)} results for "
+                                 f"{len(requests)} requests")
+        answered = enumerate(results)
+    replies: Dict[int, Dict[int, GenerationResult]] = {}
+    count = 0
+    for index, result in answered:
+        count += 1
+        stats.requests += 1
+        query = index // len(wanted)
+        replies.setdefault(query, {})[index % len(wanted)] = result
+        if len(replies[query]) == len(wanted):
+            got = replies.pop(query)
+            yield batch[query], _check_replies(batch[query], [got[k] for k in range(len(wanted))], wanted,
+                                               stats, rules)
+    if count != len(requests):
+        raise CachetuneError(f"backend {generator.label} returned {count} results for {len(requests)} requests")
+
+
+def _check_replies(item: Item, results: List[GenerationResult], wanted, stats: RunStats,
+                   rules: DomainRules) -> Checked:
+    checked = Checked()
+    for result, (kind, n) in zip(results, wanted):
+        stats.prompt_tokens += result.prompt_tokens or 0
+        stats.completion_tokens += result.completion_tokens or 0
+        if result.error:
+            checked.rejected[f"{'paraphrase' if kind == PARAPHRASES else 'negative'}/request_failed"] += 1
+            checked.request_failed = True
+            continue
+        check_items(item.query, kind, parse_reply(result.text, kind), n, checked, rules)
+    return checked
 
 
 def _first(*values):

@@ -71,6 +71,11 @@ class Generator(Protocol):
     An optional ``batch_size`` attribute says how many queries per ``generate`` call suit the
     engine when ``--batch-size`` is not given: large for vLLM, 1 where batching gains nothing
     (a smaller batch loses less work to a crash).
+
+    An optional ``generate_each(requests)`` yields ``(index, result)`` for each request as it is
+    answered, in any order: a backend whose requests finish one by one (HTTP) has each query's
+    triplets written as soon as its replies are in, so a kill mid-batch loses only the queries
+    still in flight.
     """
 
     label: str

@@ -25,6 +25,7 @@ from typing import Callable, Dict, Optional
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import write_json
+from cachetune.core.outputs import check_output
 
 STAGES = ("prepare", "generate", "train", "evaluate", "register")
 STATE_FILE = "run.json"
@@ -78,6 +79,7 @@ class Pipeline:
         self.skipped: Dict[str, bool] = {}
         # Checked now, before any stage runs or model loads: an unknown backend or option is one line.
         self.backend, self.backend_options = self._backend()
+        check_output(self.workdir, "--workdir", folder=True, overwrite=True)  # the run's own folder
 
     def _backend(self):
         from cachetune.core.generate.backends import backend_settings
@@ -148,7 +150,7 @@ class Pipeline:
         def work():
             summary = prepare(self.domain, self.data_dir, source=source, limit=opts["limit"],
                               holdout=opts["holdout"], seed=self.seed, readers=self.pm.source_readers(),
-                              query_field=opts["query_field"])
+                              query_field=opts["query_field"], overwrite=True)  # the run's own folder
             return summary["counts"]
 
         return self._stage(number, "prepare", fp, [self.data_dir / STATS_FILE], work)

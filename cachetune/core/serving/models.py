@@ -30,6 +30,7 @@ from cachetune.core.adapters import (
 )
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import atomic_writer, iter_jsonl, write_json
+from cachetune.core.outputs import check_output
 from cachetune.core.models import (
     canonical_model_id,
     load_sentence_transformer,
@@ -312,18 +313,22 @@ def read_texts(path) -> List[str]:
         return [line.strip() for line in fh if line.strip()]
 
 
-def check_output_path(path) -> Path:
+def check_output_path(path, overwrite: bool = False) -> Path:
+    """An embeddings file ``embed`` may write: a known suffix, outside the registry, and not an
+    existing file unless ``overwrite``."""
     path = Path(path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise CachetuneError(f"--output must end in {', '.join(OUTPUT_SUFFIXES)}", path)
-    return path
+    return check_output(path, "--output", overwrite=overwrite)
 
 
 def write_embeddings(path, texts: Sequence[str], vectors, served: Optional[ServedAdapter] = None) -> Path:
     """Write ``vectors`` (one row per text) to ``.npy``, ``.json`` or ``.jsonl``, atomically."""
     import numpy as np
 
-    path = check_output_path(path)
+    if Path(path).suffix not in OUTPUT_SUFFIXES:
+        raise CachetuneError(f"--output must end in {', '.join(OUTPUT_SUFFIXES)}", path)
+    path = Path(path)
     vectors = np.asarray(vectors, dtype=np.float32)
     if path.suffix == ".npy":
         with atomic_writer(path, "wb") as fh:
