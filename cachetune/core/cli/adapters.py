@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cachetune.core.errors import CachetuneError
+from cachetune.core.serving.exports import TARGETS as CACHE_TARGETS  # light: no model code
 
 
 def registry_option(func):
@@ -99,13 +100,24 @@ def register(cli, pm) -> None:
     @click.argument("ref", metavar="NAME[@VERSION]")
     @click.option("--merged", is_flag=True,
                   help="Merge the LoRA into the base weights: a plain SentenceTransformer folder.")
+    @click.option("--for", "tool", type=click.Choice(list(CACHE_TARGETS)),
+                  help="Merged, in the layout TOOL loads, plus cache-config.* with the adapter's threshold "
+                       "in TOOL's units (implies --merged).")
     @click.option("--output", type=click.Path(path_type=Path), required=True, help="New (or empty) folder.")
     @click.option("--device", help="Device for merging (default: sentence-transformers' choice).")
     @registry_option
-    def export(ref, merged, output, device, registry):
-        """Write an adapter out: its peft files + card, or merged into its base model."""
+    def export(ref, merged, tool, output, device, registry):
+        """Write an adapter out: its peft files + card, merged into its base model, or ready for a cache."""
         reg = _open(registry)
         record = reg.get(ref)
+        if tool:
+            from cachetune.core.serving.exports import export_for_cache
+
+            done = export_for_cache(reg, record["ref"], tool, output, device=device)
+            click.echo(f"exported {done.ref} for {tool} -> {output}")
+            click.echo(f"wrote {done.config_file}:\n")
+            click.echo(done.config)
+            return
         reg.export(record["ref"], output, merged=merged, device=device)
         what = "merged SentenceTransformer" if merged else "adapter files"
         click.echo(f"exported {record['ref']} ({what}) -> {output}")
