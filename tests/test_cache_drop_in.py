@@ -24,21 +24,29 @@ pytestmark = pytest.mark.slow
 MARGIN = 2e-3
 # ...and at most this far, so they test the threshold and not an easy case.
 NEAR = 0.05
+# A small real adapter: enough to move the embeddings, cheap on 2 CPU cores.
+TRAIN_PAIRS, TRAIN_STEPS = 320, 10
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shared_data, embedded_model):
-    """A registry with a real adapter trained and evaluated on CoNaLa; its held-out triplet file."""
+    """A registry with a real adapter trained on CoNaLa's train split and evaluated on its held-out split."""
+    from sentence_transformers import SentenceTransformer
+
     from cachetune.core.cli import main
+    from cachetune.core.jsonl import write_jsonl
     from cachetune.core.train.loop import TrainConfig, train
-    from cachetune.domains.programming.training_pairs import conala_triplet_files
+    from cachetune.domains.programming.training_pairs import read_conala_pairs, split_pairs, triplets_from_pairs
     from cachetune.registry import AdapterRegistry
 
     root = tmp_path_factory.mktemp("drop-in")
-    files = conala_triplet_files(shared_data / "conala" / "conala-train.json", root / "data",
-                                 base_model=embedded_model)["paths"]
+    train_pairs, held = split_pairs(read_conala_pairs(shared_data / "conala" / "conala-train.json"), 0.1, 0)
+    base = SentenceTransformer(embedded_model, device="cpu")
+    files = {"train": root / "train.jsonl", "holdout": root / "holdout.jsonl"}
+    write_jsonl(files["train"], triplets_from_pairs(train_pairs[:TRAIN_PAIRS], "programming", model=base))
+    write_jsonl(files["holdout"], triplets_from_pairs(held, "programming", model=base))
     train(TrainConfig("programming", files["train"], root / "adapter", base_model=embedded_model, batch_size=32,
-                      max_steps=20, lr=2e-3), log=lambda _: None, show_progress=False)
+                      max_steps=TRAIN_STEPS, lr=2e-3), log=lambda _: None, show_progress=False)
     registry = AdapterRegistry(root / "reg")
     registry.add(root / "adapter")
     code = main(["evaluate", "--domain", "programming", "--adapter", "programming", "--registry", str(registry.root),
@@ -85,13 +93,14 @@ def near_pairs(trained, exported):
     return above[1], below[1]
 
 
-def run_config(folder: Path, redis_url: str = "", filename: str = "cache-config.py") -> dict:
+def run_config(folder: Path, redis_url: str = "") -> dict:
     """Execute an exported cache-config.py as a user would; its globals."""
     namespace: dict = {"__name__": "cache_config"}
     old = os.environ.get("REDIS_URL")
     os.environ["REDIS_URL"] = redis_url
     try:
-        exec(compile((folder / filename).read_text(encoding="utf-8"), str(folder / filename), "exec"), namespace)
+        path = folder / "cache-config.py"
+        exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
     finally:
         if old is None:
             os.environ.pop("REDIS_URL")
@@ -127,17 +136,43 @@ def test_langchain_redis_semantic_cache_with_huggingface_embeddings(exported, ne
     assert cache.lookup(below_query, llm) is None
 
 
-def test_gptcache_with_faiss_in_process(exported, near_pairs, tmp_path, monkeypatch):
+GPTCACHE_CASES = """
+import json, os, sys
+code, folder, cases = open(sys.argv[1]).read(), sys.argv[2], json.loads(sys.argv[3])
+got = {}
+for name, cached, query in cases:
+    os.makedirs(name)
+    os.chdir(name)  # a fresh sqlite + faiss store; GPTCache writes its index here again at exit
+    os.symlink(folder, os.path.basename(folder))
+    namespace = {"__name__": "cache_config"}
+    exec(compile(code, sys.argv[1], "exec"), namespace)
     from gptcache.adapter.api import get, put
+    put(cached, name)
+    got[name] = get(query)
+    os.chdir("..")
+print(json.dumps(got))
+"""
 
-    (above_cached, above_query), (below_cached, below_query) = near_pairs
-    for case, (cached, query, expected) in {"above": (above_cached, above_query, "above"),
-                                            "below": (below_cached, below_query, None)}.items():
-        (tmp_path / case).mkdir()
-        monkeypatch.chdir(tmp_path / case)
-        run_config(exported["gptcache"])  # a fresh sqlite + faiss store in this folder
-        put(cached, case)
-        assert get(query) == expected, case
+
+def gptcache_decisions(code: str, folder: Path, near_pairs, work: Path) -> dict:
+    """Run GPTCache ``code`` in a child process (its index is flushed at exit, into ``work``):
+    store each near pair's cached side, look up the other; {case: answer or None}."""
+    import subprocess
+    import sys
+
+    work.mkdir()
+    (work / "config.py").write_text(code, encoding="utf-8")
+    cases = [["above", *near_pairs[0]], ["below", *near_pairs[1]]]
+    out = subprocess.run([sys.executable, "-c", GPTCACHE_CASES, str(work / "config.py"), str(folder.resolve()),
+                          json.dumps(cases)], cwd=work, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gptcache_with_faiss_in_process(exported, near_pairs, tmp_path):
+    code = (exported["gptcache"] / "cache-config.py").read_text(encoding="utf-8")
+    assert gptcache_decisions(code, exported["gptcache"], near_pairs, tmp_path / "run") == \
+        {"above": "above", "below": None}
 
 
 def test_sentence_transformers_config(exported, near_pairs):
@@ -212,13 +247,41 @@ def test_readme_langchain(exported, near_pairs, redis_url, monkeypatch):
         set_llm_cache(None)
 
 
-def test_readme_gptcache(exported, near_pairs, tmp_path, monkeypatch):
-    for case, (cached, query, expected) in {"above": (*near_pairs[0], "above"),
-                                            "below": (*near_pairs[1], None)}.items():
-        work = tmp_path / case
-        work.mkdir()
-        (work / exported["gptcache"].name).symlink_to(exported["gptcache"])
-        monkeypatch.chdir(work)  # a fresh sqlite + faiss store lands here
-        namespace = run_readme("GPTCache")
-        namespace["put"](cached, case)
-        assert namespace["get"](query) == expected, case
+def test_readme_gptcache(exported, near_pairs, tmp_path):
+    assert gptcache_decisions(readme_block("GPTCache"), exported["gptcache"], near_pairs, tmp_path / "run") == \
+        {"above": "above", "below": None}
+
+
+def test_readme_litellm_against_cachetune_serve(trained, exported, near_pairs, redis_url, monkeypatch):
+    """LiteLLM embeds through `cachetune serve` (the merged adapter) and caches in Redis; no LLM runs."""
+    import litellm
+
+    from cachetune.core.serving.catalog import load_catalog
+    from cachetune.core.serving.server import create_app
+    from embedding_server import running_server
+
+    litellm_folder = exported["redisvl"].parent / "programming-litellm"
+    if not litellm_folder.exists():
+        litellm_folder.symlink_to(exported["redisvl"])  # the same merged folder; the snippet reads its threshold
+    monkeypatch.chdir(exported["redisvl"].parent)
+    monkeypatch.delenv("HOSTED_VLLM_API_BASE", raising=False)
+    app = create_app(load_catalog(trained["registry"].root, refs=["programming"], merged=True, device="cpu"))
+    with running_server(app) as url:
+        code = readme_block("LiteLLM").replace("http://127.0.0.1:8080", url)
+        code = code.replace("redis://localhost:6379", redis_url)
+        exec(compile(code, "README LiteLLM", "exec"), {"__name__": "readme"})
+        try:
+            (above_cached, above_query), (below_cached, below_query) = near_pairs
+
+            def ask(prompt: str, fresh: str) -> str:
+                reply = litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
+                                           mock_response=fresh, caching=True)
+                return reply.choices[0].message.content
+
+            assert ask(above_cached, "above") == "above"
+            assert ask(above_query, "fresh") == "above"  # served from the cache
+            litellm.cache.cache.llmcache.clear()
+            assert ask(below_cached, "below") == "below"
+            assert ask(below_query, "fresh") == "fresh"  # a miss: the "LLM" answers
+        finally:
+            litellm.cache = None
