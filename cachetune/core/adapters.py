@@ -8,11 +8,11 @@ comes from ``adapter_config.json``'s ``base_model_name_or_path`` or ``--base-mod
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from cachetune.core.errors import CachetuneError
+from cachetune.core.textfiles import read_json
 from cachetune.core.models import (
     canonical_model_id,
     load_sentence_transformer,
@@ -41,12 +41,7 @@ def read_card(adapter_dir) -> dict:
 def read_json_object(path: Path) -> dict:
     """A JSON file holding an object; invalid JSON, another value or text that is not UTF-8 is an
     error naming the file."""
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
-    except UnicodeDecodeError:
-        raise CachetuneError("not a UTF-8 text file", path) from None
+    obj = read_json(path)
     if not isinstance(obj, dict):
         raise CachetuneError(f"expected a JSON object, got {type(obj).__name__}", path, 1)
     return obj

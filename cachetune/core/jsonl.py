@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Iterable, Tuple, Union
 
 from cachetune.core.errors import CachetuneError
+from cachetune.core.textfiles import reading_text
 
 PathLike = Union[str, Path]
 
@@ -24,7 +25,7 @@ def iter_jsonl(path: PathLike, *, skip_blank: bool = True) -> Iterator[Tuple[int
     path = Path(path)
     if not path.exists():
         raise CachetuneError("file not found", path)
-    with open(path, "r", encoding="utf-8") as fh:
+    with reading_text(path), open(path, "r", encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 if skip_blank:

@@ -62,6 +62,7 @@ def make_cli(pm=None) -> click.Group:
         ctx.obj = {"pm": pm, "debug": debug}
         for line in pm.load_errors:
             click.echo(f"Warning: {line}", err=True)
+        cli.load_errors_reported = True
 
     # Conflicting or broken plugins are disabled now, so their warnings print before any command.
     pm.check_registrations()
@@ -69,13 +70,24 @@ def make_cli(pm=None) -> click.Group:
         module = importlib.import_module(f"cachetune.core.cli.{name}")
         module.register(cli, pm)
     pm.add_commands(cli)
+    cli.pm, cli.load_errors_reported = pm, False
     return cli
+
+
+def _usage_error_line(exc: click.ClickException, cli) -> str:
+    """The error line; a usage error (an unknown command, say) raised before the disabled plugins
+    were reported names them, since one of them may be why."""
+    message = exc.format_message()
+    if isinstance(exc, click.UsageError) and cli is not None and not cli.load_errors_reported and cli.pm.load_errors:
+        message += " (" + "; ".join(cli.pm.load_errors) + ")"
+    return message
 
 
 def main(argv: Optional[list] = None, pm=None) -> int:
     """Entry point: run the CLI and turn errors into one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    cli = None
     try:
         cli = make_cli(pm)
         rc = cli.main(args=argv, prog_name="cachetune", standalone_mode=False)
@@ -87,7 +99,7 @@ def main(argv: Optional[list] = None, pm=None) -> int:
     except click.ClickException as exc:
         if debug:
             raise
-        click.echo(f"Error: {exc.format_message()}", err=True)
+        click.echo(f"Error: {_usage_error_line(exc, cli)}", err=True)
         return exc.exit_code
     except CachetuneError as exc:
         if debug:

@@ -59,6 +59,7 @@ def register(cli, pm) -> None:
             raise click.UsageError("give texts to embed, or --input FILE")
         if output is not None:
             serving.check_output_path(output, overwrite)  # fail before the model loads
+        serving.check_not_empty((f"TEXT {i}", text) for i, text in enumerate(texts, 1))
         texts = list(texts) if texts else serving.read_texts(input_path)
         if not texts:
             raise CachetuneError("no texts to embed", input_path)
@@ -85,8 +86,9 @@ def register(cli, pm) -> None:
     @click.argument("b")
     def similarity(domain, adapter, registry, threshold, as_json, device, a, b):
         """Cosine of A and B under the adapter, and whether a cache would treat them as the same query."""
-        from cachetune.core.serving.models import cosine
+        from cachetune.core.serving.models import check_not_empty, cosine
 
+        check_not_empty([("A", a), ("B", b)])  # before the model loads
         model = _load(domain, adapter, registry, device=device)
         served = model.cachetune_adapter
         score = cosine(model, a, b)

@@ -60,6 +60,10 @@ def clean_queries(
     kept: List[dict] = []
     for record in records:
         stats.read += 1
+        if record.query is not None and not isinstance(record.query, str):
+            # str() would keep "['a', 'b']" as a query: a list or number is not a query text
+            raise CachetuneError(f"the query is a {type(record.query).__name__}, not text "
+                                 f"(--query-field names the field that holds it)", record.origin)
         text = normalize_query(record.query)
         if not text:
             stats.empty += 1

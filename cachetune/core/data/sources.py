@@ -7,8 +7,6 @@ array, hub id). A source that is neither an existing path nor a hub id is an err
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
@@ -16,6 +14,7 @@ from typing import Iterator, List, Optional, Sequence
 from cachetune.core.types import QueryRecord, SourceReader
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import iter_jsonl
+from cachetune.core.textfiles import iter_csv, read_json, reading_text
 
 QUERY_FIELDS = ("query", "question", "intent", "text", "Question")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
@@ -58,31 +57,18 @@ def read_jsonl_queries(source: str, options: dict) -> Iterator[QueryRecord]:
 
 
 def read_csv_queries(source: str, options: dict) -> Iterator[QueryRecord]:
-    path = Path(source)
-    if not path.exists():
-        raise CachetuneError("file not found", source)
-    with open(path, newline="", encoding="utf-8") as fh:
-        sample = fh.read(4096)
-        fh.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",\t;")
-        except csv.Error:
-            dialect = csv.excel
-        reader = csv.DictReader(fh, dialect=dialect)
-        if not reader.fieldnames:
-            raise CachetuneError("empty CSV file (no header)", source)
-        name = pick_query_field({f: None for f in reader.fieldnames}, options.get("query_field"), source, 1)
-        for number, row in enumerate(reader, start=2):
-            if None in row:
-                raise CachetuneError("more cells than header columns", source, number)
-            yield QueryRecord(row.get(name), f"{source}:{number}", {})
+    column = None
+    for line, header, cells in iter_csv(source):
+        if column is None:
+            column = header.index(pick_query_field(dict.fromkeys(header), options.get("query_field"), source, 1))
+        yield QueryRecord(cells[column] if column < len(cells) else None, f"{source}:{line}", {})
 
 
 def read_txt_queries(source: str, options: dict) -> Iterator[QueryRecord]:
     path = Path(source)
     if not path.exists():
         raise CachetuneError("file not found", source)
-    with open(path, encoding="utf-8") as fh:
+    with reading_text(path), open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if line.startswith("#"):
                 continue  # comment lines in hand-written query lists
@@ -106,14 +92,9 @@ def read_json_array_queries(source: str, options: dict) -> Iterator[QueryRecord]
 
 
 def load_json_file(source: str):
-    path = Path(source)
-    if not path.exists():
+    if not Path(source).exists():
         raise CachetuneError("file not found", source)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise CachetuneError(f"invalid JSON: {exc.msg}", source, exc.lineno) from None
+    return read_json(source)
 
 
 def load_hub_dataset(source: str, split: str = "train"):

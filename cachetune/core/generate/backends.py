@@ -10,6 +10,7 @@ error naming the backend and the option -- before any model loads.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional
 
 from cachetune.core.errors import CachetuneError
@@ -39,10 +40,16 @@ def _convert(backend: str, option: BackendOption, value):
                 if text in _TRUE | _FALSE:
                     return text in _TRUE
                 raise ValueError(value)
-            return kind(text)
+            converted = kind(text)
+            if kind is float and not math.isfinite(converted):
+                raise CachetuneError(f"backend '{backend}': option '{option.name}' must be a finite number, "
+                                     f"got {value!r}")
+            return converted
         except ValueError:
             pass
     elif isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        if kind is float and not math.isfinite(value):
+            raise CachetuneError(f"backend '{backend}': option '{option.name}' must be a finite number, got {value!r}")
         return value
     elif kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -62,7 +69,19 @@ def backend_settings(backend: GeneratorBackend, generic: dict, given: Optional[d
             raise CachetuneError(f"backend '{backend.name}' has no option '{raw_name}' (its options: {known}){hint}")
         if value is not None:
             values[name] = _convert(backend.name, declared[name], value)
+    check_generic(generic)
     return backend_options({**generic, **values}, backend.options)
+
+
+def check_generic(generic: dict) -> None:
+    """The settings every backend takes, checked before any model loads (``--temperature nan``
+    would otherwise fail only in the backend, after the model loaded, with the backend's error)."""
+    temperature, max_tokens = generic.get("temperature"), generic.get("max_tokens")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not math.isfinite(temperature) or temperature < 0):
+        raise CachetuneError(f"--temperature (generate.temperature) must be a finite number >= 0, got {temperature!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise CachetuneError(f"--max-tokens (generate.max_tokens) must be an integer >= 1, got {max_tokens!r}")
 
 
 def describe_options(backend: GeneratorBackend) -> list:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
 from cachetune.core.errors import CachetuneError
+from cachetune.core.textfiles import read_text
 
 DEFAULTS: Dict[str, Dict[str, Any]] = {
     "run": {
@@ -98,7 +99,7 @@ def load_config_file(path: Path) -> dict:
     if not path.is_file():
         raise CachetuneError("config file not found", path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         raise CachetuneError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path,

@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from cachetune.core.adapters import (
     CARD_FILE,
@@ -31,6 +31,7 @@ from cachetune.core.adapters import (
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import atomic_writer, iter_jsonl, write_json
 from cachetune.core.outputs import check_output
+from cachetune.core.textfiles import read_json, reading_text
 from cachetune.core.models import (
     canonical_model_id,
     load_sentence_transformer,
@@ -116,10 +117,7 @@ def load_folder(path, domain: Optional[str] = None, merged: bool = False, device
     path = Path(path)
     info_path = path / MERGED_INFO_FILE
     if info_path.exists():
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CachetuneError(f"invalid JSON: {exc.msg}", info_path, exc.lineno) from None
+        info = read_json(info_path)
         if domain and info.get("domain") != domain:
             raise CachetuneError(f"merged model is for domain '{info.get('domain')}', not '{domain}'", info_path)
         model = load_sentence_transformer(str(path), device=device)
@@ -282,6 +280,8 @@ def load_shared(records: Dict[str, dict], registry, device: Optional[str] = None
 def _text_of(obj: dict, path, line: int) -> str:
     for key in ("query", "text"):
         if isinstance(obj.get(key), str):
+            if not obj[key].strip():
+                raise CachetuneError(f"'{key}' is empty", path, line)
             return obj[key]
     raise CachetuneError("expected a 'query' or 'text' string field", path, line)
 
@@ -299,18 +299,25 @@ def read_texts(path) -> List[str]:
     if path.suffix == ".jsonl":
         return [_text_of(obj, path, line) for line, obj in iter_jsonl(path)]
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
+        data = read_json(path)
         if isinstance(data, dict) and isinstance(data.get("texts"), list):
             data = data["texts"]
         if not isinstance(data, list):
             raise CachetuneError("expected a JSON list of texts (or of objects with 'query'/'text')", path)
-        return [item if isinstance(item, str) else _text_of(item if isinstance(item, dict) else {}, path, None)
-                for item in data]
-    with open(path, encoding="utf-8") as fh:
+        texts = [item if isinstance(item, str) else _text_of(item if isinstance(item, dict) else {}, path, None)
+                 for item in data]
+        check_not_empty(((f"text {i}", text) for i, text in enumerate(texts, 1)), path)
+        return texts
+    with reading_text(path), open(path, encoding="utf-8") as fh:
         return [line.strip() for line in fh if line.strip()]
+
+
+def check_not_empty(labelled: Iterable[Tuple[str, str]], path=None) -> None:
+    """Refuse an empty ``(label, text)``: it has nothing to embed (two empty texts would be a
+    perfect match, a cache HIT between nothing and nothing)."""
+    for label, text in labelled:
+        if not text.strip():
+            raise CachetuneError(f"{label} is empty: there is nothing to embed", path)
 
 
 def check_output_path(path, overwrite: bool = False) -> Path:

@@ -14,6 +14,7 @@ from typing import Iterator
 from cachetune import hookimpl
 from cachetune.core.types import Domain, FewShotExample, PromptTemplates, QueryRecord, SourceReader
 from cachetune.core.errors import CachetuneError
+from cachetune.core.textfiles import reading_text
 from cachetune.core.data.sources import load_hub_dataset, load_json_file, looks_like_hub_id, split_hub_id
 from cachetune.domains.programming.evaluation import EVALUATION_SETS
 from cachetune.domains.programming.rules import ANSWER_PATTERN, FILLER_WORDS
@@ -48,7 +49,7 @@ def read_conala_json(source: str, options: dict) -> Iterator[QueryRecord]:
 def is_conala_mined(source: str) -> bool:
     if Path(source).suffix.lower() not in (".jsonl", ".ndjson") or not Path(source).is_file():
         return False
-    with open(source, encoding="utf-8") as fh:
+    with reading_text(source), open(source, encoding="utf-8") as fh:
         first = fh.readline()
     try:
         row = json.loads(first)
