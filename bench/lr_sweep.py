@@ -42,8 +42,9 @@ def main() -> None:
 
     from cachetune.core.models import load_sentence_transformer
     from cachetune.domains.programming.training_pairs import conala_triplet_files
-    from cachetune.core.train.loop import TrainConfig, train
-    from cachetune.core.train.train_eval import triplet_metrics
+    from cachetune.core.train.config import TrainConfig
+    from cachetune.core.train.loop import train
+    from cachetune.core.train.scoring import heldout_metrics
     from cachetune.core.train.data import load_triplets
 
     work = Path(args.workdir)
@@ -53,7 +54,7 @@ def main() -> None:
     print(f"triplets: train {built['counts']['train']} ({built['questions']['train']} questions), "
           f"held out {built['counts']['holdout']} ({built['questions']['holdout']} questions)", flush=True)
     held = load_triplets(held_path)
-    rows = [{"run": "base model", **triplet_metrics(model, held.anchors, held.positives, held.negatives)}]
+    rows = [{"run": "base model", **heldout_metrics(model, held.anchors, held.positives, held.negatives)}]
     del model
 
     hard = not args.no_hard_negatives

@@ -23,7 +23,8 @@ from pathlib import Path
 
 
 def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
-    from cachetune.core.train.loop import TrainConfig, train
+    from cachetune.core.train.config import TrainConfig
+    from cachetune.core.train.loop import train
 
     data = output.parent / f"{output.name}-train.jsonl"
     with open(data, "w", encoding="utf-8") as out:
@@ -33,7 +34,7 @@ def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
                 row["domain"] = domain  # the trainer keeps only rows of the adapter's domain
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
     from cachetune.core.pipeline.config import DEFAULTS
-    from cachetune.core.train.loop import DEFAULT_LR
+    from cachetune.core.train.config import DEFAULT_LR
 
     config = TrainConfig(domain=domain, train_data=data, output=output,
                          epochs=args.epochs or DEFAULTS["train"]["epochs"],

@@ -38,7 +38,8 @@ def lora_model(base, seed):
     import torch
 
     from cachetune.core.models import load_sentence_transformer
-    from cachetune.core.train.loop import TrainConfig, build_lora_model
+    from cachetune.core.train.config import TrainConfig
+    from cachetune.core.train.loop import build_lora_model
 
     torch.manual_seed(seed)
     model = load_sentence_transformer(base, device="cpu")

@@ -92,6 +92,22 @@ def test_adapter_base_model_mismatch(run_cli, tiny_model, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_adapter_trained_on_other_weights(run_cli, tiny_model, tmp_path):
+    """The card records other base weights than the model resolved from it (or given): refused,
+    whether or not --base-model is passed, as serving and the registry refuse it."""
+    recorded = "ab" * 32
+    adapter = make_adapter(tiny_model, tmp_path / "adapter", "programming", seed=1)
+    card = json.loads((adapter / "cachetune.json").read_text())
+    card["base_model"]["weights_sha256"] = recorded
+    (adapter / "cachetune.json").write_text(json.dumps(card))
+    args = ["--domain", "programming", "--adapter", adapter, "--no-domain-sets", "--pairs", MQP,
+            "--columns", "question_1,question_2,label", "--output", tmp_path / "o"]
+    for extra in ([], ["--base-model", tiny_model]):
+        error = _fails(run_cli, [*args, *extra], "base model mismatch: weights sha256", recorded[:12], str(adapter))
+        assert error.startswith(f"Error: {Path(tiny_model).resolve()}: "), error
+    assert not (tmp_path / "o").exists()
+
+
 def test_other_bad_options(run_cli, base, tmp_path):
     _fails(run_cli, [*base, "--adapter", tmp_path / "missing-adapter", "--pairs", MQP, "--output", tmp_path / "o"],
            "adapter folder not found")

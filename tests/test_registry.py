@@ -12,7 +12,7 @@ import pytest
 from cachetune.core.errors import CachetuneError
 from cachetune.core.models import weights_sha256
 from cachetune.registry import AdapterRegistry, register_trained_adapter
-from cachetune.registry.adapter_files import sha256_of
+from cachetune.core.models import sha256_file
 from make_adapter import make_adapter, write_card
 
 
@@ -42,7 +42,7 @@ def test_add_list_show_remove_round_trip(tmp_path, adapters, tiny_model):
     assert first["card"] == json.loads((adapters["programming"] / "cachetune.json").read_text())
     assert set(first["files"]) == {"adapter_config.json", "adapter_model.safetensors", "cachetune.json", "README.md"}
     for name, sha in first["files"].items():
-        assert sha == sha256_of(adapters["programming"] / name)
+        assert sha == sha256_file(adapters["programming"] / name)
         assert (reg.resolve("programming@1") / name).is_file()
     assert first["metrics"] is None and first["calibrated_threshold"] is None
 

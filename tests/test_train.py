@@ -116,7 +116,7 @@ def _check_reload(config, texts, base):
 
 
 def test_plain_peft_reload_matches_in_process_model(tmp_path, triplet_file, tiny_model, shared_data):
-    from cachetune.core.train.loop import TrainConfig
+    from cachetune.core.train.config import TrainConfig
 
     texts = [r["anchor"] for r in conala_triplets(shared_data, 12)]
     config = TrainConfig("programming", triplet_file, tmp_path / "a", base_model=tiny_model, batch_size=8, lr=5e-3)
@@ -126,7 +126,7 @@ def test_plain_peft_reload_matches_in_process_model(tmp_path, triplet_file, tiny
 @pytest.mark.slow
 def test_real_model_adapter_reloads_with_plain_peft(tmp_path, shared_data, embedded_model, capsys):
     """The real all-MiniLM-L6-v2: 73,728 trainable parameters, ~290 KiB adapter, same embeddings on reload."""
-    from cachetune.core.train.loop import TrainConfig
+    from cachetune.core.train.config import TrainConfig
 
     rows = conala_triplets(shared_data, 48)
     data = write_jsonl(tmp_path / "t.jsonl", rows)
@@ -292,6 +292,6 @@ def test_help_does_not_import_torch_and_defaults_agree():
                    "--checkpoint-every", "--temperature", "--target-modules", "--eval-data"):
         assert option in out.stdout
     from cachetune.core.cli import train as command
-    from cachetune.core.train.loop import DEFAULT_LR, TrainConfig
+    from cachetune.core.train.config import DEFAULT_LR, TrainConfig
 
     assert command.DEFAULT_LR == DEFAULT_LR == TrainConfig("d", "t", "o").lr

@@ -44,7 +44,7 @@ def test_torchrun_two_processes(tmp_path, shared_data, tiny_model):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from cachetune.core.train.loop import drop_inverted_triplets
+    from cachetune.core.train.scoring import drop_inverted_triplets
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks' summation order

@@ -1,4 +1,4 @@
-"""Reading an adapter folder and attaching it to its base SentenceTransformer.
+"""Reading an adapter folder, checking its base model, attaching it (or merging it) to its base.
 
 An adapter folder holds peft's ``adapter_config.json`` + ``adapter_model.safetensors`` and
 cachetune's card ``cachetune.json`` (domain, base model id and weights sha256, LoRA config,
@@ -14,6 +14,7 @@ from typing import Optional
 from cachetune.core.errors import CachetuneError
 from cachetune.core.textfiles import read_json
 from cachetune.core.models import (
+    DEFAULT_BASE_MODEL,
     canonical_model_id,
     load_sentence_transformer,
     resolve_base_model,
@@ -23,6 +24,8 @@ from cachetune.core.models import (
 CARD_FILE = "cachetune.json"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
+# Written into a merged export so `embed --adapter DIR` and users know where it came from.
+MERGED_INFO_FILE = "cachetune-merged.json"
 
 
 def read_card(adapter_dir) -> dict:
@@ -53,33 +56,36 @@ def adapter_base_model(adapter_dir, card: Optional[dict] = None) -> str:
     if card.get("base_model", {}).get("id"):
         return card["base_model"]["id"]
     peft_cfg = read_json_object(Path(adapter_dir) / PEFT_CONFIG)
-    return peft_cfg.get("base_model_name_or_path") or "sentence-transformers/all-MiniLM-L6-v2"
+    return peft_cfg.get("base_model_name_or_path") or DEFAULT_BASE_MODEL
 
 
-def check_base_model(adapter_dir, base_model: Optional[str], card: Optional[dict] = None) -> str:
-    """The base model to load for ``adapter_dir``; a mismatch with ``base_model`` is an error.
-
-    Ids are compared after mapping the embedded copy to its hub id; when both sides are
-    local, the weights' sha256 must match too.
-    """
+def base_model_entry(adapter_dir, card: Optional[dict] = None) -> dict:
+    """``{"id", "weights_sha256"}`` of the base model an adapter records (sha256 None if unrecorded)."""
     card = read_card(adapter_dir) if card is None else card
-    trained_on = adapter_base_model(adapter_dir, card)
-    if base_model is None:
-        return trained_on
-    wanted = canonical_model_id(base_model)
-    if wanted != canonical_model_id(trained_on):
-        raise CachetuneError(
-            f"adapter was trained on base model '{trained_on}', not '{wanted}' (--base-model)", adapter_dir
-        )
-    expected_sha = card.get("base_model", {}).get("weights_sha256")
-    actual_sha = weights_sha256(resolve_base_model(base_model))
-    if expected_sha and actual_sha and expected_sha != actual_sha:
-        raise CachetuneError(
-            f"base model '{base_model}' has different weights (sha256 {actual_sha[:12]}) than the adapter was "
-            f"trained on ({expected_sha[:12]})",
-            adapter_dir,
-        )
-    return base_model
+    return {"id": adapter_base_model(adapter_dir, card),
+            "weights_sha256": (card.get("base_model") or {}).get("weights_sha256")}
+
+
+def check_base_model(entry: dict, base_model: Optional[str] = None, where=None) -> str:
+    """The path (or hub id) of the base model to load for an adapter trained on ``entry``.
+
+    The one base-model check of evaluate, serving and the registry. ``entry`` is
+    ``{"id", "weights_sha256"}`` (a card's or a registry record's ``base_model``);
+    ``base_model`` (``--base-model``) must be the same model, ids compared after mapping the
+    embedded copy to its hub id. Whenever the adapter records a weights sha256 and the base
+    model is local, its weights must have that sha256. ``where`` names the adapter in errors.
+    """
+    trained_on = entry.get("id") or DEFAULT_BASE_MODEL
+    if base_model and canonical_model_id(base_model) != canonical_model_id(trained_on):
+        raise CachetuneError(f"base model mismatch: the adapter was trained on base model '{trained_on}', "
+                             f"not '{base_model}' (--base-model)", where)
+    resolved = resolve_base_model(base_model or trained_on)
+    expected, actual = entry.get("weights_sha256"), weights_sha256(resolved)
+    if expected and actual and expected != actual:
+        adapter = f" ({where})" if where is not None else ""
+        raise CachetuneError(f"base model mismatch: weights sha256 {actual[:12]} but the adapter{adapter} was "
+                             f"trained on weights sha256 {expected[:12]}", resolved)
+    return resolved
 
 
 def set_auto_model(transformer, module) -> None:
@@ -149,13 +155,27 @@ def merge_adapter(model) -> None:
 
 
 def load_adapter_model(adapter_dir, base_model: Optional[str] = None, device: Optional[str] = None,
-                       merged: bool = False):
-    """A SentenceTransformer that encodes through the adapter in ``adapter_dir``."""
-    card = read_card(adapter_dir)
-    base = check_base_model(adapter_dir, base_model, card)
-    model = load_sentence_transformer(base, device=device)
+                       merged: bool = False, entry: Optional[dict] = None, where=None):
+    """A SentenceTransformer (eval mode) that encodes through the adapter in ``adapter_dir``.
+
+    ``entry`` is the base model the adapter was trained on (default: its card's); the base
+    is checked with :func:`check_base_model` before anything loads. ``merged`` folds the
+    LoRA into the weights: the same embeddings at the base model's speed.
+    """
+    entry = base_model_entry(adapter_dir) if entry is None else entry
+    model = load_sentence_transformer(check_base_model(entry, base_model, where or adapter_dir), device=device)
     attach_adapter(model, adapter_dir)
     if merged:
-        merge_adapter(model)
+        merge_adapter(model)  # merges model[0]'s PeftModel: the object that holds the LoRA
     model.eval()
     return model
+
+
+def save_merged(adapter_dir, output, entry: dict, info: dict, device: Optional[str] = None) -> None:
+    """Save the adapter merged into its base as a plain SentenceTransformer folder at ``output``,
+    with ``info`` (where it came from) in :data:`MERGED_INFO_FILE`."""
+    from cachetune.core.jsonl import write_json
+
+    model = load_adapter_model(adapter_dir, device=device, merged=True, entry=entry)
+    model.save(str(output))
+    write_json(Path(output) / MERGED_INFO_FILE, info)

@@ -12,16 +12,80 @@ batch's anchors are scored against it -- over the whole corpus, where ``mine_har
 looks at its top ``10 * k + 1`` only and may return nothing for an anchor far from its
 positive. Candidates that are the positive or the anchor up to normalisation (see
 :mod:`cachetune.core.text`) are excluded as well.
+
+:func:`nearest_neighbours` is the one nearest-neighbour search of cachetune: this miner, the
+CoNaLa training pairs' negatives and the CoNaLa evaluation set's negatives all use it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from cachetune.core.text import exact_key, near_key
 
 DEFAULT_RELATIVE_MARGIN = 0.05
+
+
+def _as_numpy(matrix):
+    if hasattr(matrix, "detach"):  # a torch tensor, possibly on an accelerator
+        return matrix.detach().float().cpu().numpy()
+    return matrix
+
+
+def nearest_neighbours(queries, corpus, k: int, skip: Optional[Callable[[int, int], bool]] = None,
+                       ceiling: Optional[Sequence[float]] = None, chunk: int = 1024,
+                       spare: int = 16) -> Iterator[List[Tuple[int, float]]]:
+    """The one nearest-neighbour miner: for each row ``i`` of ``queries``, up to ``k`` pairs
+    ``(j, score)`` of ``corpus`` rows, highest cosine first (ties: lowest ``j`` first).
+
+    Both are normalised embeddings (numpy arrays or torch tensors), so cosine = dot product,
+    computed in the inputs' own library. A row ``j`` is passed over when ``skip(i, j)`` is
+    true or, given ``ceiling``, when its score exceeds ``ceiling[i]``. Rows are yielded one
+    at a time and ``skip`` is asked lazily, so a caller may change what it skips after each
+    row. The ``k + spare`` best are ranked first; only when skips leave fewer than ``k`` is
+    the whole row ranked.
+    """
+    import numpy as np
+
+    for start in range(0, queries.shape[0], chunk):
+        scores = _as_numpy(queries[start:start + chunk] @ corpus.T)
+        if ceiling is not None:
+            limit = np.asarray(ceiling[start:start + chunk], dtype=scores.dtype)[:, None]
+            scores = np.where(scores > limit, -np.inf, scores)
+        for offset, row in enumerate(scores):
+            i = start + offset
+            top = min(row.shape[0], k + spare)
+            picked, exhausted = _pick(row, _best(row, top), k, skip, i)
+            if len(picked) < k and not exhausted and top < row.shape[0]:
+                picked, _ = _pick(row, np.argsort(-row, kind="stable"), k, skip, i)
+            yield picked
+
+
+def _pick(row, order, k: int, skip, i: int) -> Tuple[List[Tuple[int, float]], bool]:
+    """Up to ``k`` of ``order`` not skipped; True when it ran into the masked (-inf) scores."""
+    picked: List[Tuple[int, float]] = []
+    for j in order:
+        j = int(j)
+        if row[j] == float("-inf"):
+            return picked, True
+        if skip is not None and skip(i, j):
+            continue
+        picked.append((j, float(row[j])))
+        if len(picked) == k:
+            break
+    return picked, False
+
+
+def _best(row, top: int):
+    """Indices of the ``top`` highest values of ``row``, highest first, ties by index (stable)."""
+    import numpy as np
+
+    if top >= row.shape[0]:
+        return np.argsort(-row, kind="stable")
+    threshold = np.partition(row, row.shape[0] - top)[row.shape[0] - top]
+    kept = np.flatnonzero(row >= threshold)  # every tie of the top-th value, ascending index
+    return kept[np.argsort(-row[kept], kind="stable")]
 
 
 @dataclass(frozen=True)
@@ -53,7 +117,7 @@ class HardNegativeMiner:
     def mine(self, anchors: Sequence[str], positives: Sequence[str], k: int,
              positive_scores: Optional[Sequence[float]] = None) -> List[List[Mined]]:
         """Up to ``k`` negatives per (anchor, positive) pair, most similar first."""
-        import torch
+        import numpy as np
 
         if not anchors or k <= 0:
             return [[] for _ in anchors]
@@ -63,23 +127,10 @@ class HardNegativeMiner:
         if positive_scores is None:
             positive_emb = self.model.encode(list(positives), **enc)
             positive_scores = (anchor_emb * positive_emb).sum(dim=1).tolist()
-        scores = anchor_emb @ self._embeddings.T
         # The margin: candidates too close to the positive (likely paraphrases of it) are out.
-        pos = torch.as_tensor(list(positive_scores), dtype=scores.dtype, device=scores.device)
-        ceiling = (pos - pos.abs() * self.margin).unsqueeze(1)
-        scores = scores.masked_fill(scores > ceiling, float("-inf"))
-        # A few spare candidates for the exclusions by text below.
-        top = min(len(self.corpus), k + 16)
-        values, indices = torch.topk(scores, k=top, dim=1)
-        results: List[List[Mined]] = []
-        for row, (anchor, positive) in enumerate(zip(anchors, positives)):
-            excluded = {exact_key(anchor), near_key(anchor), exact_key(positive), near_key(positive)}
-            picked: List[Mined] = []
-            for value, index in zip(values[row].tolist(), indices[row].tolist()):
-                if value == float("-inf") or excluded & set(self._keys[index]):
-                    continue
-                picked.append(Mined(self.corpus[index], round(float(value), 4)))
-                if len(picked) == k:
-                    break
-            results.append(picked)
-        return results
+        pos = np.asarray(list(positive_scores), dtype=np.float32)
+        ceiling = pos - np.abs(pos) * np.float32(self.margin)
+        excluded = [{exact_key(a), near_key(a), exact_key(p), near_key(p)} for a, p in zip(anchors, positives)]
+        found = nearest_neighbours(anchor_emb, self._embeddings, k, ceiling=ceiling,
+                                   skip=lambda i, j: bool(excluded[i] & set(self._keys[j])))
+        return [[Mined(self.corpus[j], round(score, 4)) for j, score in picked] for picked in found]

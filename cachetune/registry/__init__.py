@@ -12,6 +12,7 @@ from cachetune.registry.registry import (
     default_home,
     parse_ref,
     register_trained_adapter,
+    resolve_adapter,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "default_home",
     "parse_ref",
     "register_trained_adapter",
+    "resolve_adapter",
 ]

@@ -2,12 +2,12 @@
 
 An adapter folder is peft's ``adapter_config.json`` + ``adapter_model.safetensors`` plus
 cachetune's card ``cachetune.json``. Everything here reads files only (the safetensors
-header is parsed by hand), so registering, listing and verifying never import torch.
+header is parsed by hand), so registering, listing and verifying never import torch. Files are
+hashed with :func:`cachetune.core.models.sha256_file`, which reads them from disk every time.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -19,32 +19,20 @@ from cachetune.core.adapters import (
     CARD_FILE,
     PEFT_CONFIG,
     PEFT_WEIGHTS,
-    adapter_base_model,
+    base_model_entry,
+    check_base_model,
     check_finite_weights,
     read_card,
     read_json_object,
 )
 from cachetune.core.errors import CachetuneError
-from cachetune.core.models import canonical_model_id, resolve_base_model, weights_sha256
+from cachetune.core.models import canonical_model_id, resolve_base_model, sha256_file, weights_sha256
 
 REQUIRED_FILES = (PEFT_CONFIG, PEFT_WEIGHTS, CARD_FILE)
 # peft writes a README next to the weights; kept when present, never required.
 OPTIONAL_FILES = ("README.md",)
 # A safetensors header is JSON; anything claiming more than this is not one.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-def sha256_of(path) -> str:
-    """sha256 of a file, always read from disk.
-
-    Deliberately uncached (unlike ``models.sha256_file``): verification must see a file
-    that was corrupted a moment ago even if its size and mtime did not change.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def safetensors_tensor_names(path: Path) -> list:
@@ -114,21 +102,17 @@ def _check_card_lora(card_lora: dict, lora: dict, card_path: Path) -> None:
 
 
 def _base_model_entry(adapter_dir: Path, card: dict) -> dict:
-    """The base model id (canonical) and weights sha256, checked against a local copy if there is one."""
-    base = card.get("base_model", {})
-    model_id = canonical_model_id(adapter_base_model(adapter_dir, card))
-    recorded_sha = base.get("weights_sha256")
+    """The card's base model (id made canonical), checked against the local copy when there is one;
+    the weights sha256 is the card's, else the local copy's."""
+    entry = base_model_entry(adapter_dir, card)
+    entry["id"] = canonical_model_id(entry["id"])
     try:
-        local_sha = weights_sha256(resolve_base_model(model_id))
+        resolved = resolve_base_model(entry["id"])
     except CachetuneError:  # a local path that only exists where the adapter was trained
-        local_sha = None
-    if recorded_sha and local_sha and recorded_sha != local_sha:
-        raise CachetuneError(
-            f"base model mismatch: the card records '{model_id}' with weights sha256 {recorded_sha[:12]}, "
-            f"but that model here has sha256 {local_sha[:12]}",
-            adapter_dir / CARD_FILE,
-        )
-    return {"id": model_id, "weights_sha256": recorded_sha or local_sha}
+        return entry
+    check_base_model(entry, where=adapter_dir / CARD_FILE)
+    entry["weights_sha256"] = entry["weights_sha256"] or weights_sha256(resolved)
+    return entry
 
 
 def _check_regular_files(adapter_dir: Path) -> None:
@@ -219,7 +203,7 @@ def inspect_adapter(adapter_dir) -> dict:
 
 
 def hash_files(folder: Path, names) -> Dict[str, str]:
-    return {name: sha256_of(folder / name) for name in names}
+    return {name: sha256_file(folder / name) for name in names}
 
 
 def file_problems(folder: Path, expected: Dict[str, str]) -> Dict[str, Optional[str]]:
@@ -233,7 +217,7 @@ def file_problems(folder: Path, expected: Dict[str, str]) -> Dict[str, Optional[
         if not path.is_file():
             problems[name] = "missing"
             continue
-        actual = sha256_of(path)
+        actual = sha256_file(path)
         if actual != sha:
             problems[name] = f"corrupt (sha256 {actual[:12]}, recorded {sha[:12]})"
     return problems

@@ -322,9 +322,12 @@ class AdapterRegistry:
         tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
         try:
             if merged:
-                from cachetune.core.serving.models import save_merged
+                from cachetune.core.adapters import save_merged
 
-                save_merged(record, folder, tmp, device=device)
+                info = {"ref": record["ref"], "domain": record["domain"], "base_model": record["base_model"],
+                        "lora": record["lora"], "adapter_files_sha256": record["files"],
+                        "calibrated_threshold": record.get("calibrated_threshold")}
+                save_merged(folder, tmp, record["base_model"], info, device=device)
             else:
                 for file_name in record["files"]:
                     shutil.copyfile(folder / file_name, tmp / file_name)
@@ -337,6 +340,25 @@ class AdapterRegistry:
     def export_merged(self, ref: str, output_dir: PathLike, device: Optional[str] = None) -> Path:
         """``ref``'s LoRA merged into its base model, saved as a plain SentenceTransformer folder."""
         return self.export(ref, output_dir, merged=True, device=device)
+
+
+def resolve_adapter(spec: Optional[str], registry_dir: Optional[PathLike] = None
+                    ) -> Tuple[Optional[Path], Optional[str]]:
+    """``--adapter NAME|DIR`` -> (adapter folder, registry name or None).
+
+    A registered adapter's files are re-hashed first (:meth:`AdapterRegistry.check`): a corrupt
+    adapter is refused, never loaded.
+    """
+    if not spec:
+        return None, None
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CachetuneError("--adapter expects an adapter folder or a registry name, got a file", spec)
+        return path, None
+    if spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec:
+        raise CachetuneError("adapter folder not found (--adapter)", spec)
+    return AdapterRegistry(registry_dir).check(spec), spec
 
 
 def register_trained_adapter(adapter_dir: PathLike, registry_dir: Optional[PathLike] = None,

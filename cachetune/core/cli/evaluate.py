@@ -87,8 +87,8 @@ def register(cli, pm) -> None:
         from cachetune.core.errors import CachetuneError
         from cachetune.core.evaluate.inputs import parse_columns
         from cachetune.core.evaluate.runner import evaluate as run_evaluate
-        from cachetune.core.evaluate.runner import register_metrics as store_metrics
-        from cachetune.core.evaluate.runner import registry_summary, resolve_adapter
+        from cachetune.core.evaluate.runner import registry_summary
+        from cachetune.registry import AdapterRegistry, resolve_adapter
 
         if register_metrics:
             if not adapter:
@@ -97,17 +97,17 @@ def register(cli, pm) -> None:
                 raise CachetuneError("--register-metrics needs --adapter NAME, a registry name, not a folder "
                                      "(add the folder with `cachetune adapters add` first)", adapter)
         cols = parse_columns(columns) if columns else None
+        adapter_dir, name = resolve_adapter(adapter, registry)
         log = lambda message: click.echo(message, err=True)  # noqa: E731 - stdout is for results
         result = run_evaluate(
             pm.get_domain(domain), output, pairs=pairs, triplets=triplets, holdout=holdout, columns=cols,
             evaluation_sets=pm.evaluation_sets(domain) if domain_sets else (), eval_source=eval_source,
-            data_dir=eval_data, limit=limit, seed=seed, base_model=base_model, adapter=adapter, registry=registry,
+            data_dir=eval_data, limit=limit, seed=seed, base_model=base_model, adapter=adapter_dir, adapter_name=name,
             target_precision=target_precision, n_bootstrap=n_bootstrap, batch_size=batch_size,
             max_seq_length=max_seq_length, device=device, plots=plots, show_progress=sys.stderr.isatty(), log=log,
         )
         if register_metrics:
-            _, name = resolve_adapter(adapter, registry)
-            store_metrics(name, registry_summary(result, output), registry)
+            AdapterRegistry(registry).update_metrics(name, registry_summary(result, output))
             log(f"metrics and calibrated threshold stored in the registry record of '{name}'")
         if as_json:
             click.echo(json.dumps(result, indent=2, ensure_ascii=False))

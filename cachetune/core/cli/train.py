@@ -9,7 +9,7 @@ import click
 from cachetune.core.cli import domain_option
 from cachetune.core.cli.adapters import registry_option
 
-# Mirrors cachetune.core.train.loop.DEFAULT_LR without importing the training module (and torch) for --help.
+# Mirrors cachetune.core.train.config.DEFAULT_LR without importing the training module (and torch) for --help.
 DEFAULT_LR = 2e-3
 
 
@@ -73,7 +73,8 @@ def register(cli, pm) -> None:
               warmup_ratio, weight_decay, max_grad_norm, checkpoint_every, resume_from, overwrite, precision,
               threads, max_steps, tokens_per_forward, register_adapter, registry, quiet):
         """Train a LoRA adapter with MultipleNegativesRankingLoss (in-batch + hard negatives)."""
-        from cachetune.core.train.loop import TrainConfig, train as run_train
+        from cachetune.core.train.config import TrainConfig
+        from cachetune.core.train.loop import train as run_train
 
         config = TrainConfig(
             domain=domain, train_data=train_data, output=output, base_model=base_model, epochs=epochs,
@@ -82,9 +83,13 @@ def register(cli, pm) -> None:
             eval_data=eval_data, seed=seed, hard_negatives=not no_hard_negatives, drop_inverted=drop_inverted,
             warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
             checkpoint_every=checkpoint_every, resume_from=resume_from, overwrite=overwrite, precision=precision, threads=threads,
-            max_steps=max_steps, register=register_adapter, registry=registry,
-            tokens_per_forward=tokens_per_forward,
+            max_steps=max_steps, tokens_per_forward=tokens_per_forward,
         )
         info = pm.domain_plugin(domain)
-        run_train(config, domain_plugin={"name": info.name, "package": info.package, "version": info.version},
-                  log=click.echo, show_progress=not quiet)
+        card = run_train(config, domain_plugin={"name": info.name, "package": info.package, "version": info.version},
+                         log=click.echo, show_progress=not quiet)
+        if register_adapter and card:  # rank 0 only: the other ranks get no card
+            from cachetune import registry as adapter_registry
+
+            record = adapter_registry.register_trained_adapter(output, registry_dir=registry)
+            click.echo(f"registered: {record['ref']}")

@@ -41,6 +41,18 @@ def triplet_metrics(pos_scores, neg_scores) -> Dict[str, float]:
     }
 
 
+def recall_at_1(queries, targets, gold: Sequence[int]) -> float:
+    """Share of ``queries`` rows (normalised embeddings) whose most similar ``targets`` row is
+    ``gold[i]``; on ties the first such row counts."""
+    q = np.asarray(queries, dtype=np.float32)
+    t = np.asarray(targets, dtype=np.float32)
+    if q.shape[0] != len(gold):
+        raise ValueError(f"{q.shape[0]} queries but {len(gold)} gold targets")
+    if q.shape[0] == 0:
+        raise ValueError("no queries")
+    return float(np.mean((q @ t.T).argmax(axis=1) == np.asarray(gold)))
+
+
 @dataclass(frozen=True)
 class RankedPairs:
     """Pairs sorted by score, descending, with the end of each run of equal scores.

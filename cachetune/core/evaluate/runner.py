@@ -21,7 +21,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cachetune.core.evaluate import metrics as M
 from cachetune.core.types import Domain, EvaluationContext, EvaluationSet
 from cachetune.core.errors import CachetuneError
 from cachetune.core.evaluate.report import render_report, write_set_files
@@ -32,12 +31,12 @@ from cachetune.core.evaluate.inputs import (
     read_pairs,
     read_triplets,
 )
+from cachetune.core.evaluate.scoring import count_truncated, headline, improvement, score_sets, texts_of
 from cachetune.core.jsonl import atomic_writer, write_json
+from cachetune.core.models import encode
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
-# How many of the highest-scoring different-question pairs the report lists per model.
-TOP_FALSE_HITS = 5
 Log = Callable[[str], None]
 
 
@@ -113,190 +112,42 @@ def gather_inputs(domain: Domain, *, pairs: Sequence = (), triplets: Sequence = 
     return inputs, skipped
 
 
-def derived_pairs(rows: Sequence[dict]) -> List[dict]:
-    """Triplets as pairs: (anchor, positive) labelled 1, (anchor, negative) labelled 0, once each."""
-    out, seen = [], set()
-    for row in rows:
-        for other, label in ((row["positive"], 1), (row["negative"], 0)):
-            key = (row["anchor"], other, label)
-            if key not in seen:
-                seen.add(key)
-                out.append({"sentence1": row["anchor"], "sentence2": other, "label": label})
-    return out
-
-
-def _texts_of(item: EvalInput) -> List[str]:
-    fields = ("sentence1", "sentence2") if item.kind == "pairs" else ("anchor", "positive", "negative")
-    return [row[f] for row in item.rows for f in fields]
-
-
 def unique_texts(inputs: Sequence[EvalInput]) -> Dict[str, int]:
     """Every distinct text of every input -> its row in the embedding matrix."""
     index: Dict[str, int] = {}
     for item in inputs:
-        for text in _texts_of(item):
+        for text in texts_of(item):
             if text not in index:
                 index[text] = len(index)
     return index
 
 
 # -- models ---------------------------------------------------------------------------
-def resolve_adapter(spec: Optional[str], registry=None) -> Tuple[Optional[Path], Optional[str]]:
-    """``--adapter NAME|DIR`` -> (adapter folder, registry name or None)."""
-    if not spec:
-        return None, None
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CachetuneError("--adapter expects an adapter folder or a registry name, got a file", spec)
-        return path, None
-    if spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec:
-        raise CachetuneError("adapter folder not found (--adapter)", spec)
-    registry_cls = _registry_class(f"--adapter {spec}")
-    adapter_registry = registry_cls(registry) if registry else registry_cls()
-    try:
-        # check() re-hashes the registered files: a corrupt adapter is refused, never loaded.
-        folder = adapter_registry.check(spec) if hasattr(adapter_registry, "check") else adapter_registry.resolve(spec)
-    except CachetuneError:
-        raise
-    except (KeyError, LookupError, FileNotFoundError) as exc:
-        raise CachetuneError(f"--adapter {spec}: not a folder and not in the registry ({exc})") from None
-    return Path(folder), spec
-
-
-def _registry_class(what: str):
-    try:
-        from cachetune.registry import AdapterRegistry
-    except ImportError:
-        raise CachetuneError(f"{what}: needs the adapter registry (cachetune.registry.AdapterRegistry), "
-                             "which is not available in this install") from None
-    return AdapterRegistry
-
-
-def register_metrics(name: str, summary: dict, registry=None) -> None:
-    """Store ``summary`` (metrics and calibrated threshold) in the registry record ``name``."""
-    registry_cls = _registry_class("--register-metrics")
-    adapter_registry = registry_cls(registry) if registry else registry_cls()
-    adapter_registry.update_metrics(name, summary)
-
-
-def encode(model, texts: Sequence[str], batch_size: int, show_progress: bool) -> np.ndarray:
-    if not texts:
-        return np.zeros((0, 1), dtype=np.float32)
-    emb = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                       show_progress_bar=show_progress)
-    return np.asarray(emb, dtype=np.float32)
-
-
-def count_truncated(model, texts: Sequence[str]) -> np.ndarray:
-    """Which texts have more word pieces (with special tokens) than the model reads."""
-    limit = getattr(model, "max_seq_length", None)
-    tokenizer = getattr(model, "tokenizer", None)
-    if not limit or tokenizer is None or not texts:
-        return np.zeros(len(texts), dtype=bool)
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-    return np.array([len(x) > limit for x in ids], dtype=bool)
-
-
-# -- scoring --------------------------------------------------------------------------
-def _pair_scores(rows, emb, index) -> np.ndarray:
-    a = emb[[index[r["sentence1"]] for r in rows]]
-    b = emb[[index[r["sentence2"]] for r in rows]]
-    return np.einsum("ij,ij->i", a, b).astype(np.float64)
-
-
-def score_input(item: EvalInput, emb: np.ndarray, index: Dict[str, int], target_precision: float,
-                n_bootstrap: int, seed: int) -> Tuple[dict, dict]:
-    """(metrics, raw scores for plots) of one model on one input."""
-    out: dict = {}
-    raw: dict = {}
-    if item.kind == "triplets":
-        anchors = emb[[index[r["anchor"]] for r in item.rows]]
-        pos = np.einsum("ij,ij->i", anchors, emb[[index[r["positive"]] for r in item.rows]]).astype(np.float64)
-        neg = np.einsum("ij,ij->i", anchors, emb[[index[r["negative"]] for r in item.rows]]).astype(np.float64)
-        out["triplets"] = M.triplet_metrics(pos, neg)
-        pair_rows = derived_pairs(item.rows)
-        extra_scores = {"pos": pos, "neg": neg}
-    else:
-        pair_rows = item.rows
-        extra_scores = None
-    scores = _pair_scores(pair_rows, emb, index)
-    labels = np.array([r["label"] for r in pair_rows])
-    if 0 < labels.sum() < labels.size:
-        out["pairs"] = M.pair_metrics(scores, labels, target_precision, n_bootstrap, seed)
-        raw["curve"] = M.curves(scores, labels)
-    raw["pos"], raw["neg"] = scores[labels == 1].tolist(), scores[labels == 0].tolist()
-    raw["pair_rows"], raw["scores"] = pair_rows, scores
-    worst = [int(i) for i in np.argsort(-scores, kind="stable") if labels[i] == 0][:TOP_FALSE_HITS]
-    out["top_false_hits"] = [{"sentence1": pair_rows[i]["sentence1"], "sentence2": pair_rows[i]["sentence2"],
-                              "score": float(scores[i])} for i in worst]
-    if item.metrics is not None:
-        out["extra"] = _extra_metrics(item, extra_scores or {"pair": scores})
-    return out, raw
-
-
-def _extra_metrics(item: EvalInput, scores: dict) -> dict:
-    try:
-        extra = item.metrics(item.rows, scores)
-    except Exception as exc:
-        raise CachetuneError(f"evaluation set '{item.name}': its metrics() failed: {exc!r}") from exc
-    if not isinstance(extra, dict) or not all(isinstance(v, (int, float)) for v in extra.values()):
-        raise CachetuneError(f"evaluation set '{item.name}': metrics() must return {{name: number}}")
-    return {str(k): float(v) for k, v in extra.items()}
-
-
-def score_sets(inputs: Sequence[EvalInput], embeddings: Dict[str, np.ndarray], index: Dict[str, int],
-               truncated: np.ndarray, max_seq_length, target_precision: float, n_bootstrap: int,
-               seed: int) -> Tuple[Dict[str, dict], Dict[str, dict]]:
-    """Per set: its description and every model's metrics (and, for the files, the raw scores)."""
-    sets: Dict[str, dict] = {}
-    raws: Dict[str, dict] = {}
-    for item in inputs:
-        trunc_rows = sum(1 for i in range(len(item.rows))
-                         if any(truncated[index[t]] for t in _texts_of_row(item, i)))
-        entry = {"kind": item.kind, "source": item.source, "description": item.description, "rows": len(item.rows),
-                 "distinct_texts": len(set(_texts_of(item))), "truncated_rows": trunc_rows,
-                 "notes": list(item.notes)}
-        if trunc_rows:
-            entry["notes"].append(f"{trunc_rows} rows have a text longer than max_seq_length "
-                                  f"{max_seq_length} word pieces (truncated when encoded)")
-        raws[item.name] = {}
-        for name, emb in embeddings.items():
-            entry[name], raws[item.name][name] = score_input(item, emb, index, target_precision, n_bootstrap, seed)
-        if "adapter" in entry:
-            entry["improvement"], entry["improvement_absolute"] = improvement(entry["base"], entry["adapter"])
-        sets[item.name] = entry
-    return sets, raws
-
-
-def improvement(base: dict, adapter: dict) -> Tuple[dict, dict]:
-    """(relative, absolute) changes of the headline metrics, per kind."""
-    rel, absolute = {}, {}
-    for kind, names in (("triplets", M.TRIPLET_METRICS), ("pairs", M.PAIR_METRICS)):
-        if kind in base and kind in adapter:
-            rel[kind] = {n: M.relative_improvement(adapter[kind][n], base[kind][n]) for n in names}
-            absolute[kind] = {n: adapter[kind][n] - base[kind][n] for n in names}
-    return rel, absolute
-
-
-def _headline(result: dict) -> dict:
-    """A set's metrics without the long tables (for the top-level keys and the registry)."""
-    out = {}
-    for kind in ("triplets", "pairs"):
-        if kind in result:
-            out[kind] = {k: v for k, v in result[kind].items() if k != "cache_simulation"}
-    return out
+def check_adapter_folder(adapter) -> Optional[Path]:
+    """``adapter`` (a folder, or None) as a Path; anything else is one error naming it."""
+    if adapter is None:
+        return None
+    path = Path(adapter).expanduser()
+    if not path.exists():
+        raise CachetuneError("adapter folder not found (--adapter)", adapter)
+    if not path.is_dir():
+        raise CachetuneError("--adapter expects an adapter folder or a registry name, got a file", adapter)
+    return path
 
 
 # -- the stage ------------------------------------------------------------------------
 def evaluate(domain: Domain, output, *, pairs: Sequence = (), triplets: Sequence = (), holdout=None,
              columns: Optional[Sequence[str]] = None, evaluation_sets: Sequence[EvaluationSet] = (),
              eval_source: Optional[str] = None, data_dir=None, limit: Optional[int] = None, seed: int = 0,
-             base_model: Optional[str] = None, adapter: Optional[str] = None, registry=None,
+             base_model: Optional[str] = None, adapter=None, adapter_name: Optional[str] = None,
              target_precision: float = 0.95, n_bootstrap: int = 1000, batch_size: int = 64,
              max_seq_length: Optional[int] = None, device: Optional[str] = None, plots: bool = True,
              show_progress: bool = False, log: Log = lambda m: None) -> dict:
-    """Run the evaluation and write its outputs; returns the ``metrics.json`` content."""
+    """Run the evaluation and write its outputs; returns the ``metrics.json`` content.
+
+    ``adapter`` is an adapter folder (a registry name is resolved by the caller, see
+    :func:`cachetune.registry.resolve_adapter`); ``adapter_name`` is recorded with it.
+    """
     started = time.time()
     if not 0.0 < target_precision <= 1.0:
         raise CachetuneError(f"--target-precision must be in (0, 1], got {target_precision}")
@@ -311,15 +162,17 @@ def evaluate(domain: Domain, output, *, pairs: Sequence = (), triplets: Sequence
         raise CachetuneError("output exists and is not a folder", output)
 
     # Everything that can be wrong with the inputs or the adapter fails here, before encoding.
-    adapter_dir, adapter_name = resolve_adapter(adapter, registry)
+    adapter_dir = check_adapter_folder(adapter)
     from cachetune.core.models import canonical_model_id, resolve_base_model
 
     card: dict = {}
     if adapter_dir is not None:
-        from cachetune.core.adapters import check_base_model, read_card
+        from cachetune.core.adapters import base_model_entry, check_base_model, read_card
 
         card = read_card(adapter_dir)
-        base_id = check_base_model(adapter_dir, base_model, card)
+        entry = base_model_entry(adapter_dir, card)
+        check_base_model(entry, base_model, adapter_dir)
+        base_id = base_model or entry["id"]
     else:
         base_id = base_model or domain.default_base_model
     resolve_base_model(base_id)  # a missing local path fails now
@@ -334,7 +187,7 @@ def evaluate(domain: Domain, output, *, pairs: Sequence = (), triplets: Sequence
                              "evaluation data available (--eval-data DIR or $CACHETUNE_DATA_DIR)")
     index = unique_texts(inputs)
     texts = list(index)
-    n_refs = sum(len(_texts_of(i)) for i in inputs)
+    n_refs = sum(len(texts_of(i)) for i in inputs)
     log(f"{len(inputs)} set(s), {n_refs} texts, {len(texts)} distinct")
 
     from cachetune.core.models import load_sentence_transformer
@@ -388,9 +241,9 @@ def evaluate(domain: Domain, output, *, pairs: Sequence = (), triplets: Sequence
     for name in models:
         top: dict = {}
         if primary_triplets:
-            top["triplets"] = {"set": primary_triplets, **_headline(sets[primary_triplets][name])["triplets"]}
+            top["triplets"] = {"set": primary_triplets, **headline(sets[primary_triplets][name])["triplets"]}
         if primary_pairs:
-            top["pairs"] = {"set": primary_pairs, **_headline(sets[primary_pairs][name])["pairs"]}
+            top["pairs"] = {"set": primary_pairs, **headline(sets[primary_pairs][name])["pairs"]}
         result[name] = top
     if "adapter" in result:
         rel, absolute = improvement(result["base"], result["adapter"])
@@ -413,12 +266,6 @@ def evaluate(domain: Domain, output, *, pairs: Sequence = (), triplets: Sequence
     return result
 
 
-def _texts_of_row(item: EvalInput, i: int) -> List[str]:
-    row = item.rows[i]
-    fields = ("sentence1", "sentence2") if item.kind == "pairs" else ("anchor", "positive", "negative")
-    return [row[f] for f in fields]
-
-
 def registry_summary(result: dict, output) -> dict:
     """What ``--register-metrics`` stores in the registry record: headline metrics and threshold."""
     summary = {
@@ -432,7 +279,7 @@ def registry_summary(result: dict, output) -> dict:
     for name in ("adapter", "base", "improvement"):
         if name in result:
             summary[name] = result[name]
-    summary["sets"] = {n: {m: _headline(s[m]) for m in ("base", "adapter") if m in s}
+    summary["sets"] = {n: {m: headline(s[m]) for m in ("base", "adapter") if m in s}
                        for n, s in result["sets"].items()}
     return summary
 

@@ -193,7 +193,8 @@ class Pipeline:
 
     def stage_train(self, number: int) -> dict:
         from cachetune.core.adapters import CARD_FILE
-        from cachetune.core.train.loop import DEFAULT_LR, TrainConfig, train
+        from cachetune.core.train.config import DEFAULT_LR, TrainConfig
+        from cachetune.core.train.loop import train
 
         opts = dict(self.config["train"])
         opts["lr"] = opts["lr"] or DEFAULT_LR

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence
 
+from cachetune.core.adapters import check_base_model
 from cachetune.core.errors import CachetuneError
 from cachetune.core.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_ID, load_sentence_transformer
-from cachetune.core.serving.models import ServedAdapter, check_base, load_model, load_shared, open_registry
+from cachetune.core.serving.models import ServedAdapter, load_model, load_shared, open_registry
 
 
 @dataclass
@@ -132,7 +133,7 @@ def load_catalog(registry=None, refs: Sequence[str] = (), merged: bool = False, 
     encoders: List[Encoder] = []
     for base_id, group in groups.items():
         if merged:
-            base = load_sentence_transformer(check_base(group[0]["base_model"], None, reg.path_of(group[0])),
+            base = load_sentence_transformer(check_base_model(group[0]["base_model"], None, reg.path_of(group[0])),
                                              device=device)
             encoders.append(_encoder(base_id, base.encode, base, base_id, batch_size))
             for record in group:

@@ -20,27 +20,22 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from cachetune.core.adapters import (
     CARD_FILE,
+    MERGED_INFO_FILE,
     PEFT_CONFIG,
     PEFT_WEIGHTS,
-    adapter_base_model,
     attach_adapter,
+    base_model_entry,
+    check_base_model,
     check_finite_weights,
-    merge_adapter,
+    load_adapter_model,
     read_card,
 )
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import atomic_writer, iter_jsonl, write_json
+from cachetune.core.models import canonical_model_id, load_sentence_transformer
 from cachetune.core.outputs import check_output
 from cachetune.core.textfiles import read_json, reading_text
-from cachetune.core.models import (
-    canonical_model_id,
-    load_sentence_transformer,
-    resolve_base_model,
-    weights_sha256,
-)
 
-# Written into a merged export so `embed --adapter DIR` and users know where it came from.
-MERGED_INFO_FILE = "cachetune-merged.json"
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".npy")
 
 
@@ -81,36 +76,6 @@ def find_record(registry, domain: Optional[str] = None, name: Optional[str] = No
     return registry.find(domain)
 
 
-def check_base(base_entry: dict, base_model: Optional[str] = None, where=None) -> str:
-    """Path/id of the base model to load for an adapter trained on ``base_entry``.
-
-    ``base_model`` (an override) must be the same model; a local copy whose weights
-    differ from the recorded sha256 is refused.
-    """
-    trained_on = base_entry.get("id") or "sentence-transformers/all-MiniLM-L6-v2"
-    if base_model and canonical_model_id(base_model) != canonical_model_id(trained_on):
-        raise CachetuneError(
-            f"base model mismatch: the adapter was trained on '{trained_on}', not '{base_model}'", where
-        )
-    resolved = resolve_base_model(base_model or trained_on)
-    expected, actual = base_entry.get("weights_sha256"), weights_sha256(resolved)
-    if expected and actual and expected != actual:
-        raise CachetuneError(
-            f"base model mismatch: weights sha256 {actual[:12]} but the adapter was trained on {expected[:12]}",
-            resolved,
-        )
-    return resolved
-
-
-def _load_peft(base_path: str, adapter_folder: Path, device: Optional[str], merged: bool):
-    model = load_sentence_transformer(base_path, device=device)
-    attach_adapter(model, adapter_folder)
-    if merged:
-        merge_adapter(model)  # merges model[0]'s PeftModel: the object that holds the LoRA
-    model.eval()
-    return model
-
-
 def load_folder(path, domain: Optional[str] = None, merged: bool = False, device: Optional[str] = None,
                 base_model: Optional[str] = None):
     """Load an adapter folder outside the registry, or a merged export."""
@@ -136,9 +101,8 @@ def load_folder(path, domain: Optional[str] = None, merged: bool = False, device
     check_finite_weights(path / PEFT_WEIGHTS)
     if domain and card.get("domain") and card["domain"] != domain:
         raise CachetuneError(f"adapter is for domain '{card['domain']}', not '{domain}'", path / CARD_FILE)
-    entry = {"id": adapter_base_model(path, card),
-             "weights_sha256": (card.get("base_model") or {}).get("weights_sha256")}
-    model = _load_peft(check_base(entry, base_model, path), path, device, merged)
+    entry = base_model_entry(path, card)
+    model = load_adapter_model(path, base_model, device, merged, entry=entry)
     model.cachetune_adapter = ServedAdapter(None, card.get("domain") or domain, str(path),
                                             canonical_model_id(entry["id"]), None, merged)
     return model
@@ -167,25 +131,11 @@ def load_model(domain: Optional[str] = None, registry=None, merged: bool = False
     reg = open_registry(registry)
     record = find_record(reg, domain=domain, name=adapter or name, version=version)
     folder = reg.check(record)
-    base = check_base(record["base_model"], base_model, reg.path_of(record))
-    model = _load_peft(base, folder, device, merged)
+    model = load_adapter_model(folder, base_model, device, merged, entry=record["base_model"],
+                               where=reg.path_of(record))
     model.cachetune_adapter = ServedAdapter(record["ref"], record["domain"], str(folder), record["base_model"]["id"],
                                             record.get("calibrated_threshold"), merged)
     return model
-
-
-def save_merged(record: dict, folder: Path, output: Path, device: Optional[str] = None) -> None:
-    """Save ``record``'s adapter merged into its base as a SentenceTransformer folder at ``output``."""
-    model = _load_peft(check_base(record["base_model"], None, folder), folder, device, merged=True)
-    model.save(str(output))
-    write_json(output / MERGED_INFO_FILE, {
-        "ref": record["ref"],
-        "domain": record["domain"],
-        "base_model": record["base_model"],
-        "lora": record["lora"],
-        "adapter_files_sha256": record["files"],
-        "calibrated_threshold": record.get("calibrated_threshold"),
-    })
 
 
 class MultiAdapterModel:
@@ -259,7 +209,7 @@ def load_shared(records: Dict[str, dict], registry, device: Optional[str] = None
                 f"{record['ref']} ({label}) on '{record['base_model']['id']}'", reg.index.path
             )
     folders = {label: reg.check(record) for label, record in records.items()}
-    model = load_sentence_transformer(check_base(first["base_model"], base_model, folders[first_label]),
+    model = load_sentence_transformer(check_base_model(first["base_model"], base_model, reg.path_of(first)),
                                       device=device)
     # peft adapter names become module keys, so use safe internal names, not user strings.
     peft_names = {label: f"adapter_{i}" for i, label in enumerate(records)}

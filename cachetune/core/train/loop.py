@@ -15,7 +15,9 @@ every rank takes its own share of the batches and the LoRA gradients are average
 ranks; only rank 0 writes. Checkpoints every N steps allow an exact resume after a kill.
 
 Output folder: peft's ``adapter_config.json`` + ``adapter_model.safetensors`` and the card
-``cachetune.json``. No click here: the command in ``commands/train.py`` only parses options.
+``cachetune.json``. Options and pre-flight checks live in :mod:`cachetune.core.train.config`,
+the base-model/held-out scoring in :mod:`cachetune.core.train.scoring`. No click and no
+registry here: ``core/cli/train.py`` parses options and registers the result (``--register``).
 """
 
 from __future__ import annotations
@@ -26,146 +28,19 @@ import random
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
-from cachetune.core.train import checkpoints as ckpt
 from cachetune.core.adapters import CARD_FILE, PEFT_WEIGHTS
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import write_json
 from cachetune.core.models import canonical_model_id, resolve_base_model, sha256_file, weights_sha256
-from cachetune.core.train.runtime import Runtime, gather_rng_states, init_runtime, sync_gradients
+from cachetune.core.train import checkpoints as ckpt
+from cachetune.core.train.config import CPU_TOKENS_PER_FORWARD, TrainConfig, check_output, check_resume
 from cachetune.core.train.data import TokenizedTexts, TripletBatchSampler, load_triplets
-
-# Chosen from the held-out learning-rate sweep (bench/lr_sweep.py, README): on ~2k CoNaLa
-# triplets (16 steps) the seed's 2e-5 leaves the LoRA practically unchanged; the held-out
-# margin rises with the rate up to 2e-3 and falls again at 5e-3.
-DEFAULT_LR = 2e-3
-
-# Padded tokens per forward on CPU: small enough that texts of similar length share a forward,
-# large enough that matrix products stay efficient (bench/train.py).
-CPU_TOKENS_PER_FORWARD = 4096
-
-# Settings that fix the training trajectory: a resumed run must use the same ones.
-RESUME_OPTIONS = {
-    "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "temperature": "--temperature",
-    "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
-    "target_modules": "--target-modules", "max_seq_length": "--max-seq-length", "seed": "--seed",
-    "hard_negatives": "--no-hard-negatives", "drop_inverted": "--keep-inverted",
-    "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm", "max_steps": "--max-steps",
-}
-
-# What a checkpoint written before an option existed was trained with.
-LEGACY_VALUES = {"drop_inverted": False}
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``cachetune train`` takes; defaults follow the seed recipe except ``lr``."""
-
-    domain: str
-    train_data: Path
-    output: Path
-    base_model: Optional[str] = None
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = DEFAULT_LR
-    temperature: float = 0.05
-    lora_r: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.1
-    target_modules: Tuple[str, ...] = ("query", "value")
-    max_seq_length: int = 128
-    eval_data: Optional[Path] = None
-    seed: int = 0
-    hard_negatives: bool = True
-    # Drop triplets the base model ranks backwards (see drop_inverted_triplets).
-    drop_inverted: bool = True
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 0.5
-    checkpoint_every: int = 100
-    resume_from: Optional[Path] = None
-    overwrite: bool = False
-    precision: str = "auto"
-    threads: Optional[int] = None
-    max_steps: Optional[int] = None
-    register: bool = False
-    registry: Optional[Path] = None  # None: $CACHETUNE_HOME, else ~/.cache/cachetune
-    tokens_per_forward: Optional[int] = None  # None: CPU_TOKENS_PER_FORWARD on CPU, 0 (unlimited) on GPU
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 2, "--batch-size must be at least 2 (in-batch negatives need company)"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.temperature > 0, "--temperature must be positive"),
-            (self.lora_r >= 1, "--lora-r must be at least 1"),
-            (self.lora_alpha > 0, "--lora-alpha must be positive"),
-            (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
-            (bool(self.target_modules), "--target-modules must name at least one module"),
-            (self.max_seq_length >= 4, "--max-seq-length must be at least 4"),
-            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
-            (self.weight_decay >= 0, "--weight-decay must not be negative"),
-            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
-            (self.checkpoint_every >= 0, "--checkpoint-every must not be negative"),
-            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
-            (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
-            (self.tokens_per_forward is None or self.tokens_per_forward >= 0, "--tokens-per-forward must not be negative"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CachetuneError(message)
-
-    def hyperparameters(self) -> dict:
-        hp = {k: getattr(self, k) for k in RESUME_OPTIONS}
-        hp["target_modules"] = list(self.target_modules)
-        hp["scale"] = round(1.0 / self.temperature, 6)
-        return hp
-
-
-def _check_output(config: TrainConfig) -> None:
-    out = Path(config.output)
-    if out.exists() and not out.is_dir():
-        raise CachetuneError("output exists and is not a folder (--output)", out)
-    if config.overwrite or not out.exists():
-        return
-    if (out / PEFT_WEIGHTS).exists() or (out / CARD_FILE).exists():
-        raise CachetuneError("output already holds a trained adapter (pass --overwrite to replace it)", out)
-    if (out / ckpt.CHECKPOINTS_DIR).exists() and config.resume_from is None:
-        raise CachetuneError("output holds checkpoints of an unfinished run: continue it with "
-                             f"--resume-from-checkpoint {out}, or pass --overwrite to start again", out)
-
-
-def _check_resume(state: dict, settings: dict, folder: Path) -> None:
-    """A resumed run must train the same thing the interrupted one did."""
-    old = state["settings"]
-    if old["base_model"]["id"] != settings["base_model"]["id"] or (
-        old["base_model"]["weights_sha256"] and settings["base_model"]["weights_sha256"]
-        and old["base_model"]["weights_sha256"] != settings["base_model"]["weights_sha256"]
-    ):
-        raise CachetuneError(f"checkpoint was trained on base model '{old['base_model']['id']}', not "
-                             f"'{settings['base_model']['id']}' (--base-model)", folder)
-    if old["domain"] != settings["domain"]:
-        raise CachetuneError(f"checkpoint was trained for domain '{old['domain']}', not '{settings['domain']}'",
-                             folder)
-    if old["data_sha256"] != settings["data_sha256"]:
-        raise CachetuneError("--train-data is not the file the checkpoint was trained on (sha256 differs)", folder)
-    if old["world_size"] != settings["world_size"]:
-        raise CachetuneError(f"checkpoint was trained on {old['world_size']} process(es), this run has "
-                             f"{settings['world_size']}", folder)
-    for key, option in RESUME_OPTIONS.items():
-        # Checkpoints older than an option were trained as if it had its legacy value.
-        was = old["hyperparameters"].get(key, LEGACY_VALUES.get(key))
-        now = settings["hyperparameters"][key]
-        if was != now:
-            if isinstance(now, bool):  # a flag: name the setting, then the flag that flips it
-                raise CachetuneError(f"checkpoint was trained with {key}={was}, not {now} ({option})", folder)
-            raise CachetuneError(f"checkpoint was trained with {option} {was}, not {now}", folder)
-
+from cachetune.core.train.runtime import Runtime, gather_rng_states, init_runtime, sync_gradients
+from cachetune.core.train.scoring import drop_inverted_triplets, evaluate_base_and_adapter
 
 def build_lora_model(model, config: TrainConfig):
     """Wrap ``model[0]``'s transformer in a trainable peft LoRA model (in place); returns it."""
@@ -240,42 +115,6 @@ def run_training(config: TrainConfig, domain_plugin: Optional[dict] = None, log:
             dist.destroy_process_group()
 
 
-def drop_inverted_triplets(model, data, rt: Runtime) -> int:
-    """Drop the triplets the base model ranks backwards: cos(anchor, negative) >= cos(anchor, positive).
-
-    With a small generator these are mostly mislabelled -- a "negative" that is really another
-    paraphrase ("set the working directory" for "change current working directory"), or a
-    "paraphrase" that changed the meaning -- and training on them pulls true paraphrases apart.
-    Measured (README, results): on Qwen2.5-Coder-0.5B triplets, dropping them (22% of
-    programming, 8% of medical) turns the programming adapter's held-out margin change from
-    -0.005 into +0.006 and the medical adapter's from +0.001 into +0.019. Counted in
-    ``data.skipped["inverted"]``.
-    Under torchrun rank 0 decides and the others follow, so every rank trains on the same rows.
-    """
-    import torch
-
-    from cachetune.core.train.train_eval import encode
-
-    # each distinct text once: a query is the positive of all its paraphrases
-    unique = list(dict.fromkeys([*data.anchors, *data.positives, *data.negatives]))
-    where = {text: i for i, text in enumerate(unique)}
-    emb = encode(model, unique, batch_size=256 if rt.device.type == "cuda" else 64)
-    anchors, positives, negatives = (emb[[where[t] for t in column]]
-                                     for column in (data.anchors, data.positives, data.negatives))
-    keep = ((anchors * positives).sum(dim=1) > (anchors * negatives).sum(dim=1)).to(torch.uint8)
-    if rt.distributed:
-        import torch.distributed as dist
-
-        keep = keep.to(rt.device)
-        dist.broadcast(keep, 0)
-    mask = keep.bool().tolist()
-    for column in (data.anchors, data.positives, data.negatives):
-        column[:] = [value for value, kept in zip(column, mask) if kept]
-    dropped = mask.count(False)
-    data.skipped["inverted"] = data.skipped.get("inverted", 0) + dropped
-    return dropped
-
-
 def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_progress: bool) -> dict:
     import numpy as np
     import torch
@@ -287,7 +126,7 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     started = time.time()
     base_path = resolve_base_model(config.base_model)
     base_id = canonical_model_id(base_path)
-    _check_output(config)
+    check_output(config)
     resume_dir = ckpt.find_checkpoint(config.resume_from) if config.resume_from is not None else None
 
     data = load_triplets(config.train_data, config.domain, need_negative=config.hard_negatives)
@@ -301,7 +140,7 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     }
     state, tensors = ({}, {}) if resume_dir is None else ckpt.load_checkpoint(resume_dir)
     if resume_dir is not None:
-        _check_resume(state, settings, resume_dir)
+        check_resume(state, settings, resume_dir)
     if rt.main and config.overwrite and resume_dir is None:
         ckpt.remove_checkpoints(config.output)  # stale checkpoints would mix with this run's
 
@@ -460,9 +299,6 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     log(f"adapter: {out} ({PEFT_WEIGHTS} {size / 1024:.1f} KiB, {n_trainable:,} trainable parameters); "
         f"final loss {results['final_loss']}, {results['triplets_per_s']} triplets/s, "
         f"{results['wall_time_s']} s training ({time.time() - started:.1f} s in all)")
-    if config.register:
-        record = register_adapter(out, config.registry)
-        log(f"registered: {record.get('ref') if isinstance(record, dict) else record}")
     return card, model
 
 
@@ -490,21 +326,3 @@ def embed_columns(model, texts: TokenizedTexts, columns: List[List[int]], device
     return [pooled[torch.tensor([where[t] for t in col], device=pooled.device)] for col in columns]
 
 
-def evaluate_base_and_adapter(model, peft_model, data) -> dict:
-    """Held-out triplet metrics with the adapter switched off (base) and on."""
-    from cachetune.core.train.train_eval import triplet_metrics
-
-    with peft_model.disable_adapter():
-        base = triplet_metrics(model, data.anchors, data.positives, data.negatives)
-    adapter = triplet_metrics(model, data.anchors, data.positives, data.negatives)
-    return {"data": str(data.path), "base": base, "adapter": adapter}
-
-
-def register_adapter(adapter_dir: Path, registry_dir: Optional[Path] = None):
-    """Hand the finished adapter to the registry (``--register``)."""
-    try:
-        from cachetune.registry import register_trained_adapter
-    except ImportError:
-        raise CachetuneError("--register: the adapter registry is not available "
-                             "(cachetune.registry.register_trained_adapter); the adapter is saved", adapter_dir) from None
-    return register_trained_adapter(adapter_dir, registry_dir=registry_dir)

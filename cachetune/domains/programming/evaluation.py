@@ -40,6 +40,7 @@ from typing import Dict, List, Optional
 
 from cachetune.core.types import EvaluationContext, EvaluationSet
 from cachetune.core.errors import CachetuneError
+from cachetune.core.mining import nearest_neighbours
 from cachetune.core.text import exact_key, near_key, normalize_query
 from cachetune.domains.programming.rules import FILLER_WORDS
 
@@ -107,29 +108,26 @@ def build_pairs(records: list, embed, held: Optional[set] = None, train: Optiona
     near = [near_key(t, FILLER_WORDS) for t in intents]
     emb = np.asarray(embed(list(dict.fromkeys(intents + rewrites))), dtype=np.float32)
     row = {t: i for i, t in enumerate(dict.fromkeys(intents + rewrites))}
-    sims = emb[[row[t] for t in intents]] @ emb[[row[t] for t in rewrites]].T
     own: Dict[str, set] = {}
     for intent, rewrite in zip(intents, rewrites):
         own.setdefault(intent, set()).add(exact_key(rewrite))
     rng = random.Random(seed)
     negatives, taken = [], set()
-    for i, intent in enumerate(intents):
-        candidates = []
-        for j in np.argsort(-sims[i], kind="stable"):
-            j = int(j)
-            if (qids[i] is not None and qids[j] == qids[i]) or intents[j] == intent or near[j] == near[i] \
-                    or exact_key(rewrites[j]) in own[intent] or (intent, rewrites[j]) in taken:
-                continue
-            candidates.append(j)
-            if len(candidates) == nearest:
-                break
+
+    def skip(i: int, j: int) -> bool:
+        intent = intents[i]
+        return (qids[i] is not None and qids[j] == qids[i]) or intents[j] == intent or near[j] == near[i] \
+            or exact_key(rewrites[j]) in own[intent] or (intent, rewrites[j]) in taken
+
+    found = nearest_neighbours(emb[[row[t] for t in intents]], emb[[row[t] for t in rewrites]], nearest, skip=skip)
+    for i, (intent, candidates) in enumerate(zip(intents, found)):
         if not candidates:
             continue
-        j = rng.choice(candidates)
-        taken.add((intent, rewrites[j]))
+        j, similarity = rng.choice(candidates)
+        taken.add((intent, rewrites[j]))  # read by skip() for the rows still to come
         negatives.append({"sentence1": intent, "sentence2": rewrites[j], "label": 0,
                           "meta": {"question_id": qids[i], "negative_question_id": qids[j],
-                                   "similarity_base": round(float(sims[i, j]), 4)}})
+                                   "similarity_base": round(similarity, 4)}})
     return positives + negatives
 
 

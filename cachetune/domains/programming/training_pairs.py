@@ -84,31 +84,18 @@ def mine_negatives(model, queries: Sequence[str], groups: Sequence[str], batch_s
                    chunk: int = 1024, top_k: int = 32) -> List[Optional[str]]:
     """For each query, its nearest other query (cosine, ``model``) that is not of the same
     group and not a near duplicate; None when no candidate qualifies."""
-    import torch
+    from cachetune.core.mining import nearest_neighbours
 
     emb = model.encode(list(queries), batch_size=batch_size, convert_to_tensor=True,
                        normalize_embeddings=True, show_progress_bar=False).float().cpu()
     keys = [near_key(q, FILLER_WORDS) for q in queries]
     exact = [exact_key(q) for q in queries]
-    k = min(top_k, len(queries))
-    found: List[Optional[str]] = []
-    for start in range(0, len(queries), chunk):
-        sims = emb[start:start + chunk] @ emb.T
-        order = sims.topk(k, dim=1).indices.tolist()
-        for offset, candidates in enumerate(order):
-            i = start + offset
-            pick = None
-            for j in candidates:
-                if j != i and groups[j] != groups[i] and keys[j] != keys[i] and exact[j] != exact[i]:
-                    pick = queries[j]
-                    break
-            if pick is None:  # every top-k neighbour was excluded: scan all, nearest first
-                for j in torch.argsort(sims[offset], descending=True).tolist():
-                    if groups[j] != groups[i] and keys[j] != keys[i] and exact[j] != exact[i]:
-                        pick = queries[j]
-                        break
-            found.append(pick)
-    return found
+
+    def skip(i: int, j: int) -> bool:
+        return j == i or groups[j] == groups[i] or keys[j] == keys[i] or exact[j] == exact[i]
+
+    found = nearest_neighbours(emb, emb, 1, skip=skip, chunk=chunk, spare=top_k - 1)
+    return [queries[picked[0][0]] if picked else None for picked in found]
 
 
 def triplets_from_pairs(pairs: Sequence[Pair], domain: str, model=None, base_model: Optional[str] = None,
