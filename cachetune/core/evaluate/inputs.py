@@ -252,6 +252,16 @@ def shared_data_dir() -> Path:
     return Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
+def sample_rows(rows: list, context) -> list:
+    """At most ``context.limit`` of ``rows`` (a seeded sample, in their order); all when no limit."""
+    import random
+
+    if context.limit and len(rows) > context.limit:
+        keep = sorted(random.Random(context.seed).sample(range(len(rows)), context.limit))
+        rows = [rows[i] for i in keep]
+    return rows
+
+
 def locate_eval_data(context, relative: str) -> Optional[Path]:
     """Where a domain's own evaluation data is: ``context.source`` when given (it must
     exist), else ``relative`` under ``context.data_dir``, ``$CACHETUNE_DATA_DIR``, or the

@@ -75,9 +75,7 @@ def read_rqe(path) -> list:
 
 def load_rqe_pairs(context: EvaluationContext) -> Optional[list]:
     """The RQE test pairs, without any whose text is a training query; ``None`` if absent."""
-    import random
-
-    from cachetune.core.evaluate.inputs import locate_eval_data, prepared_keys
+    from cachetune.core.evaluate.inputs import locate_eval_data, prepared_keys, sample_rows
 
     located = locate_eval_data(context, RQE_DIR)
     if located is None:
@@ -89,10 +87,7 @@ def load_rqe_pairs(context: EvaluationContext) -> Optional[list]:
     if context.holdout:
         _, train = prepared_keys(context.holdout)
         rows = [r for r in rows if exact_key(r["sentence1"]) not in train and exact_key(r["sentence2"]) not in train]
-    if context.limit and len(rows) > context.limit:
-        keep = sorted(random.Random(context.seed).sample(range(len(rows)), context.limit))
-        rows = [rows[i] for i in keep]
-    return rows or None
+    return sample_rows(rows, context) or None
 
 
 RQE_PAIRS = EvaluationSet(

@@ -161,7 +161,7 @@ def _cache_file(path: Path, held, train, seed: int) -> Path:
 
 def load_conala_pairs(context: EvaluationContext) -> Optional[list]:
     """The set's rows, or ``None`` when no CoNaLa curated file is available."""
-    from cachetune.core.evaluate.inputs import locate_eval_data, prepared_keys
+    from cachetune.core.evaluate.inputs import locate_eval_data, prepared_keys, sample_rows
     from cachetune.core.jsonl import write_json
 
     path = locate_eval_data(context, CONALA_FILE)
@@ -190,10 +190,7 @@ def load_conala_pairs(context: EvaluationContext) -> Optional[list]:
             write_json(cache, rows)
         except OSError:
             pass  # a read-only home only costs the next run a re-mine
-    if context.limit and len(rows) > context.limit:
-        keep = sorted(random.Random(context.seed).sample(range(len(rows)), context.limit))
-        rows = [rows[i] for i in keep]
-    return rows or None
+    return sample_rows(rows, context) or None
 
 
 CONALA_PAIRS = EvaluationSet(
