@@ -14,6 +14,8 @@ from cachetune.core.types import (
     PromptTemplates,
     QueryRecord,
     SourceReader,
+    TrainingContext,
+    TrainingSet,
 )
 from cachetune.core.errors import CachetuneError
 from cachetune.core.hookspecs import hookimpl
@@ -45,6 +47,8 @@ __all__ = [
     "PromptTemplates",
     "QueryRecord",
     "SourceReader",
+    "TrainingContext",
+    "TrainingSet",
     "hookimpl",
     "load_model",
     "load_multi",

@@ -7,7 +7,9 @@ import types
 import click
 import pytest
 
-from cachetune import Domain, EvaluationSet, FewShotExample, PromptTemplates, QueryRecord, SourceReader, hookimpl
+from cachetune import (
+    Domain, EvaluationSet, FewShotExample, PromptTemplates, QueryRecord, SourceReader, TrainingSet, hookimpl,
+)
 from cachetune.core import hookspecs
 from cachetune.core.errors import CachetuneError
 from cachetune.core.plugin_manager import BUILTIN_PLUGINS, get_plugin_manager, register_module
@@ -42,7 +44,7 @@ def test_builtins_registered_under_entry_point_names(pm):
 
 def test_every_hookspec_is_documented():
     names = [n for n in dir(hookspecs) if n.startswith("register_")]
-    assert len(names) == 6
+    assert len(names) == 7
     for name in names:
         doc = getattr(hookspecs, name).__doc__
         assert doc and ":param" in doc and "Called" in doc, name
@@ -93,6 +95,22 @@ def test_hook_register_evaluation_sets(pm):
     names = [s.name for s in pm.evaluation_sets("medical")]
     assert "extra-pairs" in names
     assert "extra-pairs" not in [s.name for s in pm.evaluation_sets("programming")]
+
+
+def test_hook_register_training_sets(pm):
+    rows = [{"sentence1": "a b c", "sentence2": "b c d", "label": 1}]
+    tset = TrainingSet("extra-train", lambda ctx: rows)
+    register_module(pm, plugin("tr", register_training_sets=lambda register: register("medical", tset)), "tr")
+    assert [s.name for s in pm.training_sets("medical")] == ["rqe-train", "extra-train"]
+    assert [s.name for s in pm.training_sets("programming")] == ["conala-train"]
+
+
+def test_hook_register_training_sets_rejects_a_non_training_set(pm):
+    register_module(pm, plugin("bad-tr", register_training_sets=lambda register: register(
+        "medical", EvaluationSet("x", "pairs", lambda ctx: []))), "bad-tr")
+    assert [s.name for s in pm.training_sets("medical")] == ["rqe-train"]
+    assert pm.get_plugin("bad-tr") is None
+    assert any("bad-tr" in e and "expected a cachetune.TrainingSet" in e for e in pm.load_errors)
 
 
 def test_hook_register_generators(pm):
@@ -233,6 +251,28 @@ def test_register_evaluation_sets_clash_with_the_domain_disables_the_plugin(pm):
         "medical", EvaluationSet(own, "pairs", lambda ctx: []))), "e3")
     assert [s.name for s in pm.evaluation_sets("medical")] == [s.name for s in pm.get_domain("medical").evaluation_sets]
     assert pm.get_plugin("e3") is None and any(f"'medical/{own}'" in e for e in pm.load_errors)
+
+
+def test_register_training_sets_tryfirst_comes_first(pm):
+    register_module(pm, ordered_plugin("t1", "register_training_sets",
+                                       lambda register: register("programming", TrainingSet("first", lambda c: [])),
+                                       tryfirst=True), "t1")
+    register_module(pm, plugin("t2", register_training_sets=lambda register: register(
+        "programming", TrainingSet("later", lambda c: []))), "t2")
+    assert [s.name for s in pm.training_sets("programming")] == ["conala-train", "first", "later"]
+
+
+def test_register_training_sets_clash_disables_the_plugin(pm):
+    register_module(pm, ordered_plugin("t1", "register_training_sets",
+                                       lambda register: register("programming", TrainingSet("mine", lambda c: [])),
+                                       tryfirst=True), "t1")
+    register_module(pm, plugin("t2", register_training_sets=lambda register: register(
+        "programming", TrainingSet("mine", lambda c: None))), "t2")
+    register_module(pm, plugin("t3", register_training_sets=lambda register: register(
+        "programming", TrainingSet("conala-train", lambda c: None))), "t3")
+    assert [s.name for s in pm.training_sets("programming")] == ["conala-train", "mine"]
+    assert pm.get_plugin("t2") is None and any("'t2'" in e and "'t1'" in e for e in pm.load_errors)
+    assert pm.get_plugin("t3") is None and any("'programming/conala-train'" in e for e in pm.load_errors)
 
 
 def test_register_generators_tryfirst_takes_a_builtin_backend(pm):

@@ -60,7 +60,8 @@ def test_trains_adapter_folder_with_card(run_cli, triplet_file, tmp_path, tiny_m
     assert card["lora"] == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}
     assert card["trainable_parameters"] == 2048
     assert card["data"] == {"path": str(triplet_file), "sha256": sha256_file(triplet_file), "triplets": 48,
-                            "skipped": 0, "skipped_by_reason": {"duplicate": 0, "other_domain": 0}}
+                            "skipped": 0, "skipped_by_reason": {"duplicate": 0, "other_domain": 0},
+                            "sources": {"triplets": 48}}
     hp = card["hyperparameters"]
     assert (hp["lr"], hp["batch_size"], hp["epochs"], hp["temperature"], hp["scale"]) == (1e-3, 8, 2, 0.05, 20.0)
     assert hp["hard_negatives"] is True and hp["drop_inverted"] is False and hp["max_grad_norm"] == 0.5

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
         EvaluationContext,
         PromptTemplates,
         SourceReader,
+        TrainingSet,
     )
 
 PROJECT_NAME = "cachetune"
@@ -88,6 +89,25 @@ def register_evaluation_sets(register: Callable[[str, "EvaluationSet"], None]) -
 
     Called by ``evaluate``; every set registered for the evaluated domain runs by
     default. Returns nothing.
+    """
+
+
+@hookspec
+def register_training_sets(register: Callable[[str, "TrainingSet"], None]) -> None:
+    """Register extra human training pairs for a domain (beyond the domain's own ``training_sets``).
+
+    :param register: call ``register(domain_name, training_set)``. A
+        :class:`cachetune.TrainingSet` has a name and ``load(context: TrainingContext) ->
+        list[dict] | None``: rows ``{"sentence1", "sentence2", "label", "group"?}`` (label 1: the
+        same question, label 0: a hard negative for ``sentence1``), or ``None`` when its data is
+        not available (the set is skipped with a note). The rows must be disjoint from the
+        domain's evaluation pairs; cachetune drops any that share a text or a group with one.
+
+    Called by ``train`` and ``run`` when they assemble the training file: every set registered
+    for the trained domain is used unless ``--training-sets`` names others; pairs become
+    triplets with negatives mined from the domain's query pool. Of two sets with one name for
+    a domain the first in pluggy's order keeps it and the other plugin is disabled with a
+    warning. Returns nothing.
     """
 
 

@@ -19,7 +19,7 @@ import pluggy
 
 from cachetune.core import hookspecs
 from cachetune.core.types import (
-    BackendOption, Domain, EvaluationSet, GeneratorBackend, PromptTemplates, SourceReader,
+    BackendOption, Domain, EvaluationSet, GeneratorBackend, PromptTemplates, SourceReader, TrainingSet,
 )
 from cachetune.core.errors import CachetuneError
 
@@ -153,11 +153,12 @@ class CachetunePluginManager(pluggy.PluginManager):
     def check_registrations(self) -> None:
         """Collect every registration hook now, so conflicts are found (and warned about) up front."""
         hooks = ("register_domains", "register_source_readers", "register_prompt_templates",
-                 "register_evaluation_sets", "register_generators")
+                 "register_evaluation_sets", "register_training_sets", "register_generators")
         while True:
             self.source_readers(), self.generators(), self._cached("register_prompt_templates", _accept_templates)
             for name in list(self.domains()):
                 self.evaluation_sets(name)
+                self.training_sets(name)
             if all(hook in self._cache for hook in hooks):
                 return  # else a plugin was disabled on the way (that clears the cache): again
 
@@ -192,14 +193,29 @@ class CachetunePluginManager(pluggy.PluginManager):
 
     def evaluation_sets(self, domain: str) -> List[EvaluationSet]:
         """The domain's own evaluation sets, then those other plugins registered for it."""
+        return self._domain_sets("register_evaluation_sets", domain, "evaluation_sets", EvaluationSet)
+
+    def training_sets(self, domain: str) -> List[TrainingSet]:
+        """The domain's own training sets, then those other plugins registered for it."""
+        return self._domain_sets("register_training_sets", domain, "training_sets", TrainingSet)
+
+    def _domain_sets(self, hook_name: str, domain: str, own_field: str, kind: type) -> list:
+        """``domain.<own_field>`` then the ``(domain, set)`` registrations of ``hook_name`` for it;
+        a plugin registering a name the domain defines itself is disabled."""
+
+        def accept(domain_name: str, item) -> Tuple[str, tuple]:
+            if not isinstance(item, kind):
+                raise CachetuneError(f"{hook_name}: expected a cachetune.{kind.__name__}, got {type(item).__name__}")
+            return f"{domain_name}/{item.name}", (domain_name, item)
+
         while True:
-            extra = self._cached("register_evaluation_sets", lambda d, s: (f"{d}/{s.name}", (d, s)))
-            sets = list(self.get_domain(domain).evaluation_sets)
+            extra = self._cached(hook_name, accept)
+            sets = list(getattr(self.get_domain(domain), own_field))
             own = {s.name for s in sets}
             clash = next((reg for reg in extra.values() if reg.value[0] == domain and reg.value[1].name in own), None)
             if clash is None:
                 return sets + [reg.value[1] for reg in extra.values() if reg.value[0] == domain]
-            self.disable(clash.plugin, f"register_evaluation_sets: '{clash.name}' is already defined by domain "
+            self.disable(clash.plugin, f"{hook_name}: '{clash.name}' is already defined by domain "
                                        f"'{domain}' ({self.describe(self.domains()[domain].plugin)})")
 
     def generators(self) -> Dict[str, Registered]:

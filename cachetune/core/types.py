@@ -101,6 +101,41 @@ class EvaluationSet:
 
 
 @dataclass(frozen=True)
+class TrainingContext:
+    """What a training set's loader may use to build its rows.
+
+    ``source`` is the file the user named for this set (``--training-source NAME=FILE``), else the
+    run's query source (``--source``), else ``None`` (the set's packaged data, if it ships any).
+    ``data_dir`` is the prepared folder: a set must leave its held-out queries out.
+    """
+
+    domain: str
+    source: Optional[str] = None
+    explicit: bool = False  # ``source`` was named for this set: a file the set cannot read is an error
+    data_dir: Optional[Path] = None
+    limit: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A named source of human training signal for a domain: labelled pairs.
+
+    ``load(context)`` returns rows ``{"sentence1", "sentence2", "label"}`` -- label 1: the two
+    texts ask the same thing (a cache hit is right), label 0: they do not (a hard negative for
+    ``sentence1``) -- with an optional ``"group"`` (rows of one group, e.g. one Stack Overflow
+    question, are never each other's negatives), or ``None`` when its data is not available (the
+    set is then skipped with a note). ``sentence1`` is the incoming query, ``sentence2`` the
+    cached one, as in the evaluation pairs. Rows must not touch the domain's evaluation data;
+    cachetune drops any that share a text or a group with an evaluation pair all the same.
+    """
+
+    name: str
+    load: Callable[[TrainingContext], Optional[list]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Domain:
     """A domain of queries that gets its own adapter.
 
@@ -115,6 +150,8 @@ class Domain:
     prompts: PromptTemplates
     readers: Sequence[SourceReader] = ()
     evaluation_sets: Sequence[EvaluationSet] = ()
+    # Human training pairs the domain owns (used beside the LLM triplets; see TrainingSet).
+    training_sets: Sequence[TrainingSet] = ()
     default_base_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     min_chars: int = 8
     max_chars: int = 400

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cachetune.core.cli import domain_option
+from cachetune.core.cli.train import training_signal_options
 
 
 def _fmt(value) -> str:
@@ -45,6 +46,7 @@ def register(cli, pm) -> None:
     @click.option("-o", "--option", "backend_option", type=(str, str), multiple=True, metavar="NAME VALUE",
                   help="generate.options: an option the backend declares (see `cachetune plugins`); repeatable.")
     @click.option("--base-model", help="run.base_model: the embedding model (default: the domain's).")
+    @training_signal_options
     @click.option("--registry", help="register.registry: registry folder (default $CACHETUNE_HOME).")
     @click.option("--no-register", is_flag=True, help="Do not register the adapter.")
     @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -53,8 +55,8 @@ def register(cli, pm) -> None:
                   help="Stop after this stage.")
     @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
     @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
-    def run(domain, config_file, workdir, source, limit, backend, model, backend_option, base_model, registry, no_register, sets,
-            stop_after, print_config, as_json):
+    def run(domain, config_file, workdir, source, limit, backend, model, backend_option, base_model, training_sets,
+            training_sources, pairs, registry, no_register, sets, stop_after, print_config, as_json):
         """Run prepare -> generate -> train -> evaluate -> register; completed stages are skipped."""
         from cachetune.core.pipeline.run import Pipeline
         from cachetune.core.pipeline.config import dump_config, resolve_config
@@ -63,6 +65,8 @@ def register(cli, pm) -> None:
             "run": {"workdir": str(workdir) if workdir else None, "base_model": base_model},
             "prepare": {"source": source, "limit": limit},
             "generate": {"backend": backend, "model": model, "options": dict(backend_option)},
+            "train": {"training_sets": training_sets, "training_sources": training_sources,
+                      "pairs": [str(p) for p in pairs] or None},
             "register": {"registry": registry},
         }
         config = resolve_config(pm.get_domain(domain), config_file, overrides, sets)

@@ -20,13 +20,45 @@ def _modules(ctx, param, value):
     return names
 
 
+def _named_files(ctx, param, value):
+    named = {}
+    for item in value:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise click.BadParameter(f"expected NAME=FILE, got '{item}'", ctx, param)
+        named[name.strip()] = path.strip()
+    return named
+
+
+def training_signal_options(command):
+    """The options that add human training signal (shared by ``train`` and ``run``)."""
+    for option in reversed([
+        click.option("--training-sets", help="The domain's human training sets to add: all, none, or names, "
+                                             "comma-separated (default: none for train, all for run)."),
+        click.option("--training-source", "training_sources", multiple=True, callback=_named_files,
+                     metavar="NAME=FILE", help="The data file of training set NAME (repeatable), e.g. "
+                                               "rqe-train=RQE_Train_8588_AMIA2016.xml."),
+        click.option("--pairs", "pairs", type=click.Path(path_type=Path), multiple=True,
+                     help="Your labelled pairs (JSONL or CSV: sentence1,sentence2,label[,group]); label 1: "
+                          "positives, label 0: hard negatives for sentence1 (repeatable)."),
+    ]):
+        command = option(command)
+    return command
+
+
 def register(cli, pm) -> None:
     """Add the command(s) to ``cli``."""
 
     @cli.command()
     @domain_option(pm)
-    @click.option("--train-data", type=click.Path(path_type=Path), required=True,
-                  help="Triplets JSONL: {anchor, positive, negative, ...} per line.")
+    @click.option("--train-data", type=click.Path(path_type=Path), multiple=True,
+                  help="Triplets JSONL: {anchor, positive, negative, ...} per line (repeatable).")
+    @training_signal_options
+    @click.option("--prepared", type=click.Path(path_type=Path),
+                  help="A `cachetune prepare` folder: its held-out queries never train, its training queries "
+                       "join the pool negatives are mined from.")
+    @click.option("--relative-margin", type=float, default=0.05, show_default=True,
+                  help="A mined negative scores at most positive * (1 - margin) against the anchor.")
     @click.option("--base-model", help="Hub id or local folder (default: the embedded all-MiniLM-L6-v2).")
     @click.option("--output", type=click.Path(path_type=Path), required=True, help="Adapter folder to write.")
     @click.option("--epochs", type=int, default=1, show_default=True)
@@ -61,6 +93,12 @@ def register(cli, pm) -> None:
                   show_default=True, help="auto: bf16 (else fp16) autocast on CUDA, fp32 on CPU.")
     @click.option("--threads", type=int, help="Torch threads (default: physical cores per process).")
     @click.option("--max-steps", type=int, help="Stop after N steps (benchmarks, smoke tests).")
+    @click.option("--min-steps", type=int, help="Train at least N steps: more epochs over a small file.")
+    @click.option("--loss", type=click.Choice(["mnrl", "symmetric"]), default="mnrl", show_default=True,
+                  help="symmetric: also rank each positive's anchor among the batch's anchors.")
+    @click.option("--guide-filter/--no-guide-filter", default=False, show_default=True,
+                  help="Mask in-batch candidates the base model scores above the anchor's positive "
+                       "(GISTEmbed's false-negative filter, the base model as guide).")
     @click.option("--tokens-per-forward", type=int,
                   help="Padded tokens per forward pass (default: 4096 on CPU; 0 = one forward per step, "
                        "the GPU default).")
@@ -68,22 +106,41 @@ def register(cli, pm) -> None:
                   help="Add the finished adapter to the adapter registry.")
     @registry_option
     @click.option("--quiet", is_flag=True, help="No progress bar.")
-    def train(domain, train_data, base_model, output, epochs, batch_size, lr, temperature, lora_r, lora_alpha,
+    def train(domain, train_data, training_sets, training_sources, pairs, prepared, relative_margin, base_model,
+              output, epochs, batch_size, lr, temperature, lora_r, lora_alpha,
               lora_dropout, target_modules, max_seq_length, eval_data, seed, no_hard_negatives, drop_inverted,
               warmup_ratio, weight_decay, max_grad_norm, checkpoint_every, resume_from, overwrite, precision,
-              threads, max_steps, tokens_per_forward, register_adapter, registry, quiet):
-        """Train a LoRA adapter with MultipleNegativesRankingLoss (in-batch + hard negatives)."""
+              threads, max_steps, min_steps, loss, guide_filter, tokens_per_forward, register_adapter, registry,
+              quiet):
+        """Train a LoRA adapter with MultipleNegativesRankingLoss (in-batch + hard negatives).
+
+        The training data is the --train-data triplets, or those plus human pairs (--training-sets,
+        --pairs) combined into OUTPUT-training-data.jsonl beside the output folder."""
         from cachetune.core.train.config import TrainConfig
         from cachetune.core.train.loop import train as run_train
+        from cachetune.core.train.signal import assemble_training_data, select_training_sets
+
+        sets = select_training_sets(pm.training_sets(domain), training_sets or "none")
+        if not train_data and not sets and not pairs:
+            raise click.UsageError("give --train-data, --pairs or --training-sets")
+        if len(train_data) == 1 and not sets and not pairs:
+            data_file = train_data[0]
+        else:
+            data_file = output.parent / f"{output.name}-training-data.jsonl"
+            assemble_training_data(pm.get_domain(domain), data_file, triplets=train_data, training_sets=sets,
+                                   set_sources=training_sources, pairs=pairs, data_dir=prepared,
+                                   evaluation_sets=pm.evaluation_sets(domain), base_model=base_model,
+                                   relative_margin=relative_margin, seed=seed, log=click.echo)
 
         config = TrainConfig(
-            domain=domain, train_data=train_data, output=output, base_model=base_model, epochs=epochs,
+            domain=domain, train_data=data_file, output=output, base_model=base_model, epochs=epochs,
             batch_size=batch_size, lr=lr, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, target_modules=target_modules, max_seq_length=max_seq_length,
             eval_data=eval_data, seed=seed, hard_negatives=not no_hard_negatives, drop_inverted=drop_inverted,
             warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
             checkpoint_every=checkpoint_every, resume_from=resume_from, overwrite=overwrite, precision=precision, threads=threads,
-            max_steps=max_steps, tokens_per_forward=tokens_per_forward,
+            max_steps=max_steps, tokens_per_forward=tokens_per_forward, min_steps=min_steps, loss=loss,
+            guide_filter=guide_filter,
         )
         info = pm.domain_plugin(domain)
         card = run_train(config, domain_plugin={"name": info.name, "package": info.package, "version": info.version},

@@ -89,6 +89,8 @@ def _pair_row(raw: dict, columns, path, line) -> dict:
         row["label"] = parse_label(raw.get(cl))
     except ValueError as exc:
         raise CachetuneError(f"'{cl}': {exc}", path, line) from None
+    if raw.get("group") not in (None, ""):  # training pairs: rows of one question (see TrainingSet)
+        row["group"] = str(raw["group"])
     return row
 
 
@@ -119,11 +121,12 @@ def _iter_csv(path: Path, delimiter: str, columns) -> Iterable[Tuple[int, dict]]
             yield line, dict(zip(header, cells))
 
 
-def read_pairs(path, columns: Optional[Sequence[str]] = None) -> List[dict]:
+def read_pairs(path, columns: Optional[Sequence[str]] = None, both_labels: bool = True) -> List[dict]:
     """Labelled pairs from a CSV/TSV file with a header, or JSON Lines.
 
-    ``columns`` maps (sentence1, sentence2, label) to the file's names. Texts are normalised
-    (whitespace, NFC); both labels must occur, since AP and AUC need both.
+    ``columns`` maps (sentence1, sentence2, label) to the file's names; an optional ``group``
+    field is kept. Texts are normalised (whitespace, NFC); both labels must occur when
+    ``both_labels`` (evaluation: AP and AUC need both; training pairs may be positives only).
     """
     path = Path(path)
     columns = tuple(columns or PAIR_FIELDS)
@@ -147,7 +150,8 @@ def read_pairs(path, columns: Optional[Sequence[str]] = None) -> List[dict]:
             rows.append(_pair_row(raw, columns, path, line))
     if not rows:
         raise CachetuneError("no pairs in the file" + (" (only a header)" if delimiter else " (empty file)"), path)
-    check_pair_labels(rows, path)
+    if both_labels:
+        check_pair_labels(rows, path)
     return rows
 
 

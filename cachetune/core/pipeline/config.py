@@ -50,6 +50,16 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "max_seq_length": 128,
         "hard_negatives": True,
         "drop_inverted": True,  # drop triplets the base model ranks backwards (train --keep-inverted)
+        # The training signal besides the LLM triplets (cachetune.core.train.signal): the domain's
+        # training sets ("all", "none" or names), files for them, the user's labelled pairs.
+        "llm_triplets": True,
+        "training_sets": "all",
+        "training_sources": {},
+        "pairs": [],
+        "relative_margin": 0.05,
+        "min_steps": None,
+        "loss": "mnrl",
+        "guide_filter": False,
     },
     "evaluate": {"target_precision": 0.95, "pairs": [], "domain_sets": True},
     "register": {"enabled": True, "registry": None, "name": None},

@@ -198,7 +198,9 @@ class Pipeline:
 
         opts = dict(self.config["train"])
         opts["lr"] = opts["lr"] or DEFAULT_LR
-        fp = _fingerprint(opts, _file_digest(self.triplets("train")), self.base_model, self.seed)
+        inputs = [_file_digest(Path(p)) for p in [self.triplets("train"), *opts["pairs"],
+                                                   *(opts["training_sources"] or {}).values()]]
+        fp = _fingerprint(opts, inputs, self.base_model, self.seed)
         modules = opts["target_modules"]
         if isinstance(modules, str):
             modules = tuple(m.strip() for m in modules.split(",") if m.strip())
@@ -208,13 +210,13 @@ class Pipeline:
 
             resume = self.adapter_dir if (self.adapter_dir / ckpt.CHECKPOINTS_DIR).exists() else None
             config = TrainConfig(
-                domain=self.domain.name, train_data=self.triplets("train"), output=self.adapter_dir,
+                domain=self.domain.name, train_data=self._training_data(opts), output=self.adapter_dir,
                 base_model=self.base_model, epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
                 temperature=opts["temperature"], lora_r=opts["lora_r"], lora_alpha=opts["lora_alpha"],
                 lora_dropout=opts["lora_dropout"], target_modules=tuple(modules),
                 max_seq_length=opts["max_seq_length"], seed=self.seed, hard_negatives=opts["hard_negatives"],
-                drop_inverted=opts["drop_inverted"],
-                resume_from=resume, overwrite=resume is None,
+                drop_inverted=opts["drop_inverted"], min_steps=opts["min_steps"], loss=opts["loss"],
+                guide_filter=opts["guide_filter"], resume_from=resume, overwrite=resume is None,
             )
             info = self.pm.domain_plugin(self.domain.name)
             card = train(config, domain_plugin={"name": info.name, "package": info.package,
@@ -224,6 +226,23 @@ class Pipeline:
                     "adapter_bytes": adapter_size(self.adapter_dir)}
 
         return self._stage(number, "train", fp, [self.adapter_dir / CARD_FILE], work)
+
+    def _training_data(self, opts: dict) -> Path:
+        """The training file: the LLM triplets and every other source the config names, combined."""
+        from cachetune.core.train.signal import assemble_training_data, select_training_sets
+
+        output = self.workdir / "triplets" / "training.jsonl"
+        sources = opts["training_sources"] or {}
+        if not isinstance(sources, dict):
+            raise CachetuneError(f"train.training_sources must be a mapping of set name: file, got {sources!r}")
+        assemble_training_data(
+            self.domain, output, triplets=[self.triplets("train")] if opts["llm_triplets"] else [],
+            training_sets=select_training_sets(self.pm.training_sets(self.domain.name), opts["training_sets"]),
+            set_sources=sources, default_source=self.config["prepare"]["source"],
+            pairs=[Path(p) for p in opts["pairs"] or []], data_dir=self.data_dir,
+            evaluation_sets=self.pm.evaluation_sets(self.domain.name), base_model=self.base_model,
+            relative_margin=opts["relative_margin"], seed=self.seed, log=self.log)
+        return output
 
     def stage_evaluate(self, number: int) -> dict:
         from cachetune.core.evaluate.runner import evaluate

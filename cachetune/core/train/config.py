@@ -27,10 +27,11 @@ RESUME_OPTIONS = {
     "target_modules": "--target-modules", "max_seq_length": "--max-seq-length", "seed": "--seed",
     "hard_negatives": "--no-hard-negatives", "drop_inverted": "--keep-inverted",
     "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm", "max_steps": "--max-steps",
+    "min_steps": "--min-steps", "loss": "--loss", "guide_filter": "--guide-filter",
 }
 
 # What a checkpoint written before an option existed was trained with.
-LEGACY_VALUES = {"drop_inverted": False}
+LEGACY_VALUES = {"drop_inverted": False, "min_steps": None, "loss": "mnrl", "guide_filter": False}
 
 
 @dataclass
@@ -64,6 +65,11 @@ class TrainConfig:
     precision: str = "auto"
     threads: Optional[int] = None
     max_steps: Optional[int] = None
+    # Train at least this many optimizer steps: more epochs over a small file (None: --epochs as given).
+    min_steps: Optional[int] = None
+    loss: str = "mnrl"  # or "symmetric" (see cachetune.core.train.losses)
+    # Mask in-batch candidates the base model scores above the anchor's positive (GISTEmbed-style).
+    guide_filter: bool = False
     tokens_per_forward: Optional[int] = None  # None: CPU_TOKENS_PER_FORWARD on CPU, 0 (unlimited) on GPU
 
     def validate(self) -> None:
@@ -82,6 +88,8 @@ class TrainConfig:
             (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
             (self.checkpoint_every >= 0, "--checkpoint-every must not be negative"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.min_steps is None or self.min_steps >= 1, "--min-steps must be at least 1"),
+            (self.loss in ("mnrl", "symmetric"), "--loss must be mnrl or symmetric"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.tokens_per_forward is None or self.tokens_per_forward >= 0, "--tokens-per-forward must not be negative"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),

@@ -35,6 +35,10 @@ class TripletData:
     positives: List[str]
     negatives: List[Optional[str]]
     skipped: Dict[str, int] = field(default_factory=dict)
+    # Per row: where it came from (the row's ``source``: "llm", a training set, "pairs:FILE") and
+    # whether its negative is human-labelled or mined (never "inverted": see drop_inverted_triplets).
+    sources: List[str] = field(default_factory=list)
+    trusted_negative: List[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -42,6 +46,17 @@ class TripletData:
     @property
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
+
+    def source_counts(self) -> Dict[str, int]:
+        counts: Dict[str, int] = {}
+        for source in self.sources:
+            counts[source] = counts.get(source, 0) + 1
+        return counts
+
+    def keep(self, mask: Sequence[bool]) -> None:
+        """Keep only the rows where ``mask`` is true (every column in step)."""
+        for column in (self.anchors, self.positives, self.negatives, self.sources, self.trusted_negative):
+            column[:] = [value for value, kept in zip(column, mask) if kept]
 
 
 def load_triplets(path, domain: Optional[str] = None, need_negative: bool = True) -> TripletData:
@@ -83,6 +98,8 @@ def load_triplets(path, domain: Optional[str] = None, need_negative: bool = True
         data.anchors.append(row["anchor"])
         data.positives.append(row["positive"])
         data.negatives.append(negative)
+        data.sources.append(str(row.get("source") or "triplets"))
+        data.trusted_negative.append(row.get("negative_source") in ("human", "mined"))
     if not data.anchors:
         if data.skipped_total:
             raise CachetuneError(f"no usable triplets for domain '{domain}' "

@@ -41,6 +41,7 @@ from cachetune.core.train.config import CPU_TOKENS_PER_FORWARD, TrainConfig, che
 from cachetune.core.train.data import TokenizedTexts, TripletBatchSampler, load_triplets
 from cachetune.core.train.runtime import Runtime, gather_rng_states, init_runtime, sync_gradients
 from cachetune.core.train.scoring import drop_inverted_triplets, evaluate_base_and_adapter
+from cachetune.core.train.signal import training_sources
 
 def build_lora_model(model, config: TrainConfig):
     """Wrap ``model[0]``'s transformer in a trainable peft LoRA model (in place); returns it."""
@@ -118,8 +119,9 @@ def run_training(config: TrainConfig, domain_plugin: Optional[dict] = None, log:
 def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_progress: bool) -> dict:
     import numpy as np
     import torch
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from tqdm import tqdm
+
+    from cachetune.core.train.losses import guide_embeddings, make_loss
 
     from cachetune.core.models import load_sentence_transformer
 
@@ -158,6 +160,11 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
         if not data.anchors:
             raise CachetuneError("every triplet is ranked backwards by the base model: check the negatives "
                                  "(or pass --keep-inverted)", config.train_data)
+    columns = [data.anchors, data.positives] + ([data.negatives] if config.hard_negatives else [])
+    texts = TokenizedTexts(model.tokenizer, [t for col in columns for t in col], config.max_seq_length)
+    # The guide is the base model: its embeddings are taken before LoRA is attached.
+    guide = guide_embeddings(model, texts, batch_size=256 if rt.device.type == "cuda" else 64) \
+        if config.guide_filter else None
     peft_model = build_lora_model(model, config)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
@@ -170,8 +177,6 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
         torch.manual_seed(config.seed + rt.rank)  # but draws its own dropout masks
     log(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100.0 * n_trainable / n_total:.2f}%)")
 
-    columns = [data.anchors, data.positives] + ([data.negatives] if config.hard_negatives else [])
-    texts = TokenizedTexts(model.tokenizer, [t for col in columns for t in col], config.max_seq_length)
     column_ids = [texts.ids(col) for col in columns]
     lengths = [sum(texts.lengths[col[i]] for col in column_ids) for i in range(len(data))]
     sampler = TripletBatchSampler(data.anchors, data.positives, data.negatives if config.hard_negatives
@@ -183,11 +188,14 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     if steps_per_epoch == 0:
         raise CachetuneError(f"{len(data)} triplets make fewer batches than there are processes ({rt.world_size})",
                              config.train_data)
+    while config.min_steps and sum(epoch_steps) < config.min_steps:  # a small file: more epochs
+        epoch_steps.append(sampler.steps_per_epoch(len(epoch_steps)))
+    epochs = len(epoch_steps)
     total_steps = sum(epoch_steps)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     warmup_steps = math.ceil(total_steps * config.warmup_ratio)
-    log(f"{len(data):,} triplets ({data.skipped_total} skipped), {steps_per_epoch} steps/epoch x {config.epochs} "
+    log(f"{len(data):,} triplets ({data.skipped_total} skipped), {steps_per_epoch} steps/epoch x {epochs} "
         f"epoch(s) = {total_steps} steps, batch {config.batch_size}{'' if config.hard_negatives else ', no hard negatives'}"
         f"; device {rt.device}, {rt.precision}, {rt.threads} threads"
         + (f", {rt.world_size} processes" if rt.world_size > 1 else ""))
@@ -195,7 +203,7 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup(warmup_steps, total_steps))
     scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
-    loss_fn = MultipleNegativesRankingLoss(model, scale=1.0 / config.temperature)
+    loss_fn = make_loss(config.loss, model, 1.0 / config.temperature, guide=guide)
     global_step, epoch, batch_pos, losses, elapsed = 0, 0, 0, [], 0.0
     if resume_dir is not None:
         ckpt.restore(resume_dir, tensors, peft_model, optimizer, scheduler, scaler, rt.rank)
@@ -219,10 +227,10 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
             epoch, batch_pos = epoch + 1, 0
             continue
         rows = batches[batch_pos]
+        batch_ids = [[col[i] for i in rows] for col in column_ids]
         with autocast:
-            embeddings = embed_columns(model, texts, [[col[i] for i in rows] for col in column_ids], rt.device,
-                                       forward_tokens)
-            loss = loss_fn.compute_loss_from_embeddings(embeddings, None)
+            embeddings = embed_columns(model, texts, batch_ids, rt.device, forward_tokens)
+            loss = loss_fn(embeddings, batch_ids)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         step_loss = sync_gradients(trainable, loss.detach(), rt) if rt.distributed else loss.item()
         if scaler is not None:
@@ -282,10 +290,14 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
                  "target_modules": list(config.target_modules)},
         "trainable_parameters": n_trainable,
         "data": {"path": str(config.train_data), "sha256": settings["data_sha256"], "triplets": len(data),
-                 "skipped": data.skipped_total, "skipped_by_reason": dict(data.skipped)},
+                 "skipped": data.skipped_total, "skipped_by_reason": dict(data.skipped),
+                 "sources": data.source_counts(), **training_sources(config.train_data)},
         "hyperparameters": {**settings["hyperparameters"], "optimizer": "AdamW", "schedule": "linear warmup + decay",
                             "warmup_steps": warmup_steps, "total_steps": total_steps,
-                            "loss": "MultipleNegativesRankingLoss", "precision": rt.precision,
+                            "epochs_run": epochs, "loss_function": "MultipleNegativesRankingLoss" + (
+                                " (symmetric)" if config.loss == "symmetric" else "") + (
+                                ", guide filter: base model" if config.guide_filter else ""),
+                            "precision": rt.precision,
                             "world_size": rt.world_size, "checkpoint_every": config.checkpoint_every},
         "results": results,
         "versions": library_versions(),

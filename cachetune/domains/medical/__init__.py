@@ -16,6 +16,7 @@ from cachetune.core.types import Domain, FewShotExample, PromptTemplates, QueryR
 from cachetune.core.errors import CachetuneError
 from cachetune.core.data.sources import load_hub_dataset, looks_like_hub_id, split_hub_id
 from cachetune.domains.medical.evaluation import EVALUATION_SETS
+from cachetune.domains.medical.training import TRAINING_SETS
 
 DATA = Path(__file__).parent / "data"
 # Hub copies of MedQuAD and the column holding the question.
@@ -130,6 +131,7 @@ DOMAIN = Domain(
     default_source=DATA / "sample_queries.txt",
     prompts=PROMPTS,
     evaluation_sets=EVALUATION_SETS,
+    training_sets=TRAINING_SETS,
     readers=(
         SourceReader("medquad-hub", is_medquad_hub, read_medquad_hub, "a MedQuAD copy on the dataset hub"),
         SourceReader("medquad-folder", is_medquad_folder, read_medquad_folder, "a MedQuAD folder of XML documents"),

@@ -18,6 +18,7 @@ from cachetune.core.textfiles import reading_text
 from cachetune.core.data.sources import load_hub_dataset, load_json_file, looks_like_hub_id, split_hub_id
 from cachetune.domains.programming.evaluation import EVALUATION_SETS
 from cachetune.domains.programming.rules import ANSWER_PATTERN, FILLER_WORDS
+from cachetune.domains.programming.training_pairs import CONALA_TRAINING
 
 DATA = Path(__file__).parent / "data"
 CONALA_HUB = "neulab/conala"
@@ -122,6 +123,7 @@ DOMAIN = Domain(
     default_source=DATA / "sample_queries.txt",
     prompts=PROMPTS,
     evaluation_sets=EVALUATION_SETS,
+    training_sets=(CONALA_TRAINING,),
     readers=(
         SourceReader("conala-hub", is_conala_hub, read_conala_hub, "neulab/conala[:curated|:mined]"),
         SourceReader("conala-json", is_conala_json, read_conala_json, "CoNaLa curated JSON array"),

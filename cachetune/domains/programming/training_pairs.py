@@ -8,6 +8,12 @@ model, never one of the same question (same group) nor a duplicate of it.
 
 Split by question (:func:`split_pairs`) before mining, so held-out queries never appear in
 training triplets, not even as negatives.
+
+The domain's training set ``conala-train`` (:data:`CONALA_TRAINING`) hands the same pairs to
+``cachetune train`` / ``run`` as labelled pairs: from the CoNaLa curated JSON file the run reads
+(``--source``) or names for it (``--training-source conala-train=FILE``), else from the subset
+the package ships (``data/train/conala_train_pairs.jsonl``, disjoint from the evaluation pairs;
+source and licence in ``data/train/CONALA_TRAIN_SOURCE.md``).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.text import exact_key, near_key, normalize_query
+from cachetune.core.types import TrainingContext, TrainingSet
 from cachetune.domains.programming.rules import FILLER_WORDS
 
 GENERATOR = "human:conala-rewritten-intent"
+PACKAGED_TRAINING_PAIRS = Path(__file__).parent / "data" / "train" / "conala_train_pairs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -142,3 +150,42 @@ def conala_triplet_files(source, output_dir, domain: str = "programming", holdou
         counts[name] = write_jsonl(paths[name], triplets_from_pairs(part, domain, model=model))
     return {"paths": paths, "counts": counts,
             "questions": {"train": len({p.group for p in train}), "holdout": len({p.group for p in held})}}
+
+
+def _held_out_questions(data_dir: Optional[Path]) -> set:
+    """Question ids of a prepared folder's held-out queries (a CoNaLa source keeps them in ``meta``)."""
+    from cachetune.core.jsonl import iter_jsonl
+
+    path = Path(data_dir) / "holdout.jsonl" if data_dir else None
+    if path is None or not path.exists():
+        return set()
+    return {str(row["meta"]["question_id"]) for _, row in iter_jsonl(path)
+            if isinstance(row.get("meta"), dict) and row["meta"].get("question_id") is not None}
+
+
+def load_conala_training(context: TrainingContext) -> Optional[list]:
+    """intent <-> rewritten_intent pairs (label 1, grouped by question) of the run's CoNaLa
+    curated file, else of the packaged subset; never a question the prepared folder holds out."""
+    from cachetune.core.evaluate.inputs import read_pairs
+
+    source = Path(context.source).expanduser() if context.source else None
+    if source is not None and source.suffix.lower() == ".json" and source.is_file():
+        rows = [{"sentence1": p.query, "sentence2": p.paraphrase, "label": 1, "group": p.group}
+                for p in read_conala_pairs(source)]
+    elif context.explicit:
+        raise CachetuneError("--training-source conala-train: expected a CoNaLa curated JSON file "
+                             "(an array of {intent, rewritten_intent, question_id})", source)
+    elif PACKAGED_TRAINING_PAIRS.exists():
+        rows = read_pairs(PACKAGED_TRAINING_PAIRS, both_labels=False)
+    else:
+        return None
+    held = _held_out_questions(context.data_dir)
+    return [r for r in rows if r.get("group") not in held]
+
+
+CONALA_TRAINING = TrainingSet(
+    name="conala-train",
+    load=load_conala_training,
+    description="CoNaLa curated: a question's title (intent) <-> its human rewrite (rewritten_intent), "
+                "questions outside the evaluation set",
+)

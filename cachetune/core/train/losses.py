@@ -1,0 +1,95 @@
+"""The ranking losses ``cachetune train`` can use, computed from a step's embeddings.
+
+- ``mnrl`` (default): sentence-transformers' ``MultipleNegativesRankingLoss``: each anchor
+  against every positive of the batch and the rows' hard negatives, scale ``1 / temperature``.
+- ``symmetric``: the same loss with ``directions=("query_to_doc", "doc_to_query")`` and
+  ``partition_mode="per_direction"`` (sentence-transformers' replacement for
+  ``MultipleNegativesSymmetricRankingLoss``): each positive must also pick its own anchor among
+  the batch's anchors. A cache compares queries with queries, so either side may be the new one.
+- ``guide_filter``: GISTEmbed's in-batch false-negative filter (Solatorio 2024,
+  sentence-transformers' ``GISTEmbedLoss``) with the frozen base model as the guide: a
+  candidate the base model scores above the anchor's own positive (``> positive - margin``) is
+  probably another wording of the same question, so it is masked out of that anchor's softmax
+  instead of being pushed away. The guide embeddings are computed once before training (the
+  guide never changes), not per step. Unlike ``GISTEmbedLoss`` the row's *own* hard negative is
+  never masked: the training file's negatives are chosen on purpose (human-labelled, mined
+  below the positive, or LLM negatives the base model does not rank backwards).
+
+Every loss is a callable ``loss(embeddings, text_ids)``: ``embeddings`` the step's columns
+(anchors, positives[, negatives]), ``text_ids`` the same columns as ids of the distinct texts.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+LOSSES = ("mnrl", "symmetric")
+
+
+class LibraryRankingLoss:
+    """sentence-transformers' MNRL (one or both directions) on precomputed embeddings."""
+
+    def __init__(self, model, scale: float, symmetric: bool):
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+        directions = ("query_to_doc", "doc_to_query") if symmetric else ("query_to_doc",)
+        self.loss = MultipleNegativesRankingLoss(model, scale=scale, directions=directions,
+                                                 partition_mode="per_direction" if symmetric else "joint")
+
+    def __call__(self, embeddings: List, text_ids: Sequence[Sequence[int]]):
+        return self.loss.compute_loss_from_embeddings(embeddings, None)
+
+
+class GuidedRankingLoss:
+    """The MNRL above with GISTEmbed's false-negative mask from fixed guide embeddings."""
+
+    def __init__(self, guide, scale: float, symmetric: bool, margin: float = 0.0):
+        self.guide = guide  # (distinct texts, dim), normalised, indexed by text id
+        self.scale = scale
+        self.symmetric = symmetric
+        self.margin = margin
+
+    def __call__(self, embeddings: List, text_ids: Sequence[Sequence[int]]):
+        import torch
+        import torch.nn.functional as F
+
+        anchors, candidates = F.normalize(embeddings[0], dim=-1), [F.normalize(e, dim=-1) for e in embeddings[1:]]
+        guide = [self.guide[torch.as_tensor(list(ids), dtype=torch.long)].to(anchors.device) for ids in text_ids]
+        batch = anchors.size(0)
+        rows = torch.arange(batch, device=anchors.device)
+        own = torch.zeros((batch, batch * len(candidates)), dtype=torch.bool, device=anchors.device)
+        for column in range(len(candidates)):  # a row's own positive and own hard negative stay
+            own[rows, column * batch + rows] = True
+        guided_positive = (guide[0] * guide[1]).sum(-1, keepdim=True)
+        forward = anchors @ torch.cat(candidates).T
+        forward = forward.masked_fill((guide[0] @ torch.cat(guide[1:]).T > guided_positive - self.margin) & ~own,
+                                      float("-inf"))
+        scores = [forward * self.scale]
+        if self.symmetric:
+            backward = candidates[0] @ anchors.T
+            backward = backward.masked_fill((guide[1] @ guide[0].T > guided_positive - self.margin) & ~own[:, :batch],
+                                            float("-inf"))
+            scores.append(backward * self.scale)
+        positive = scores[0][rows, rows]
+        log_z = sum(torch.logsumexp(s, dim=1) for s in scores) / len(scores)
+        return -(positive - log_z).mean()
+
+
+def make_loss(name: str, model, scale: float, guide=None, margin: float = 0.0):
+    """The loss called ``name`` (:data:`LOSSES`); with ``guide`` embeddings, guided."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss '{name}' (known: {', '.join(LOSSES)})")
+    if guide is not None:
+        return GuidedRankingLoss(guide, scale, symmetric=name == "symmetric", margin=margin)
+    return LibraryRankingLoss(model, scale, symmetric=name == "symmetric")
+
+
+def guide_embeddings(model, texts, batch_size: int = 64) -> Optional[object]:
+    """Normalised embeddings of ``texts`` (a :class:`TokenizedTexts`' distinct texts, in id order)
+    by ``model`` as it is now (the base model, before LoRA is attached)."""
+    import torch
+
+    from cachetune.core.models import encode
+
+    ordered = sorted(texts.index, key=texts.index.get)
+    return torch.from_numpy(encode(model, ordered, batch_size=batch_size))
