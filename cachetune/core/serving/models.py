@@ -148,12 +148,17 @@ class MultiAdapterModel:
     serialised with a lock.
     """
 
-    def __init__(self, model, peft_model, adapters: Dict[str, ServedAdapter], peft_names: Dict[str, str]):
+    def __init__(self, model, peft_model, adapters: Dict[str, ServedAdapter], peft_names: Dict[str, str],
+                 base_model_entry: Optional[dict] = None, base_thresholds: Optional[Dict[str, float]] = None):
         self.model = model
         self.peft_model = peft_model
         self.adapters = adapters
         self._peft_names = peft_names
         self._lock = threading.Lock()
+        self.base_model_entry = base_model_entry or {}  # {"id", "weights_sha256"} of the shared base
+        self.base_thresholds = base_thresholds or {}  # label -> the base model's calibrated threshold
+        self.router = None  # set by cachetune.core.routing.loading.attach_router: domain="auto"
+        self.router_problem: Optional[str] = None  # why no router is attached, for domain="auto"'s error
 
     @property
     def domains(self) -> List[str]:
@@ -168,7 +173,15 @@ class MultiAdapterModel:
         return self.adapters[domain]
 
     def encode(self, texts, domain: Optional[str] = None, **kwargs):
-        """``SentenceTransformer.encode`` through ``domain``'s adapter (keyword arguments pass through)."""
+        """``SentenceTransformer.encode`` through ``domain``'s adapter (keyword arguments pass through).
+
+        ``domain="auto"`` routes each text (see :mod:`cachetune.core.routing`) and returns a
+        :class:`RoutedEmbeddings`: the rows, the domain chosen per text and its cache threshold.
+        """
+        if domain == "auto":
+            from cachetune.core.routing.loading import encode_routed
+
+            return encode_routed(self, texts, **kwargs)
         with self._lock:
             if domain is None:
                 with self.peft_model.disable_adapter():
@@ -177,20 +190,33 @@ class MultiAdapterModel:
             self.peft_model.set_adapter(self._peft_names[domain])
             return self.model.encode(texts, **kwargs)
 
-    def similarity(self, a: str, b: str, domain: Optional[str] = None) -> float:
+    def similarity(self, a: str, b: str, domain: Optional[str] = None):
+        """Cosine of ``a`` and ``b`` under ``domain``'s adapter; ``"auto"``: a :class:`RoutedSimilarity`."""
+        if domain == "auto":
+            from cachetune.core.routing.loading import similarity_routed
+
+            return similarity_routed(self, a, b)
         vectors = self.encode([a, b], domain=domain, normalize_embeddings=True)
         return float((vectors[0] * vectors[1]).sum())
 
 
 def load_multi(domains: Sequence[str], registry=None, device: Optional[str] = None,
-               base_model: Optional[str] = None) -> MultiAdapterModel:
-    """One base model with the adapters of ``domains`` (each the domain's registry adapter)."""
+               base_model: Optional[str] = None, router: Optional[str] = None) -> MultiAdapterModel:
+    """One base model with the adapters of ``domains`` (each the domain's registry adapter).
+
+    The registry's router for exactly these domains (or ``router``: ``name[@version]`` or a file)
+    is attached when it was trained for the adapters loaded, so ``encode(texts, domain="auto")`` works.
+    """
     if not domains:
         raise CachetuneError("load_multi needs at least one domain")
     if len(set(domains)) != len(domains):
         raise CachetuneError(f"a domain is listed twice: {list(domains)}")
     reg = open_registry(registry)
-    return load_shared({domain: reg.find(domain) for domain in domains}, reg, device=device, base_model=base_model)
+    multi = load_shared({domain: reg.find(domain) for domain in domains}, reg, device=device, base_model=base_model)
+    from cachetune.core.routing.loading import attach_registry_router
+
+    attach_registry_router(multi, reg, router)
+    return multi
 
 
 def load_shared(records: Dict[str, dict], registry, device: Optional[str] = None,
@@ -223,7 +249,17 @@ def load_shared(records: Dict[str, dict], registry, device: Optional[str] = None
     model.eval()
     served = {label: ServedAdapter(r["ref"], r["domain"], str(folders[label]), r["base_model"]["id"],
                                    r.get("calibrated_threshold"), False) for label, r in records.items()}
-    return MultiAdapterModel(model, peft_model, served, peft_names)
+    base_thresholds = {label: _base_threshold(r) for label, r in records.items()}
+    return MultiAdapterModel(model, peft_model, served, peft_names, dict(first["base_model"]), base_thresholds)
+
+
+def _base_threshold(record: dict) -> Optional[float]:
+    """The base model's calibrated threshold from the adapter's evaluation, if it has one."""
+    try:
+        value = record["metrics"]["base"]["pairs"]["calibrated_threshold"]
+    except (KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 # -- texts in, embeddings out (cachetune embed) --------------------------------------------

@@ -1,0 +1,150 @@
+"""Routers on loaded models: attach one to a :class:`MultiAdapterModel` and encode with ``domain="auto"``.
+
+A router is attached only when it was trained on the same base model (id and weights) and for
+exactly the adapter versions loaded: its confidence centroids live in those adapters' spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from cachetune.core.errors import CachetuneError
+from cachetune.core.routing.router import AUTO, RoutedEmbeddings, Router, routed_encode
+
+
+def router_mismatch(router: Router, multi, labels=None) -> Optional[str]:
+    """Why ``router`` cannot route for ``multi`` (None when it can).
+
+    ``labels`` maps each routed domain to the label it is loaded under (default: the domain).
+    """
+    labels = labels or {d: d for d in router.domains}
+    entry = multi.base_model_entry
+    if (router.base_model.get("id"), router.base_model.get("weights_sha256")) != \
+            (entry.get("id"), entry.get("weights_sha256")):
+        return (f"router {router.ref} was trained on base model '{router.base_model.get('id')}' "
+                f"(weights {str(router.base_model.get('weights_sha256'))[:12]}), not the one loaded")
+    for domain in router.domains:
+        served = multi.adapters.get(labels.get(domain))
+        if served is None:
+            return f"router {router.ref} routes to '{domain}', which is not loaded"
+        if served.ref != router.adapters[domain]:
+            return (f"router {router.ref} was trained for {router.adapters[domain]}, but {served.ref} is loaded: "
+                    f"retrain it with `cachetune router train`")
+    return None
+
+
+def attach_router(multi, router: Router) -> None:
+    """Route ``multi``'s ``domain="auto"`` with ``router``; an error if they do not fit."""
+    problem = router_mismatch(router, multi)
+    if problem:
+        raise CachetuneError(problem)
+    if sorted(router.domains) != sorted(multi.domains):
+        raise CachetuneError(f"router {router.ref} routes to {', '.join(router.domains)}; loaded: "
+                             f"{', '.join(multi.domains)}")
+    multi.router, multi.router_problem = router, None
+
+
+def _read_router(registry, router: Optional[str], domains=None) -> Router:
+    from cachetune.registry.routers import RouterStore, load_router_file
+
+    if router and (str(router).endswith(".json") or Path(router).is_file()):
+        return load_router_file(router)
+    store = RouterStore(registry)
+    return store.load(router) if router else store.find(domains)
+
+
+def attach_registry_router(multi, registry, router: Optional[str] = None) -> None:
+    """Attach ``router`` (or the registry's router for ``multi``'s domains) if it fits.
+
+    A named router that does not fit is an error; a default one that does not (or none at all)
+    only leaves the reason for ``domain="auto"`` to report.
+    """
+    try:
+        found = _read_router(registry, router, multi.domains)
+    except CachetuneError as exc:
+        if router:
+            raise
+        multi.router_problem = exc.message
+        return
+    problem = router_mismatch(found, multi) or (
+        None if sorted(found.domains) == sorted(multi.domains) else
+        f"router {found.ref} routes to {', '.join(found.domains)}; loaded: {', '.join(multi.domains)}")
+    if problem and router:
+        raise CachetuneError(problem)
+    multi.router, multi.router_problem = (None, problem) if problem else (found, None)
+
+
+def load_routed(registry=None, router: Optional[str] = None, device: Optional[str] = None):
+    """A :class:`MultiAdapterModel` with a router's domains, their adapters and the router attached.
+
+    ``router`` is ``name[@version]`` or a router file; None picks the registry's only router. The
+    adapters loaded are the versions the router was trained for.
+    """
+    from cachetune.core.serving.models import load_shared, open_registry
+
+    reg = open_registry(registry)
+    found = _read_router(reg, router)
+    multi = load_shared({d: reg.get(found.adapters[d]) for d in found.domains}, reg, device=device)
+    attach_router(multi, found)
+    return multi
+
+
+def _require_router(multi) -> Router:
+    if multi.router is None:
+        raise CachetuneError(f"domain 'auto' needs a router: {multi.router_problem or 'none is attached'}")
+    return multi.router
+
+
+def encode_routed(multi, texts, **kwargs) -> RoutedEmbeddings:
+    """``multi.encode(texts, domain="auto")``: each text through its domain's adapter (or the base model)."""
+    router = _require_router(multi)
+    if kwargs.get("convert_to_tensor"):
+        raise CachetuneError("domain 'auto' returns numpy rows: drop convert_to_tensor")
+    kwargs = {**kwargs, "convert_to_numpy": True}
+    single = isinstance(texts, str)
+    batch = [texts] if single else list(texts)
+    encoders = {d: (lambda part, d=d: multi.encode(part, domain=d, **kwargs)) for d in router.domains}
+    routed = routed_encode(router, multi.model, encoders, lambda part: multi.encode(part, domain=None, **kwargs),
+                           batch, {d: multi.threshold(d) for d in router.domains})
+    if single:
+        routed.embeddings = routed.embeddings[0]
+    return routed
+
+
+@dataclass(frozen=True)
+class RoutedSimilarity:
+    """``similarity(a, b, domain="auto")``: the cosine under ``a``'s route and each text's domain.
+
+    ``hit`` is False whenever the two texts route to different domains: a cache that keeps each
+    domain's entries apart never compares them.
+    """
+
+    cosine: float
+    domains: Tuple[Optional[str], Optional[str]]
+    threshold: Optional[float]
+
+    @property
+    def same_domain(self) -> bool:
+        return self.domains[0] == self.domains[1]
+
+    @property
+    def hit(self) -> Optional[bool]:
+        if not self.same_domain:
+            return False
+        return None if self.threshold is None else self.cosine >= self.threshold
+
+
+def similarity_routed(multi, a: str, b: str) -> RoutedSimilarity:
+    routed = encode_routed(multi, [a, b], normalize_embeddings=True)
+    first, second = routed.domains
+    vectors = routed.embeddings
+    if first != second:  # b in a's space, so the cosine still means something
+        vectors = np.stack([vectors[0], multi.encode([b], domain=first, normalize_embeddings=True)[0]])
+    return RoutedSimilarity(float(vectors[0] @ vectors[1]), (first, second), routed.thresholds[0])
+
+
+__all__ = ["AUTO", "RoutedSimilarity", "attach_router", "encode_routed", "load_routed", "similarity_routed"]

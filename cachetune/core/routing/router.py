@@ -1,0 +1,191 @@
+"""A trained router: which registered domain a query belongs to, or none.
+
+Two steps, both cheap next to the encode they steer:
+
+1. **Domain**: a linear rule (nearest centroid or logistic regression, whichever won on held-out
+   queries) on the mean of the base model's input token embeddings over the query's tokens (the
+   embedding layer's lookup only, no transformer layer).
+2. **Confidence**: the query is encoded with the chosen domain's adapter (the encode the cache needs
+   anyway), and its cosine to that domain's centroid in the adapter's space must reach the domain's
+   threshold. Below it the query belongs to no registered domain: it is encoded with the base model
+   and compared with the base threshold.
+
+A router is one JSON file (vectors as lists of floats, never a pickle); see :meth:`Router.to_json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from cachetune.core.errors import CachetuneError
+
+ROUTER_FORMAT = 1
+FEATURES = "base-token-embedding-mean"
+AUTO = "auto"
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+    return rows / np.where(norms == 0, 1.0, norms)
+
+
+def token_embedding_means(model, texts: Sequence[str]) -> np.ndarray:
+    """One unit row per text: the mean of ``model``'s input token embeddings over its tokens.
+
+    ``model`` is a SentenceTransformer whose ``[0]`` module is the transformer (peft-wrapped or not:
+    LoRA leaves the embedding layer alone). Special tokens are left out; texts are cut at the
+    model's ``max_seq_length`` like the encode that follows.
+    """
+    import torch
+
+    table = model[0].auto_model.get_input_embeddings().weight
+    ids = model.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                          max_length=int(model.max_seq_length), verbose=False)["input_ids"]
+    lengths = torch.tensor([max(len(row), 1) for row in ids])
+    flat = torch.tensor([i for row in ids for i in row] or [0], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(ids)), torch.tensor([len(row) for row in ids]))
+    with torch.no_grad():
+        sums = torch.zeros(len(ids), table.shape[1], dtype=table.dtype, device=table.device)
+        if len(owner):
+            sums.index_add_(0, owner.to(table.device), table[flat.to(table.device)])
+        means = sums / lengths.to(table.device).unsqueeze(1).to(table.dtype)
+    return _unit(means.float().cpu().numpy())
+
+
+@dataclass
+class Router:
+    """Routes texts to ``domains`` (see the module docstring)."""
+
+    domains: List[str]
+    classifier: str  # "centroid" or "logistic": what ``weights``/``bias`` hold
+    center: np.ndarray  # subtracted from the token means before the linear rule
+    weights: np.ndarray  # (domains, dim): a score per domain is features @ weights.T + bias
+    bias: np.ndarray
+    centroids: Dict[str, np.ndarray]  # per domain, unit length, in its adapter's space
+    thresholds: Dict[str, float]  # per domain: the least cosine to its centroid that stays in the domain
+    base_threshold: Optional[float]  # the cache threshold for queries of no registered domain
+    adapters: Dict[str, str]  # domain -> the adapter ``name@version`` the centroids were computed with
+    base_model: dict  # {"id", "weights_sha256"}
+    heldout: dict = field(default_factory=dict)  # what the held-out split measured
+    info: dict = field(default_factory=dict)  # training data, options, time
+    ref: Optional[str] = None  # name@version once stored in a registry
+
+    def choose(self, features: np.ndarray) -> np.ndarray:
+        """The index (into ``domains``) of the best-scoring domain for each row of token means."""
+        scores = _unit(features - self.center) @ self.weights.T + self.bias
+        return scores.argmax(axis=1)
+
+    def confidence(self, domain: str, vectors: np.ndarray) -> np.ndarray:
+        """Cosine of each of ``domain``'s adapter vectors to the domain's centroid."""
+        return _unit(np.asarray(vectors, dtype=np.float32)) @ self.centroids[domain]
+
+    def threshold_for(self, domain: Optional[str], adapter_threshold: Optional[float]) -> Optional[float]:
+        return self.base_threshold if domain is None else adapter_threshold
+
+    # -- the file ----------------------------------------------------------------------
+    def to_json(self) -> dict:
+        def floats(values) -> list:
+            return [round(float(v), 7) for v in np.asarray(values).ravel()]
+
+        return {
+            "format": ROUTER_FORMAT,
+            "domains": list(self.domains),
+            "adapters": dict(self.adapters),
+            "base_model": dict(self.base_model),
+            "features": FEATURES,
+            "classifier": {"kind": self.classifier, "center": floats(self.center),
+                           "weights": [floats(row) for row in self.weights], "bias": floats(self.bias)},
+            "confidence": {"space": "adapter", "centroids": {d: floats(c) for d, c in self.centroids.items()},
+                           "thresholds": {d: float(t) for d, t in self.thresholds.items()}},
+            "base_threshold": self.base_threshold,
+            "heldout": self.heldout,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, where=None, ref: Optional[str] = None) -> "Router":
+        try:
+            if data.get("format", ROUTER_FORMAT) > ROUTER_FORMAT:
+                raise CachetuneError(f"router format {data['format']} is newer than this cachetune understands",
+                                     where)
+            if data["features"] != FEATURES:
+                raise CachetuneError(f"router features '{data['features']}' are not '{FEATURES}'", where)
+            domains = list(data["domains"])
+            clf, conf = data["classifier"], data["confidence"]
+            router = cls(
+                domains=domains, classifier=clf["kind"],
+                center=np.asarray(clf["center"], dtype=np.float32),
+                weights=np.asarray(clf["weights"], dtype=np.float32).reshape(len(domains), -1),
+                bias=np.asarray(clf["bias"], dtype=np.float32).reshape(len(domains)),
+                centroids={d: np.asarray(conf["centroids"][d], dtype=np.float32) for d in domains},
+                thresholds={d: float(conf["thresholds"][d]) for d in domains},
+                base_threshold=data.get("base_threshold"), adapters=dict(data["adapters"]),
+                base_model=dict(data["base_model"]), heldout=data.get("heldout") or {},
+                info=data.get("info") or {}, ref=ref,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CachetuneError(f"not a router file: {type(exc).__name__} {exc}", where) from None
+        if set(router.adapters) != set(domains):
+            raise CachetuneError("router file: 'adapters' must name one adapter per domain", where)
+        return router
+
+
+@dataclass
+class RoutedEmbeddings:
+    """What ``encode(texts, domain="auto")`` returns: a row, a domain and a cache threshold per text.
+
+    ``domains[i]`` is None for a text of no registered domain (encoded with the base model, whose
+    threshold ``thresholds[i]`` then is). ``routed[i]`` is ``(embedding, domain)``; a slice is a
+    ``RoutedEmbeddings`` again.
+    """
+
+    embeddings: np.ndarray
+    domains: List[Optional[str]]
+    thresholds: List[Optional[float]]
+
+    def __len__(self) -> int:
+        return len(self.domains)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return RoutedEmbeddings(self.embeddings[index], self.domains[index], self.thresholds[index])
+        return self.embeddings[index], self.domains[index]
+
+
+def routed_encode(router: Router, feature_model, encoders: Dict[str, object], base_encode, texts: Sequence[str],
+                  adapter_thresholds: Optional[Dict[str, Optional[float]]] = None) -> RoutedEmbeddings:
+    """Route each text, encode each domain's texts in one call, re-encode the unsure ones with the base.
+
+    ``encoders[domain](texts)`` and ``base_encode(texts)`` return one row per text;
+    ``feature_model`` is the SentenceTransformer whose token embeddings the router reads.
+    """
+    texts = list(texts)
+    if not texts:
+        raise CachetuneError("nothing to encode: no texts")
+    missing = [d for d in router.domains if d not in encoders]
+    if missing:
+        raise CachetuneError(f"router {router.ref or ''} routes to {', '.join(missing)}, which is not loaded".strip())
+    adapter_thresholds = adapter_thresholds or {}
+    choice = router.choose(token_embedding_means(feature_model, texts))
+    rows: List[Optional[np.ndarray]] = [None] * len(texts)
+    chosen: List[Optional[str]] = [None] * len(texts)
+    unsure: List[int] = []
+    for k, domain in enumerate(router.domains):
+        members = np.flatnonzero(choice == k)
+        if not len(members):
+            continue
+        vectors = np.asarray(encoders[domain]([texts[i] for i in members]))
+        sure = router.confidence(domain, vectors) >= router.thresholds[domain]
+        for i, vector, keep in zip(members, vectors, sure):
+            if keep:
+                rows[i], chosen[i] = vector, domain
+            else:
+                unsure.append(int(i))
+    if unsure:
+        for i, vector in zip(unsure, np.asarray(base_encode([texts[i] for i in unsure]))):
+            rows[i] = vector
+    thresholds = [router.threshold_for(d, adapter_thresholds.get(d)) for d in chosen]
+    return RoutedEmbeddings(np.stack(rows), chosen, thresholds)

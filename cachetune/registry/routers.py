@@ -1,0 +1,103 @@
+"""Routers stored in the registry, beside the adapters they route to.
+
+Layout: ``routers/<name>/<version>.json`` under the registry root, one JSON file per version
+(:meth:`Router.to_json`); the name defaults to the routed domains joined by ``+``
+(``medical+programming``). Versions count up and are never overwritten; the latest version of
+the router for a set of domains is the one served.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from cachetune.core.errors import CachetuneError
+from cachetune.core.jsonl import write_json
+from cachetune.registry.index_file import IndexFile
+from cachetune.registry.registry import check_name, parse_ref
+
+ROUTERS_DIR = "routers"
+
+
+def default_name(domains: Sequence[str]) -> str:
+    return "+".join(sorted(domains))
+
+
+class RouterStore:
+    """The routers of one registry (``AdapterRegistry``)."""
+
+    def __init__(self, registry):
+        self.folder = Path(registry.root) / ROUTERS_DIR
+        self._lock = IndexFile(self.folder / "routers.json")  # only its lock is used
+
+    def _versions(self, name: str) -> List[int]:
+        folder = self.folder / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+
+    def names(self) -> List[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.name for p in self.folder.iterdir() if p.is_dir() and self._versions(p.name))
+
+    def save(self, router, name: Optional[str] = None) -> str:
+        """Store ``router`` as the next version of ``name``; return its ``name@version``."""
+        name = check_name(name) if name else default_name(router.domains)
+        with self._lock.locked():
+            version = max(self._versions(name), default=0) + 1
+            ref = f"{name}@{version}"
+            router.ref = ref
+            write_json(self.folder / name / f"{version}.json", router.to_json())
+        return ref
+
+    def path_of(self, ref: str) -> Path:
+        name, version = parse_ref(ref)
+        versions = self._versions(name)
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise CachetuneError(f"no router named '{name}' in the registry (routers: {known}); "
+                                 f"train one with `cachetune router train`", self.folder)
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise CachetuneError(f"router '{name}' has no version {version} (versions: "
+                                 f"{', '.join(map(str, versions))})", self.folder / name)
+        return self.folder / name / f"{version}.json"
+
+    def load(self, ref: str):
+        path = self.path_of(ref)
+        name, _ = parse_ref(ref)
+        return load_router_file(path, ref=f"{name}@{path.stem}")
+
+    def find(self, domains: Optional[Sequence[str]] = None):
+        """The latest router for exactly ``domains``; with None, the only router name there is."""
+        names = self.names()
+        if domains is None:
+            if len(names) != 1:
+                raise CachetuneError(
+                    "no router in the registry; train one with `cachetune router train`" if not names else
+                    f"the registry holds several routers ({', '.join(names)}): name one with --router", self.folder)
+            return self.load(names[0])
+        for name in names:
+            router = self.load(name)
+            if sorted(router.domains) == sorted(domains):
+                return router
+        raise CachetuneError(f"no router for {', '.join(sorted(domains))} in the registry (routers: "
+                             f"{', '.join(names) or 'none'}); train one with `cachetune router train`", self.folder)
+
+
+def load_router_file(path, ref: Optional[str] = None):
+    from cachetune.core.routing.router import Router
+
+    path = Path(path)
+    if not path.is_file():
+        raise CachetuneError("router file not found", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
+    if not isinstance(data, dict):
+        raise CachetuneError("not a router file: expected a JSON object", path)
+    return Router.from_json(data, where=path, ref=ref or str(path))
