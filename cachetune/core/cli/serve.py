@@ -11,9 +11,31 @@ from pathlib import Path
 
 import click
 
-from cachetune.core.cli import domain_option
+from cachetune.core.cli import DomainChoice
 from cachetune.core.cli.adapters import registry_option
 from cachetune.core.errors import CachetuneError
+
+AUTO = "auto"
+
+
+class DomainOrAuto(DomainChoice):
+    """``--domain``: a registered domain, or ``auto`` (the registry's router picks one per text)."""
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return super().get_metavar(param, *args, **kwargs).replace("]", f"|{AUTO}]")
+
+    def convert(self, value, param, ctx):
+        return value if value == AUTO else super().convert(value, param, ctx)
+
+
+def routed_domain_options(pm):
+    def decorate(func):
+        func = click.option("--router", "router", metavar="NAME[@VERSION]",
+                            help="With --domain auto: this router (default: the registry's only one).")(func)
+        return click.option("--domain", "domain", type=DomainOrAuto(pm),
+                            help="Domain to encode for, or 'auto' to route each text to its domain "
+                                 "(`cachetune router train`).")(func)
+    return decorate
 
 
 def adapter_option(func):
@@ -23,9 +45,17 @@ def adapter_option(func):
     )(func)
 
 
-def _load(domain, adapter, registry, merged=False, device=None):
+def _load(domain, adapter, registry, merged=False, device=None, router=None):
     if not domain and not adapter:
         raise click.UsageError("give --domain or --adapter")
+    if router and domain != AUTO:
+        raise click.UsageError("--router goes with --domain auto")
+    if domain == AUTO:
+        if adapter or merged:
+            raise click.UsageError("--domain auto picks the adapters itself: drop --adapter/--merged")
+        from cachetune.core.routing.loading import load_routed
+
+        return load_routed(registry, router, device=device)
     from cachetune.core.serving.models import load_model
 
     return load_model(domain=domain, registry=registry, merged=merged, adapter=adapter, device=device)
@@ -37,7 +67,7 @@ def _label(served) -> str:
 
 def register(cli, pm) -> None:
     @cli.command()
-    @domain_option(pm, required=False)
+    @routed_domain_options(pm)
     @adapter_option
     @registry_option
     @click.option("--input", "input_path", help="Texts to embed: .txt (one per line), .jsonl/.json "
@@ -49,8 +79,8 @@ def register(cli, pm) -> None:
     @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     @click.argument("texts", nargs=-1)
-    def embed(domain, adapter, registry, input_path, output, overwrite, merged, batch_size, device, texts):
-        """Embed TEXT... (or --input FILE) with a domain's adapter."""
+    def embed(domain, router, adapter, registry, input_path, output, overwrite, merged, batch_size, device, texts):
+        """Embed TEXT... (or --input FILE) with a domain's adapter (--domain auto: each text's domain)."""
         from cachetune.core.serving import models as serving
 
         if texts and input_path:
@@ -63,19 +93,30 @@ def register(cli, pm) -> None:
         texts = list(texts) if texts else serving.read_texts(input_path)
         if not texts:
             raise CachetuneError("no texts to embed", input_path)
-        model = _load(domain, adapter, registry, merged=merged, device=device)
-        vectors = model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
-                               show_progress_bar=len(texts) > 4 * batch_size)
+        model = _load(domain, adapter, registry, merged=merged, device=device, router=router)
+        options = dict(batch_size=batch_size, convert_to_numpy=True, show_progress_bar=len(texts) > 4 * batch_size)
+        if domain == AUTO:
+            routed = model.encode(texts, domain=AUTO, **options)
+            vectors, domains, label = routed.embeddings, routed.domains, f"router {model.router.ref}"
+            served = None
+        else:
+            vectors, domains = model.encode(texts, **options), None
+            served = model.cachetune_adapter
+            label = _label(served)
         if output is None:
-            for line in serving.iter_embedding_lines(texts, vectors):
+            for line in serving.iter_embedding_lines(texts, vectors, domains):
                 click.echo(line)
             return
-        serving.write_embeddings(output, texts, vectors, model.cachetune_adapter)
-        click.echo(f"{len(texts)} embeddings of dimension {vectors.shape[1]} "
-                   f"({_label(model.cachetune_adapter)}) -> {output}", err=True)
+        serving.write_embeddings(output, texts, vectors, served, domains)
+        click.echo(f"{len(texts)} embeddings of dimension {vectors.shape[1]} ({label}) -> {output}", err=True)
+        if domains is not None:
+            counts = {}
+            for name in domains:
+                counts[name or "base"] = counts.get(name or "base", 0) + 1
+            click.echo("routed: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())), err=True)
 
     @cli.command()
-    @domain_option(pm, required=False)
+    @routed_domain_options(pm)
     @adapter_option
     @registry_option
     @click.option("--threshold", type=click.FloatRange(-1.0, 1.0),
@@ -84,12 +125,15 @@ def register(cli, pm) -> None:
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     @click.argument("a")
     @click.argument("b")
-    def similarity(domain, adapter, registry, threshold, as_json, device, a, b):
+    def similarity(domain, router, adapter, registry, threshold, as_json, device, a, b):
         """Cosine of A and B under the adapter, and whether a cache would treat them as the same query."""
         from cachetune.core.serving.models import check_not_empty, cosine
 
         check_not_empty([("A", a), ("B", b)])  # before the model loads
-        model = _load(domain, adapter, registry, device=device)
+        model = _load(domain, adapter, registry, device=device, router=router)
+        if domain == AUTO:
+            _routed_similarity(model, a, b, threshold, as_json)
+            return
         served = model.cachetune_adapter
         score = cosine(model, a, b)
         source = "--threshold" if threshold is not None else "calibrated"
@@ -111,3 +155,29 @@ def register(cli, pm) -> None:
             click.echo("decision   HIT: same query for the cache; the cached answer would be reused")
         else:
             click.echo("decision   MISS: different queries; the cache would call the model")
+
+
+def _routed_similarity(multi, a: str, b: str, threshold, as_json: bool) -> None:
+    result = multi.similarity(a, b, domain=AUTO)
+    source = "--threshold" if threshold is not None else "calibrated"
+    if threshold is None:
+        threshold = result.threshold
+    same = result.same_domain
+    hit = False if not same else (None if threshold is None else result.cosine >= threshold)
+    names = [d or "base" for d in result.domains]
+    if as_json:
+        click.echo(json.dumps({"router": multi.router.ref, "domains": list(result.domains), "cosine": result.cosine,
+                               "threshold": threshold, "threshold_source": source if threshold is not None else None,
+                               "hit": hit}))
+        return
+    click.echo(f"domains    {names[0]} / {names[1]}  (router {multi.router.ref})")
+    click.echo(f"cosine     {result.cosine:.4f}  (in {names[0]}'s space)")
+    if not same:
+        click.echo("decision   MISS: the texts belong to different domains; a cache kept apart by domain "
+                   "never compares them")
+        return
+    if threshold is None:
+        click.echo(f"threshold  none: {names[0]} has no calibrated threshold yet (pass --threshold)")
+        return
+    click.echo(f"threshold  {threshold:.4f}  ({source})")
+    click.echo("decision   HIT: same query for the cache" if hit else "decision   MISS: different queries")

@@ -32,6 +32,9 @@ def register(cli, pm) -> None:
                        "in the registry. The base model is always served too.")
     @click.option("--merged", is_flag=True,
                   help="Merge each LoRA into its own copy of the base (faster encodes, one copy per adapter).")
+    @click.option("--router", "router", metavar="NAME[@VERSION]",
+                  help="Serve this router as model 'auto' (default: the registry's router over the most "
+                       "loaded domains, if one fits the adapters served).")
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                   help="Most texts encoded in one call; concurrent requests share it.")
@@ -44,7 +47,7 @@ def register(cli, pm) -> None:
                   help="Most texts in one request (more: 413).")
     @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                   show_default=True, help="debug logs one line per request.")
-    def serve(registry, host, port, models, merged, device, max_batch_size, max_wait_ms, max_queue, max_inputs,
+    def serve(registry, host, port, models, merged, router, device, max_batch_size, max_wait_ms, max_queue, max_inputs,
               log_level):
         """Serve adapters as OpenAI-compatible embeddings: POST /v1/embeddings, GET /v1/models, GET /health."""
         _need_serve_extra()
@@ -54,7 +57,8 @@ def register(cli, pm) -> None:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("cachetune.serve").setLevel(log_level.upper())
         sock = bind(host, port)  # before loading models: a busy port fails fast
-        catalog = load_catalog(registry, models, merged=merged, device=device, batch_size=max_batch_size)
+        catalog = load_catalog(registry, models, merged=merged, device=device, batch_size=max_batch_size,
+                               router=router)
         app = create_app(catalog, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_inputs=max_inputs)
         bound_host, bound_port = sock.getsockname()[:2]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -16,39 +16,41 @@ from cachetune.core.errors import CachetuneError
 from cachetune.core.routing.router import AUTO, RoutedEmbeddings, Router, routed_encode
 
 
-def router_mismatch(router: Router, multi, labels=None) -> Optional[str]:
-    """Why ``router`` cannot route for ``multi`` (None when it can).
+def router_mismatch(router: Router, loaded_refs: Dict[str, Optional[str]], base_entry: dict) -> Optional[str]:
+    """Why ``router`` cannot route over these adapters (None when it can).
 
-    ``labels`` maps each routed domain to the label it is loaded under (default: the domain).
+    ``loaded_refs`` maps each domain to the adapter ``name@version`` loaded for it; ``base_entry``
+    is the loaded base model's ``{"id", "weights_sha256"}``.
     """
-    labels = labels or {d: d for d in router.domains}
-    entry = multi.base_model_entry
     if (router.base_model.get("id"), router.base_model.get("weights_sha256")) != \
-            (entry.get("id"), entry.get("weights_sha256")):
+            (base_entry.get("id"), base_entry.get("weights_sha256")):
         return (f"router {router.ref} was trained on base model '{router.base_model.get('id')}' "
                 f"(weights {str(router.base_model.get('weights_sha256'))[:12]}), not the one loaded")
     for domain in router.domains:
-        served = multi.adapters.get(labels.get(domain))
-        if served is None:
+        loaded = loaded_refs.get(domain)
+        if loaded is None:
             return f"router {router.ref} routes to '{domain}', which is not loaded"
-        if served.ref != router.adapters[domain]:
-            return (f"router {router.ref} was trained for {router.adapters[domain]}, but {served.ref} is loaded: "
+        if loaded != router.adapters[domain]:
+            return (f"router {router.ref} was trained for {router.adapters[domain]}, but {loaded} is loaded: "
                     f"retrain it with `cachetune router train`")
     return None
 
 
+def _multi_mismatch(router: Router, multi) -> Optional[str]:
+    if sorted(router.domains) != sorted(multi.domains):
+        return f"router {router.ref} routes to {', '.join(router.domains)}; loaded: {', '.join(multi.domains)}"
+    return router_mismatch(router, {d: a.ref for d, a in multi.adapters.items()}, multi.base_model_entry)
+
+
 def attach_router(multi, router: Router) -> None:
     """Route ``multi``'s ``domain="auto"`` with ``router``; an error if they do not fit."""
-    problem = router_mismatch(router, multi)
+    problem = _multi_mismatch(router, multi)
     if problem:
         raise CachetuneError(problem)
-    if sorted(router.domains) != sorted(multi.domains):
-        raise CachetuneError(f"router {router.ref} routes to {', '.join(router.domains)}; loaded: "
-                             f"{', '.join(multi.domains)}")
     multi.router, multi.router_problem = router, None
 
 
-def _read_router(registry, router: Optional[str], domains=None) -> Router:
+def read_router(registry, router: Optional[str], domains=None) -> Router:
     from cachetune.registry.routers import RouterStore, load_router_file
 
     if router and (str(router).endswith(".json") or Path(router).is_file()):
@@ -64,15 +66,13 @@ def attach_registry_router(multi, registry, router: Optional[str] = None) -> Non
     only leaves the reason for ``domain="auto"`` to report.
     """
     try:
-        found = _read_router(registry, router, multi.domains)
+        found = read_router(registry, router, multi.domains)
     except CachetuneError as exc:
         if router:
             raise
         multi.router_problem = exc.message
         return
-    problem = router_mismatch(found, multi) or (
-        None if sorted(found.domains) == sorted(multi.domains) else
-        f"router {found.ref} routes to {', '.join(found.domains)}; loaded: {', '.join(multi.domains)}")
+    problem = _multi_mismatch(found, multi)
     if problem and router:
         raise CachetuneError(problem)
     multi.router, multi.router_problem = (None, problem) if problem else (found, None)
@@ -87,7 +87,7 @@ def load_routed(registry=None, router: Optional[str] = None, device: Optional[st
     from cachetune.core.serving.models import load_shared, open_registry
 
     reg = open_registry(registry)
-    found = _read_router(reg, router)
+    found = read_router(reg, router)
     multi = load_shared({d: reg.get(found.adapters[d]) for d in found.domains}, reg, device=device)
     attach_router(multi, found)
     return multi

@@ -35,6 +35,7 @@ class Encoder:
     base_model: str
     model: object  # the SentenceTransformer that encodes (shared by unmerged adapters on one base)
     adapter: Optional[ServedAdapter] = None
+    router: Optional[dict] = None  # for "auto": {"ref", "routes": {domain: adapter ref}}; rows carry domains
     created: int = field(default_factory=lambda: int(time.time()))
 
     def token_counts(self, texts: Sequence[str]) -> List[int]:
@@ -56,6 +57,7 @@ class Encoder:
             "merged": adapter.merged if adapter else False,
             "dimension": self.dimension,
             "max_tokens": self.max_tokens,
+            **({"router": self.router} if self.router else {}),
         }
 
 
@@ -88,6 +90,39 @@ def _encoder(model_id: str, encode, model, base_model: str, batch_size: int,
 
     return Encoder(model_id, run, copy.deepcopy(model.tokenizer), int(model.max_seq_length),
                    _dimension(model), base_model, model, adapter)
+
+
+def _auto_encoder(reg, router_ref: Optional[str], encoders: List[Encoder], bases: Dict[str, dict]) -> Optional[Encoder]:
+    """``auto``: the router (``router_ref``, else the registry's router over the most loaded domains)
+    over the loaded adapters, or None when no router fits them."""
+    from cachetune.core.routing.loading import read_router, router_mismatch
+    from cachetune.core.routing.router import routed_encode
+    from cachetune.registry.routers import RouterStore
+
+    by_ref = {e.id: e for e in encoders}
+    store = RouterStore(reg)
+    candidates = [read_router(reg, router_ref)] if router_ref else \
+        sorted((store.load(name) for name in store.names()), key=lambda r: -len(r.domains))
+    for router in candidates:
+        targets = {d: by_ref.get(ref) for d, ref in router.adapters.items()}
+        base_id = next(iter(targets.values())).base_model if all(targets.values()) else None
+        base = by_ref.get(base_id)
+        loaded = {d: (e.id if e else None) for d, e in targets.items()}
+        problem = router_mismatch(router, loaded, bases.get(base_id, {}))
+        if problem is None and base is not None:
+            break
+        if router_ref:
+            raise CachetuneError(f"--router {router_ref}: {problem or 'its base model is not served'}")
+    else:
+        return None
+    thresholds = {d: e.adapter.calibrated_threshold for d, e in targets.items()}
+    encoders_by_domain = {d: e.encode for d, e in targets.items()}
+
+    def run(texts: List[str]):
+        return routed_encode(router, base.model, encoders_by_domain, base.encode, texts, thresholds)
+
+    return Encoder("auto", run, base.tokenizer, base.max_tokens, base.dimension, base.base_model, base.model,
+                   None, {"ref": router.ref, "routes": dict(router.adapters)})
 
 
 def select_records(registry, refs: Sequence[str] = ()) -> List[dict]:
@@ -123,8 +158,11 @@ def _aliases(registry, records: List[dict], base_ids: Sequence[str]) -> Dict[str
 
 
 def load_catalog(registry=None, refs: Sequence[str] = (), merged: bool = False, device: Optional[str] = None,
-                 batch_size: int = 64) -> ModelCatalog:
-    """Load the adapters named by ``refs`` (default: every adapter in the registry) and their bases."""
+                 batch_size: int = 64, router: Optional[str] = None) -> ModelCatalog:
+    """Load the adapters named by ``refs`` (default: every adapter in the registry) and their bases.
+
+    ``auto`` is served too when a router in the registry (or ``router``) routes over loaded adapters.
+    """
     reg = open_registry(registry)
     records = select_records(reg, refs)
     groups: Dict[str, List[dict]] = {}
@@ -149,4 +187,7 @@ def load_catalog(registry=None, refs: Sequence[str] = (), merged: bool = False, 
     if not records:  # an empty registry still serves the base model
         base = load_sentence_transformer(None, device=device)
         encoders.append(_encoder(EMBEDDED_MODEL_ID, base.encode, base, EMBEDDED_MODEL_ID, batch_size))
+    auto = _auto_encoder(reg, router, encoders, {base_id: group[0]["base_model"] for base_id, group in groups.items()})
+    if auto is not None:
+        encoders.append(auto)
     return ModelCatalog(encoders, _aliases(reg, records, list(groups) or [EMBEDDED_MODEL_ID]))

@@ -315,8 +315,12 @@ def check_output_path(path, overwrite: bool = False) -> Path:
     return check_output(path, "--output", overwrite=overwrite)
 
 
-def write_embeddings(path, texts: Sequence[str], vectors, served: Optional[ServedAdapter] = None) -> Path:
-    """Write ``vectors`` (one row per text) to ``.npy``, ``.json`` or ``.jsonl``, atomically."""
+def write_embeddings(path, texts: Sequence[str], vectors, served: Optional[ServedAdapter] = None,
+                     domains: Optional[Sequence[Optional[str]]] = None) -> Path:
+    """Write ``vectors`` (one row per text) to ``.npy``, ``.json`` or ``.jsonl``, atomically.
+
+    ``domains`` (routed encodes) adds each text's domain to ``.json`` and ``.jsonl``.
+    """
     import numpy as np
 
     if Path(path).suffix not in OUTPUT_SUFFIXES:
@@ -328,11 +332,12 @@ def write_embeddings(path, texts: Sequence[str], vectors, served: Optional[Serve
             np.save(fh, vectors)
     elif path.suffix == ".jsonl":
         with atomic_writer(path) as fh:
-            for text, vec in zip(texts, vectors):
-                fh.write(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False) + "\n")
+            for line in iter_embedding_lines(texts, vectors, domains):
+                fh.write(line + "\n")
     else:
         write_json(path, {
             "adapter": asdict(served) if served else None,
+            **({"domains": list(domains)} if domains is not None else {}),
             "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
             "count": len(texts),
             "texts": list(texts),
@@ -341,9 +346,12 @@ def write_embeddings(path, texts: Sequence[str], vectors, served: Optional[Serve
     return path
 
 
-def iter_embedding_lines(texts: Iterable[str], vectors) -> Iterable[str]:
-    for text, vec in zip(texts, vectors):
-        yield json.dumps({"text": text, "embedding": [float(x) for x in vec]}, ensure_ascii=False)
+def iter_embedding_lines(texts: Iterable[str], vectors, domains: Optional[Sequence[Optional[str]]] = None
+                         ) -> Iterable[str]:
+    for i, (text, vec) in enumerate(zip(texts, vectors)):
+        row = {"text": text, **({"domain": domains[i]} if domains is not None else {}),
+               "embedding": [float(x) for x in vec]}
+        yield json.dumps(row, ensure_ascii=False)
 
 
 def cosine(model, a: str, b: str) -> float:

@@ -125,8 +125,11 @@ def create_app(catalog: ModelCatalog, max_batch_size: int = 64, max_wait_ms: flo
             raise ApiError(503, f"the server is overloaded: {exc}; retry later", code="overloaded",
                            kind="server_error") from None
         request.state.log = f"model={encoder.id} inputs={len(texts)} tokens={sum(counts)} format={encoding_format}"
-        data = [{"object": "embedding", "index": i, "embedding": _embedding(row, encoding_format)}
-                for i, row in enumerate(vectors)]
+        routed = getattr(vectors, "domains", None) is not None  # model "auto": the domain chosen per text
+        rows = vectors.embeddings if routed else vectors
+        data = [{"object": "embedding", "index": i, "embedding": _embedding(row, encoding_format),
+                 **({"domain": vectors.domains[i], "threshold": vectors.thresholds[i]} if routed else {})}
+                for i, row in enumerate(rows)]
         return JSONResponse({"object": "list", "data": data, "model": encoder.id,
                              "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}})
 
