@@ -39,6 +39,17 @@ def iter_jsonl(path: PathLike, *, skip_blank: bool = True) -> Iterator[Tuple[int
             yield number, obj
 
 
+def read_json(path: PathLike):
+    """A whole JSON file; a missing file or bad JSON is an error naming the file (and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CachetuneError("file not found", path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
+
+
 def read_jsonl(path: PathLike) -> list:
     return [obj for _, obj in iter_jsonl(path)]
 

@@ -8,12 +8,11 @@ the router for a set of domains is the one served.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.jsonl import write_json
+from cachetune.core.jsonl import read_json, write_json
 from cachetune.registry.index_file import IndexFile
 from cachetune.registry.registry import check_name, parse_ref
 
@@ -92,12 +91,7 @@ def load_router_file(path, ref: Optional[str] = None):
     from cachetune.core.routing.router import Router
 
     path = Path(path)
-    if not path.is_file():
-        raise CachetuneError("router file not found", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise CachetuneError("not a router file: expected a JSON object", path)
     return Router.from_json(data, where=path, ref=ref or str(path))
