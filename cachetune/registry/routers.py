@@ -8,15 +8,24 @@ the router for a set of domains is the one served.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import read_json, write_json
 from cachetune.registry.index_file import IndexFile
-from cachetune.registry.registry import check_name, parse_ref
+from cachetune.registry.registry import parse_ref
 
 ROUTERS_DIR = "routers"
+# A folder name under routers/ that cannot escape it: '+' joins the domains of a default name.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def check_router_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise CachetuneError(f"bad router name {name!r}: use letters, digits, '.', '_', '-' or '+' (at most 128)")
+    return name
 
 
 def default_name(domains: Sequence[str]) -> str:
@@ -43,7 +52,7 @@ class RouterStore:
 
     def save(self, router, name: Optional[str] = None) -> str:
         """Store ``router`` as the next version of ``name``; return its ``name@version``."""
-        name = check_name(name) if name else default_name(router.domains)
+        name = check_router_name(name or default_name(router.domains))
         with self._lock.locked():
             version = max(self._versions(name), default=0) + 1
             ref = f"{name}@{version}"
@@ -53,6 +62,7 @@ class RouterStore:
 
     def path_of(self, ref: str) -> Path:
         name, version = parse_ref(ref)
+        check_router_name(name)
         versions = self._versions(name)
         if not versions:
             known = ", ".join(self.names()) or "none"
