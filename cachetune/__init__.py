@@ -1,8 +1,8 @@
 """cachetune: domain-specific LoRA adapters for the embedding model of a semantic cache.
 
 Public API: :data:`hookimpl` for plugins, the :class:`Domain` family of types, and
-:func:`load_model` / :func:`load_multi` to serve adapters. Heavy libraries (torch,
-transformers) are imported only when a model is loaded.
+:func:`load_model` / :func:`load_multi` / :func:`load_routed` to serve adapters. Heavy
+libraries (torch, transformers) are imported only when a model is loaded.
 """
 
 from cachetune.core.types import (
@@ -37,6 +37,13 @@ def load_multi(domains, registry=None, **kwargs):
     return _load_multi(domains=domains, registry=registry, **kwargs)
 
 
+def load_routed(registry=None, router=None, **kwargs):
+    """A router's domains on one base model; ``encode(texts, domain="auto")`` picks each text's adapter."""
+    from cachetune.core.routing.loading import load_routed as _load_routed
+
+    return _load_routed(registry=registry, router=router, **kwargs)
+
+
 __all__ = [
     "BackendOption",
     "CachetuneError",
@@ -52,5 +59,6 @@ __all__ = [
     "hookimpl",
     "load_model",
     "load_multi",
+    "load_routed",
     "__version__",
 ]

@@ -118,18 +118,17 @@ def test_similarity_auto_never_matches_across_domains(multi):
 
 @pytest.mark.slow
 def test_router_for_other_adapter_versions_is_not_used(setup, tmp_path, embedded_model):
-    from cachetune import load_multi
-    from cachetune.core.routing.loading import load_routed
+    import cachetune
 
     copy = AdapterRegistry(shutil.copytree(setup["registry"].root, tmp_path / "reg"))
     copy.add(make_adapter(embedded_model, tmp_path / "prog2", "programming", seed=3))
-    multi = load_multi(["programming", "medical"], registry=copy, device="cpu")
+    multi = cachetune.load_multi(["programming", "medical"], registry=copy, device="cpu")
     assert multi.router is None
     with pytest.raises(CachetuneError, match=r"trained for programming@1, but programming@2 is loaded"):
         multi.encode(["sort a list"], domain="auto")
     with pytest.raises(CachetuneError, match=r"trained for programming@1"):
-        load_multi(["programming", "medical"], registry=copy, router="medical+programming", device="cpu")
-    pinned = load_routed(copy, device="cpu")  # loads the versions the router was trained for
+        cachetune.load_multi(["programming", "medical"], registry=copy, router="medical+programming", device="cpu")
+    pinned = cachetune.load_routed(copy, device="cpu")  # loads the versions the router was trained for
     assert pinned.adapters["programming"].ref == "programming@1"
 
 
