@@ -248,3 +248,29 @@ def test_redis_cache_keeps_domains_apart(multi, redis_url):
         assert hits and hits[0]["response"] == "use psutil.Process().memory_info().rss"
     finally:
         cache.delete()
+
+
+@pytest.mark.slow
+def test_readme_one_cache_for_many_domains(setup, redis_url, monkeypatch):
+    """The README's block, run as written: lookups stay within the routed domain."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"^### Many domains: one cache, kept apart by domain\n.*?```python\n(.*?)```", readme,
+                     re.S | re.M).group(1)
+    monkeypatch.setenv("CACHETUNE_HOME", str(setup["registry"].root))
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(code.replace("redis://localhost:6379", redis_url), "README many domains", "exec"), namespace)
+    cache, route, lookup, remember = (namespace[k] for k in ("cache", "route", "lookup", "remember"))
+    try:
+        remember("How to check the memory usage of a Python process?", "psutil.Process().memory_info().rss")
+        vector, domain, threshold = route("How to check memory loss in elderly patients ?")
+        assert (domain, threshold) == ("medical", MEDICAL_THRESHOLD)
+        nearest = cache.check(vector=vector, distance_threshold=2.0)  # no filter, any distance
+        assert nearest[0]["prompt"] == "How to check the memory usage of a Python process?"
+        assert lookup("How to check memory loss in elderly patients ?") is None
+        assert lookup("How do I check the memory usage of a python process") == "psutil.Process().memory_info().rss"
+        assert lookup("How do I reverse a string in python") is None
+    finally:
+        cache.delete()
