@@ -54,7 +54,7 @@ def main() -> None:
 
     import torch
 
-    from cachetune.core.routing.loading import load_routed
+    from cachetune.core.serving.routed import load_routed
     from cachetune.core.routing.router import token_embedding_means
 
     torch.set_num_threads(args.threads)

@@ -39,7 +39,7 @@ def load_multi(domains, registry=None, **kwargs):
 
 def load_routed(registry=None, router=None, **kwargs):
     """A router's domains on one base model; ``encode(texts, domain="auto")`` picks each text's adapter."""
-    from cachetune.core.routing.loading import load_routed as _load_routed
+    from cachetune.core.serving.routed import load_routed as _load_routed
 
     return _load_routed(registry=registry, router=router, **kwargs)
 

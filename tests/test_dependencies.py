@@ -14,7 +14,7 @@ from pathlib import Path
 import cachetune
 
 PACKAGE = Path(cachetune.__file__).resolve().parent
-STAGES = ("data", "generate", "train", "evaluate", "pipeline", "serving", "cli")
+STAGES = ("data", "generate", "train", "evaluate", "routing", "pipeline", "serving", "cli")
 
 # unit -> the other units it may import. "core" is core/'s own modules (types, errors, text,
 # jsonl, models, adapters, mining, hookspecs, plugin_manager), shared by every stage.
@@ -24,12 +24,13 @@ ALLOWED = {
     "core.generate": {"core", "core.data"},
     "core.evaluate": {"core", "core.data"},
     "core.train": {"core", "core.data", "core.evaluate"},
+    "core.routing": {"core"},
     "registry": {"core"},
-    "core.serving": {"core", "registry"},
+    "core.serving": {"core", "core.routing", "registry"},
     "core.pipeline": {"core", "core.data", "core.generate", "core.train", "core.evaluate", "registry",
                       "core.serving"},
-    "core.cli": {"core", "core.data", "core.generate", "core.train", "core.evaluate", "registry", "core.serving",
-                 "core.pipeline"},
+    "core.cli": {"core", "core.data", "core.generate", "core.train", "core.evaluate", "core.routing", "registry",
+                 "core.serving", "core.pipeline"},
     "domains": {"core", "core.data", "core.generate", "core.evaluate"},
     "plugins": {"core", "core.generate", "core.train"},
 }

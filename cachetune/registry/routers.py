@@ -1,16 +1,17 @@
 """Routers stored in the registry, beside the adapters they route to.
 
-Layout: ``routers/<name>/<version>.json`` under the registry root, one JSON file per version
-(:meth:`Router.to_json`); the name defaults to the routed domains joined by ``+``
-(``medical+programming``). Versions count up and are never overwritten; the latest version of
-the router for a set of domains is the one served.
+Layout: ``routers/<name>/<version>.json`` under the registry root, one JSON document per version
+(written by ``cachetune.core.routing.router.Router.to_json``; the registry only stores it and reads
+its ``domains``); the name defaults to the routed domains joined by ``+`` (``medical+programming``).
+Versions count up and are never overwritten; the latest version of the router for a set of
+domains is the one served.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import read_json, write_json
@@ -50,15 +51,13 @@ class RouterStore:
             return []
         return sorted(p.name for p in self.folder.iterdir() if p.is_dir() and self._versions(p.name))
 
-    def save(self, router, name: Optional[str] = None) -> str:
-        """Store ``router`` as the next version of ``name``; return its ``name@version``."""
-        name = check_router_name(name or default_name(router.domains))
+    def save(self, document: dict, name: Optional[str] = None) -> str:
+        """Store a router ``document`` as the next version of ``name``; return its ``name@version``."""
+        name = check_router_name(name or default_name(document["domains"]))
         with self._lock.locked():
             version = max(self._versions(name), default=0) + 1
-            ref = f"{name}@{version}"
-            router.ref = ref
-            write_json(self.folder / name / f"{version}.json", router.to_json())
-        return ref
+            write_json(self.folder / name / f"{version}.json", document)
+        return f"{name}@{version}"
 
     def path_of(self, ref: str) -> Path:
         name, version = parse_ref(ref)
@@ -75,12 +74,12 @@ class RouterStore:
                                  f"{', '.join(map(str, versions))})", self.folder / name)
         return self.folder / name / f"{version}.json"
 
-    def load(self, ref: str):
+    def load(self, ref: str) -> Tuple[dict, str, Path]:
+        """``(document, name@version, file)`` of ``ref`` (``name`` alone: its latest version)."""
         path = self.path_of(ref)
-        name, _ = parse_ref(ref)
-        return load_router_file(path, ref=f"{name}@{path.stem}")
+        return read_router_file(path), f"{parse_ref(ref)[0]}@{path.stem}", path
 
-    def find(self, domains: Optional[Sequence[str]] = None):
+    def find(self, domains: Optional[Sequence[str]] = None) -> Tuple[dict, str, Path]:
         """The latest router for exactly ``domains``; with None, the only router name there is."""
         names = self.names()
         if domains is None:
@@ -90,18 +89,17 @@ class RouterStore:
                     f"the registry holds several routers ({', '.join(names)}): name one with --router", self.folder)
             return self.load(names[0])
         for name in names:
-            router = self.load(name)
-            if sorted(router.domains) == sorted(domains):
-                return router
+            found = self.load(name)
+            if sorted(found[0].get("domains") or []) == sorted(domains):
+                return found
         raise CachetuneError(f"no router for {', '.join(sorted(domains))} in the registry (routers: "
                              f"{', '.join(names) or 'none'}); train one with `cachetune router train`", self.folder)
 
 
-def load_router_file(path, ref: Optional[str] = None):
-    from cachetune.core.routing.router import Router
-
+def read_router_file(path) -> dict:
+    """A router document: a JSON object with a ``domains`` list (the rest is checked when it is used)."""
     path = Path(path)
     data = read_json(path)
-    if not isinstance(data, dict):
-        raise CachetuneError("not a router file: expected a JSON object", path)
-    return Router.from_json(data, where=path, ref=ref or str(path))
+    if not isinstance(data, dict) or not isinstance(data.get("domains"), list):
+        raise CachetuneError("not a router file: expected a JSON object with a 'domains' list", path)
+    return data

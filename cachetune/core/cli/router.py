@@ -86,9 +86,11 @@ def register(cli, pm) -> None:
                   help="A domain's training queries: prepared .jsonl ('query'), .json, or .txt (one per line).")
     @click.option("--run", "runs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
                   help="A `cachetune run` (or prepare) folder: its data/train.jsonl, domain from the rows.")
-    @click.option("--heldout", type=float, default=0.2, show_default=True,
+    @click.option("--heldout", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.2,
+                  show_default=True,
                   help="Share of each domain's queries held out to compare the classifiers and set thresholds.")
-    @click.option("--max-rejected", type=float, default=0.01, show_default=True,
+    @click.option("--max-rejected", type=click.FloatRange(0.0, 0.5, min_open=True, max_open=True), default=0.01,
+                  show_default=True,
                   help="Share of a domain's own held-out queries its threshold may send to the base model.")
     @click.option("--base-threshold", type=click.FloatRange(-1.0, 1.0),
                   help="Cache threshold for queries of no domain (default: the strictest base-model threshold "
@@ -100,8 +102,13 @@ def register(cli, pm) -> None:
         """Train a router for the registry's adapters of the given domains and store it in the registry."""
         from cachetune.core.routing.train import train_router
         from cachetune.core.serving.models import load_multi, open_registry
-        from cachetune.registry.routers import RouterStore
+        from cachetune.registry.routers import RouterStore, check_router_name
 
+        if name is not None:
+            try:
+                check_router_name(name)
+            except CachetuneError as exc:
+                raise click.BadParameter(exc.message, param_hint="--name") from None
         pairs = _pairs(queries, "--queries") + [_run_queries(folder) for folder in runs]
         if len(pairs) < 2:
             raise click.UsageError("give the queries of at least two domains (--queries DOMAIN=FILE or --run DIR)")
@@ -111,7 +118,7 @@ def register(cli, pm) -> None:
         trained = train_router(multi, texts, heldout=heldout, seed=seed, max_rejected=max_rejected,
                                base_threshold=base_threshold, sources=dict(pairs),
                                log=lambda line: click.echo(line, err=True))
-        ref = RouterStore(reg).save(trained, name)
+        trained.ref = ref = RouterStore(reg).save(trained.to_json(), name)
         held = trained.heldout
         scores = ", ".join(f"{kind} {_percent(acc)}" for kind, acc in held["classifier_accuracy"].items())
         click.echo(f"held-out domain accuracy: {scores}; kept {held['kept']}")
@@ -132,7 +139,7 @@ def register(cli, pm) -> None:
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     def evaluate(registry, router_ref, queries, outside, as_json, device):
         """Routing accuracy on labelled queries, and the out-of-domain rate on other domains' queries."""
-        from cachetune.core.routing.loading import load_routed
+        from cachetune.core.serving.routed import load_routed
         from cachetune.core.routing.train import evaluate_router
 
         if not queries and not outside:
@@ -155,10 +162,11 @@ def register(cli, pm) -> None:
     def list_(registry, as_json):
         """Routers in the registry (latest version of each)."""
         from cachetune.core.serving.models import open_registry
+        from cachetune.core.serving.routed import read_router
         from cachetune.registry.routers import RouterStore
 
-        store = RouterStore(open_registry(registry))
-        rows = [_summary(store.load(name)) for name in store.names()]
+        reg = open_registry(registry)
+        rows = [_summary(read_router(reg, name)) for name in RouterStore(reg).names()]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -174,9 +182,9 @@ def register(cli, pm) -> None:
     def show(registry, ref):
         """A router's record (without its vectors): domains, adapters, held-out results, thresholds."""
         from cachetune.core.serving.models import open_registry
-        from cachetune.registry.routers import RouterStore
+        from cachetune.core.serving.routed import read_router
 
-        click.echo(json.dumps(_summary(RouterStore(open_registry(registry)).load(ref)), indent=2))
+        click.echo(json.dumps(_summary(read_router(open_registry(registry), ref)), indent=2))
 
 
 def _summary(router) -> dict:

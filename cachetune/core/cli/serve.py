@@ -53,7 +53,7 @@ def _load(domain, adapter, registry, merged=False, device=None, router=None):
     if domain == AUTO:
         if adapter or merged:
             raise click.UsageError("--domain auto picks the adapters itself: drop --adapter/--merged")
-        from cachetune.core.routing.loading import load_routed
+        from cachetune.core.serving.routed import load_routed
 
         return load_routed(registry, router, device=device)
     from cachetune.core.serving.models import load_model

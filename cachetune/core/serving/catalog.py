@@ -95,14 +95,14 @@ def _encoder(model_id: str, encode, model, base_model: str, batch_size: int,
 def _auto_encoder(reg, router_ref: Optional[str], encoders: List[Encoder], bases: Dict[str, dict]) -> Optional[Encoder]:
     """``auto``: the router (``router_ref``, else the registry's router over the most loaded domains)
     over the loaded adapters, or None when no router fits them."""
-    from cachetune.core.routing.loading import read_router, router_mismatch
+    from cachetune.core.serving.routed import read_router, router_mismatch
     from cachetune.core.routing.router import routed_encode
     from cachetune.registry.routers import RouterStore
 
     by_ref = {e.id: e for e in encoders}
     store = RouterStore(reg)
     candidates = [read_router(reg, router_ref)] if router_ref else \
-        sorted((store.load(name) for name in store.names()), key=lambda r: -len(r.domains))
+        sorted((read_router(reg, name) for name in store.names()), key=lambda r: -len(r.domains))
     for router in candidates:
         targets = {d: by_ref.get(ref) for d, ref in router.adapters.items()}
         base_id = next(iter(targets.values())).base_model if all(targets.values()) else None

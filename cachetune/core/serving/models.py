@@ -157,7 +157,7 @@ class MultiAdapterModel:
         self._lock = threading.Lock()
         self.base_model_entry = base_model_entry or {}  # {"id", "weights_sha256"} of the shared base
         self.base_thresholds = base_thresholds or {}  # label -> the base model's calibrated threshold
-        self.router = None  # set by cachetune.core.routing.loading.attach_router: domain="auto"
+        self.router = None  # set by cachetune.core.serving.routed.attach_router: domain="auto"
         self.router_problem: Optional[str] = None  # why no router is attached, for domain="auto"'s error
 
     @property
@@ -179,7 +179,7 @@ class MultiAdapterModel:
         :class:`RoutedEmbeddings`: the rows, the domain chosen per text and its cache threshold.
         """
         if domain == "auto":
-            from cachetune.core.routing.loading import encode_routed
+            from cachetune.core.serving.routed import encode_routed
 
             return encode_routed(self, texts, **kwargs)
         with self._lock:
@@ -193,7 +193,7 @@ class MultiAdapterModel:
     def similarity(self, a: str, b: str, domain: Optional[str] = None):
         """Cosine of ``a`` and ``b`` under ``domain``'s adapter; ``"auto"``: a :class:`RoutedSimilarity`."""
         if domain == "auto":
-            from cachetune.core.routing.loading import similarity_routed
+            from cachetune.core.serving.routed import similarity_routed
 
             return similarity_routed(self, a, b)
         vectors = self.encode([a, b], domain=domain, normalize_embeddings=True)
@@ -213,7 +213,7 @@ def load_multi(domains: Sequence[str], registry=None, device: Optional[str] = No
         raise CachetuneError(f"a domain is listed twice: {list(domains)}")
     reg = open_registry(registry)
     multi = load_shared({domain: reg.find(domain) for domain in domains}, reg, device=device, base_model=base_model)
-    from cachetune.core.routing.loading import attach_registry_router
+    from cachetune.core.serving.routed import attach_registry_router
 
     attach_registry_router(multi, reg, router)
     return multi

@@ -1,4 +1,5 @@
-"""Routers on loaded models: attach one to a :class:`MultiAdapterModel` and encode with ``domain="auto"``.
+"""Routers on loaded models: read one from the registry, attach it to a :class:`MultiAdapterModel`,
+and encode with ``domain="auto"``.
 
 A router is attached only when it was trained on the same base model (id and weights) and for
 exactly the adapter versions loaded: its confidence centroids live in those adapters' spaces.
@@ -50,13 +51,17 @@ def attach_router(multi, router: Router) -> None:
     multi.router, multi.router_problem = router, None
 
 
-def read_router(registry, router: Optional[str], domains=None) -> Router:
-    from cachetune.registry.routers import RouterStore, load_router_file
+def read_router(registry, router: Optional[str] = None, domains=None) -> Router:
+    """``router`` (``name[@version]`` or a router file), else the registry's router for ``domains``
+    (None: its only router)."""
+    from cachetune.registry.routers import RouterStore, read_router_file
 
     if router and (str(router).endswith(".json") or Path(router).is_file()):
-        return load_router_file(router)
-    store = RouterStore(registry)
-    return store.load(router) if router else store.find(domains)
+        document, ref, path = read_router_file(router), str(router), Path(router)
+    else:
+        store = RouterStore(registry)
+        document, ref, path = store.load(router) if router else store.find(domains)
+    return Router.from_json(document, where=path, ref=ref)
 
 
 def attach_registry_router(multi, registry, router: Optional[str] = None) -> None:
