@@ -119,7 +119,7 @@ def test_other_bad_options(run_cli, base, tmp_path):
     _fails(run_cli, ["--domain", "programming", "--register-metrics", "--output", tmp_path / "o"],
            "--register-metrics needs --adapter NAME")
     afile = _write(tmp_path / "afile", "x")
-    _fails(run_cli, [*base, "--pairs", MQP, "--output", afile], "output exists and is not a folder")
+    _fails(run_cli, [*base, "--pairs", MQP, "--output", afile], "exists and is not a folder (--output)")
 
 
 def test_failed_run_keeps_earlier_outputs(run_cli, base, tmp_path):

@@ -296,3 +296,22 @@ def test_help_does_not_import_torch_and_defaults_agree():
     from cachetune.core.train.config import DEFAULT_LR, TrainConfig
 
     assert command.DEFAULT_LR == DEFAULT_LR == TrainConfig("d", "t", "o").lr
+
+
+def test_diverging_loss_stops_with_one_line_and_no_adapter(run_cli, triplet_file, tmp_path, tiny_model):
+    out = tmp_path / "adapter"
+    res = run_cli(tiny_args(triplet_file, out, tiny_model, "--lr", "1e30", "--warmup-ratio", "0"))
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error")]
+    assert res.exit_code == 1 and len(errors) == 1, res.stderr
+    assert errors[0].startswith(f"Error: {out}: training diverged at step ") and "the loss is nan" in errors[0]
+    assert "Traceback" not in res.stderr
+    assert not (out / PEFT_WEIGHTS).exists() and not (out / CARD_FILE).exists()
+
+
+def test_too_few_triplets_warn_and_say_how_many_steps_ran(run_cli, shared_data, tmp_path, tiny_model):
+    one = write_jsonl(tmp_path / "one.jsonl", conala_triplets(shared_data, 1))
+    res = run_cli(tiny_args(one, tmp_path / "a", tiny_model))
+    assert res.exit_code == 0, res.stderr
+    assert "Warning: only 1 triplet(s) to train on (1 step(s)): too few" in res.stderr
+    assert "; 1 steps, final loss " in res.stdout
+    assert json.loads((tmp_path / "a" / CARD_FILE).read_text())["results"]["steps"] == 1

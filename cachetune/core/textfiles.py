@@ -53,12 +53,12 @@ def read_json(path: PathLike):
         raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
 
 
-def iter_csv(path: PathLike, delimiter: Optional[str] = None) -> Iterator[Tuple[int, List[str], List[str]]]:
-    """``(line, header, cells)`` per non-blank record of a CSV/TSV file with a header line.
+def iter_csv(path: PathLike, delimiter: Optional[str] = None) -> Iterator[Tuple[int, List[str]]]:
+    """``(line, cells)`` per non-blank record of a CSV/TSV file, the header first (its cells
+    stripped, a byte-order mark dropped). ``delimiter`` None: sniffed among ``,``, tab and ``;``.
 
-    ``delimiter`` None: sniffed among ``,``, tab and ``;``. The header's cells are stripped (and a
-    byte-order mark dropped); a record with more cells than the header, or a quote that is never
-    closed, is an error naming the line where the record starts.
+    Read strictly: a quote that is never closed is an error naming the line where its record
+    starts (Python's csv module would otherwise swallow the rest of the file into one field).
     """
     path = Path(path)
     if not path.is_file():
@@ -72,24 +72,18 @@ def iter_csv(path: PathLike, delimiter: Optional[str] = None) -> Iterator[Tuple[
             except csv.Error:
                 delimiter = ","
         reader = csv.reader(fh, delimiter=delimiter, strict=True)
-        header: Optional[List[str]] = None
-        start = 1
+        start, header = 1, True
         while True:
             try:
                 cells = next(reader)
             except StopIteration:
-                break
+                return
             except csv.Error as exc:
                 what = "a quote that is never closed" if "end of data" in str(exc) else f"bad CSV ({exc})"
                 raise CachetuneError(what, path, start) from None
             line, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in cells):
                 continue
-            if header is None:
-                header = [cell.strip().lstrip("\ufeff") for cell in cells]
-                continue
-            if len(cells) > len(header):
-                raise CachetuneError(f"{len(cells)} cells, but the header has {len(header)} columns", path, line)
-            yield line, header, cells
-        if header is None:
-            raise CachetuneError("empty CSV file (no header line)", path)
+            if header:
+                cells, header = [cell.strip().lstrip("\ufeff") for cell in cells], False
+            yield line, cells

@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple, Union
 
 from cachetune.core.adapters import PEFT_WEIGHTS, check_finite_weights
 from cachetune.core.errors import CachetuneError
-from cachetune.core.outputs import REGISTRY_ADAPTERS_DIR, REGISTRY_INDEX_FILE, check_output
+from cachetune.core.outputs import REGISTRY_ADAPTERS_DIR, REGISTRY_INDEX_FILE, check_output, check_writable
 from cachetune.registry.adapter_files import copy_regular_file, file_problems, hash_files, inspect_adapter
 from cachetune.registry.index_file import IndexFile, check_name
 from cachetune.registry.staging import folder_bytes, remove_stale, stale_folders, staging_folder
@@ -212,6 +212,11 @@ class AdapterRegistry:
         return problems
 
     # -- writing ----------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """That an add would get past the index and the folder (checked before a long job that ends in one)."""
+        self.index.read()
+        check_writable(self.folder, "--registry")
+
     def add(self, adapter_dir: PathLike, name: Optional[str] = None) -> dict:
         """Validate ``adapter_dir``, copy it in as the next version of ``name``; return the record.
 

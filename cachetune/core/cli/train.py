@@ -142,9 +142,13 @@ def register(cli, pm) -> None:
             max_steps=max_steps, tokens_per_forward=tokens_per_forward, min_steps=min_steps, loss=loss,
             guide_filter=guide_filter,
         )
+        if register_adapter:  # a registry that cannot take the adapter is found now, not after training
+            from cachetune.registry import AdapterRegistry
+
+            AdapterRegistry(registry).check_writable()
         info = pm.domain_plugin(domain)
         card = run_train(config, domain_plugin={"name": info.name, "package": info.package, "version": info.version},
-                         log=click.echo, show_progress=not quiet)
+                         log=click.echo, show_progress=not quiet, warn=lambda message: click.echo(message, err=True))
         if register_adapter and card:  # rank 0 only: the other ranks get no card
             from cachetune import registry as adapter_registry
 

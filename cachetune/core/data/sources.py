@@ -57,10 +57,14 @@ def read_jsonl_queries(source: str, options: dict) -> Iterator[QueryRecord]:
 
 
 def read_csv_queries(source: str, options: dict) -> Iterator[QueryRecord]:
-    column = None
-    for line, header, cells in iter_csv(source):
-        if column is None:
-            column = header.index(pick_query_field(dict.fromkeys(header), options.get("query_field"), source, 1))
+    records = iter_csv(source)
+    _, header = next(records, (None, None))
+    if header is None:
+        raise CachetuneError("empty CSV file (no header)", source)
+    column = header.index(pick_query_field(dict.fromkeys(header), options.get("query_field"), source, 1))
+    for line, cells in records:
+        if len(cells) > len(header):
+            raise CachetuneError(f"{len(cells)} cells, but the header has {len(header)} columns", source, line)
         yield QueryRecord(cells[column] if column < len(cells) else None, f"{source}:{line}", {})
 
 

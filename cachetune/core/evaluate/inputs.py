@@ -9,7 +9,6 @@ queries out.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Set, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import iter_jsonl
+from cachetune.core.textfiles import iter_csv
 from cachetune.core.text import exact_key, normalize_query
 
 PAIR_FIELDS = ("sentence1", "sentence2", "label")
@@ -95,30 +95,20 @@ def _pair_row(raw: dict, columns, path, line) -> dict:
 
 
 def _iter_csv(path: Path, delimiter: str, columns) -> Iterable[Tuple[int, dict]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        header = next(reader, None)
-        while header is not None and not any(cell.strip() for cell in header):
-            header = next(reader, None)  # blank lines before the header
-        if header is None:
-            raise CachetuneError("empty file (expected a header line: " + ",".join(columns) + ")", path)
-        header = [cell.strip().lstrip("\ufeff") for cell in header]
-        header_line = reader.line_num
-        missing = [c for c in columns if c not in header]
-        if missing:
-            hint = "" if columns != PAIR_FIELDS else "; map other names with --columns a,b,label"
-            raise CachetuneError(
-                f"missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
-                f"(header: {', '.join(header)}{hint})", path, header_line)
-        start = reader.line_num
-        for cells in reader:
-            line = start + 1
-            start = reader.line_num
-            if not any(cell.strip() for cell in cells):
-                continue
-            if len(cells) != len(header):
-                raise CachetuneError(f"{len(cells)} cells, but the header has {len(header)} columns", path, line)
-            yield line, dict(zip(header, cells))
+    records = iter_csv(path, delimiter)
+    header_line, header = next(records, (None, None))
+    if header is None:
+        raise CachetuneError("empty file (expected a header line: " + ",".join(columns) + ")", path)
+    missing = [c for c in columns if c not in header]
+    if missing:
+        hint = "" if columns != PAIR_FIELDS else "; map other names with --columns a,b,label"
+        raise CachetuneError(
+            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
+            f"(header: {', '.join(header)}{hint})", path, header_line)
+    for line, cells in records:
+        if len(cells) != len(header):
+            raise CachetuneError(f"{len(cells)} cells, but the header has {len(header)} columns", path, line)
+        yield line, dict(zip(header, cells))
 
 
 def read_pairs(path, columns: Optional[Sequence[str]] = None, both_labels: bool = True) -> List[dict]:

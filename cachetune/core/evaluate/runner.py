@@ -33,6 +33,7 @@ from cachetune.core.evaluate.inputs import (
 )
 from cachetune.core.evaluate.scoring import count_truncated, headline, improvement, score_sets, texts_of
 from cachetune.core.jsonl import atomic_writer, write_json
+from cachetune.core.outputs import check_output
 from cachetune.core.models import encode
 
 METRICS_FILE = "metrics.json"
@@ -157,9 +158,7 @@ def evaluate(domain: Domain, output, *, pairs: Sequence = (), triplets: Sequence
         raise CachetuneError(f"--batch-size must be positive, got {batch_size}")
     if n_bootstrap < 0:
         raise CachetuneError(f"--bootstrap must be >= 0, got {n_bootstrap}")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise CachetuneError("output exists and is not a folder", output)
+    output = check_output(output, "--output", folder=True, overwrite=True)
 
     # Everything that can be wrong with the inputs or the adapter fails here, before encoding.
     adapter_dir = check_adapter_folder(adapter)

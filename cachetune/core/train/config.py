@@ -3,10 +3,12 @@ the output folder, and that a resumed run trains what the interrupted one did.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from cachetune.core import outputs
 from cachetune.core.adapters import CARD_FILE, PEFT_WEIGHTS
 from cachetune.core.errors import CachetuneError
 from cachetune.core.train import checkpoints as ckpt
@@ -32,6 +34,13 @@ RESUME_OPTIONS = {
 
 # What a checkpoint written before an option existed was trained with.
 LEGACY_VALUES = {"drop_inverted": False, "min_steps": None, "loss": "mnrl", "guide_filter": False}
+
+# The real-valued settings: each must be a finite number.
+FLOAT_SETTINGS = ("lr", "temperature", "lora_alpha", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm")
+
+# Fewer triplets than this after filtering barely move the LoRA (16 steps on ~2k triplets is the
+# measured default run, README): training goes on, with a warning that says how many steps ran.
+MIN_TRIPLETS = 100
 
 
 @dataclass
@@ -73,6 +82,10 @@ class TrainConfig:
     tokens_per_forward: Optional[int] = None  # None: CPU_TOKENS_PER_FORWARD on CPU, 0 (unlimited) on GPU
 
     def validate(self) -> None:
+        for name in FLOAT_SETTINGS:  # inf and nan pass every comparison below or fail it misleadingly
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise CachetuneError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 2, "--batch-size must be at least 2 (in-batch negatives need company)"),
@@ -106,9 +119,9 @@ class TrainConfig:
 
 
 def check_output(config: TrainConfig) -> None:
-    out = Path(config.output)
-    if out.exists() and not out.is_dir():
-        raise CachetuneError("output exists and is not a folder (--output)", out)
+    """Before anything loads: not inside a registry, writable, and no finished adapter or
+    unfinished run replaced without ``--overwrite``."""
+    out = outputs.check_output(config.output, "--output", folder=True, overwrite=True)
     if config.overwrite or not out.exists():
         return
     if (out / PEFT_WEIGHTS).exists() or (out / CARD_FILE).exists():

@@ -37,7 +37,13 @@ from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import write_json
 from cachetune.core.models import canonical_model_id, resolve_base_model, sha256_file, weights_sha256
 from cachetune.core.train import checkpoints as ckpt
-from cachetune.core.train.config import CPU_TOKENS_PER_FORWARD, TrainConfig, check_output, check_resume
+from cachetune.core.train.config import (
+    CPU_TOKENS_PER_FORWARD,
+    MIN_TRIPLETS,
+    TrainConfig,
+    check_output,
+    check_resume,
+)
 from cachetune.core.train.data import TokenizedTexts, TripletBatchSampler, load_triplets
 from cachetune.core.train.runtime import Runtime, gather_rng_states, init_runtime, sync_gradients
 from cachetune.core.train.scoring import drop_inverted_triplets, evaluate_base_and_adapter
@@ -95,20 +101,22 @@ def library_versions() -> Dict[str, str]:
 
 
 def train(config: TrainConfig, domain_plugin: Optional[dict] = None, log: Callable[[str], None] = print,
-          show_progress: bool = True) -> dict:
-    """Train an adapter into ``config.output``; returns its card (on rank 0; {} elsewhere)."""
-    return run_training(config, domain_plugin, log, show_progress)[0]
+          show_progress: bool = True, warn: Optional[Callable[[str], None]] = None) -> dict:
+    """Train an adapter into ``config.output``; returns its card (on rank 0; {} elsewhere).
+    ``warn`` gets the warnings (default: ``log``)."""
+    return run_training(config, domain_plugin, log, show_progress, warn)[0]
 
 
 def run_training(config: TrainConfig, domain_plugin: Optional[dict] = None, log: Callable[[str], None] = print,
-                 show_progress: bool = True):
+                 show_progress: bool = True, warn: Optional[Callable[[str], None]] = None):
     """Like :func:`train`, but returns ``(card, model)``: the trained SentenceTransformer
     (adapter attached, eval mode) as it is in memory, e.g. to compare with a reload."""
     config.validate()
     runtime = init_runtime(config.precision, config.threads)
+    quiet = lambda _msg: None  # noqa: E731 - ranks other than 0 say nothing
     try:
-        return _train(config, runtime, domain_plugin or {}, log if runtime.main else (lambda _msg: None),
-                      show_progress and runtime.main)
+        return _train(config, runtime, domain_plugin or {}, log if runtime.main else quiet,
+                      show_progress and runtime.main, (warn or log) if runtime.main else quiet)
     finally:
         if runtime.distributed:
             import torch.distributed as dist
@@ -116,7 +124,7 @@ def run_training(config: TrainConfig, domain_plugin: Optional[dict] = None, log:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_progress: bool) -> dict:
+def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_progress: bool, warn) -> dict:
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -195,6 +203,9 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     warmup_steps = math.ceil(total_steps * config.warmup_ratio)
+    if len(data) < MIN_TRIPLETS:
+        warn(f"Warning: only {len(data)} triplet(s) to train on ({total_steps} step(s)): too few to change the "
+             f"embeddings much; generate at least {MIN_TRIPLETS} (a few thousand is typical)")
     log(f"{len(data):,} triplets ({data.skipped_total} skipped), {steps_per_epoch} steps/epoch x {epochs} "
         f"epoch(s) = {total_steps} steps, batch {config.batch_size}{'' if config.hard_negatives else ', no hard negatives'}"
         f"; device {rt.device}, {rt.precision}, {rt.threads} threads"
@@ -233,6 +244,10 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
             loss = loss_fn(embeddings, batch_ids)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         step_loss = sync_gradients(trainable, loss.detach(), rt) if rt.distributed else loss.item()
+        if not math.isfinite(step_loss):  # every rank sees the same (averaged) loss and stops here
+            bar.close()
+            raise CachetuneError(f"training diverged at step {global_step + 1}: the loss is {step_loss} "
+                                 "(lower --lr or --temperature); no adapter was written", config.output)
         if scaler is not None:
             scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -309,7 +324,7 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     ckpt.remove_checkpoints(out)
     size = (out / PEFT_WEIGHTS).stat().st_size
     log(f"adapter: {out} ({PEFT_WEIGHTS} {size / 1024:.1f} KiB, {n_trainable:,} trainable parameters); "
-        f"final loss {results['final_loss']}, {results['triplets_per_s']} triplets/s, "
+        f"{global_step} steps, final loss {results['final_loss']}, {results['triplets_per_s']} triplets/s, "
         f"{results['wall_time_s']} s training ({time.time() - started:.1f} s in all)")
     return card, model
 

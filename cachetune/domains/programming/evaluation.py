@@ -182,7 +182,7 @@ def load_conala_pairs(context: EvaluationContext) -> Optional[list]:
     if cache.exists():
         try:
             rows = json.loads(cache.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             rows = None  # a damaged cache is rebuilt
     if rows is None:
         rows = build_pairs(records, mining_embedder(), held=held, train=train, seed=context.seed)

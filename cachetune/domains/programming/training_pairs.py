@@ -18,13 +18,13 @@ source and licence in ``data/train/CONALA_TRAIN_SOURCE.md``).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from cachetune.core.errors import CachetuneError
+from cachetune.core.textfiles import read_json
 from cachetune.core.text import exact_key, near_key, normalize_query
 from cachetune.core.types import TrainingContext, TrainingSet
 from cachetune.domains.programming.rules import FILLER_WORDS
@@ -51,10 +51,7 @@ def read_conala_pairs(path) -> List[Pair]:
     path = Path(path)
     if not path.exists():
         raise CachetuneError("file not found", path)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CachetuneError(f"invalid JSON: {exc.msg}", path, exc.lineno) from None
+    records = read_json(path)
     if not isinstance(records, list):
         raise CachetuneError("expected a JSON array of CoNaLa records", path)
     pairs, seen = [], set()
