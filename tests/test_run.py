@@ -43,6 +43,24 @@ def test_bad_config_is_one_line(run_cli, tmp_path, content, needle):
     assert result.exit_code != 0 and len(err) == 1 and needle in err[0] and "run.yaml" in err[0]
 
 
+def test_one_pairs_file_is_a_list_of_one(pm, run_cli, tmp_path):
+    """`--set evaluate.pairs=FILE` (or `pairs: FILE` in the YAML file) names one file, not its letters."""
+    import yaml
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("sentence1,sentence2,label\na,b,1\n", encoding="utf-8")
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(f"evaluate:\n  pairs: {pairs}\n", encoding="utf-8")
+    assert resolve_config(pm.get_domain("medical"), cfg_file)["evaluate"]["pairs"] == [str(pairs)]
+    result = run_cli(["run", "--domain", "medical", "--set", f"evaluate.pairs={pairs}", "--print-config"])
+    assert result.exit_code == 0 and yaml.safe_load(result.stdout)["evaluate"]["pairs"] == [str(pairs)]
+    result = run_cli(["run", "--domain", "medical", "--workdir", tmp_path / "w", "--set",
+                      f"evaluate.pairs={tmp_path / 'nope.csv'}"])
+    assert result.exit_code == 1 and not (tmp_path / "w").exists()
+    assert result.stderr.strip().splitlines() == [f"Error: {tmp_path / 'nope.csv'}: pairs file not found "
+                                                  "(evaluate.pairs)"]
+
+
 def test_print_config(run_cli, tmp_path):
     result = run_cli(["run", "--domain", "programming", "--workdir", tmp_path, "--set", "train.lr=5e-4",
                       "--print-config"])

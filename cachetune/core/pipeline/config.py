@@ -151,6 +151,10 @@ def resolve_config(
              for section, values in (overrides or {}).items()}
     _merge(config, flags, "command line")
     _merge(config, parse_overrides(sets), "--set")
+    for section, values in DEFAULTS.items():  # one value for a list setting (--set evaluate.pairs=FILE) is a list of one
+        for key, default in values.items():
+            if isinstance(default, list) and isinstance(config[section][key], str):
+                config[section][key] = [config[section][key]]
     if config["prepare"]["source"] is None and config["generate"]["limit"] is None:
         # The offline default run must finish in under 15 minutes on 2 cores: measured there,
         # all 270 sample training queries took 13 of its 14 minutes generating.

@@ -52,7 +52,7 @@ class RunState:
         if self.path.exists():
             try:
                 self.data = json.loads(self.path.read_text(encoding="utf-8")).get("stages", {})
-            except json.JSONDecodeError:
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 self.data = {}  # a torn state file only costs re-checking the stages
 
     def done(self, stage: str, fingerprint: str, outputs) -> bool:
@@ -80,6 +80,9 @@ class Pipeline:
         # Checked now, before any stage runs or model loads: an unknown backend or option is one line.
         self.backend, self.backend_options = self._backend()
         check_output(self.workdir, "--workdir", folder=True, overwrite=True)  # the run's own folder
+        for pairs in config["evaluate"]["pairs"] or []:  # found missing now, not after training
+            if not Path(pairs).is_file():
+                raise CachetuneError("pairs file not found (evaluate.pairs)", pairs)
 
     def _backend(self):
         from cachetune.core.generate.backends import backend_settings
