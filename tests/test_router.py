@@ -274,3 +274,16 @@ def test_readme_one_cache_for_many_domains(setup, redis_url, monkeypatch):
         assert lookup("How do I reverse a string in python") is None
     finally:
         cache.delete()
+
+
+@pytest.mark.slow
+def test_serve_merged_routes_across_merged_copies(setup, heldout, cooking):
+    """With --merged each adapter is its own merged model; "auto" routes across them the same way."""
+    from cachetune.core.serving.catalog import load_catalog
+
+    texts = [heldout["medical"][2], heldout["programming"][2], cooking[0]]
+    merged = load_catalog(setup["registry"].root, merged=True, device="cpu").resolve("auto").encode(texts)
+    shared = load_catalog(setup["registry"].root, device="cpu").resolve("auto").encode(texts)
+    assert merged.domains == shared.domains
+    assert merged.domains[:2] == ["medical", "programming"]
+    assert np.abs(merged.embeddings - shared.embeddings).max() < 1e-4
