@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +59,8 @@ def main() -> None:
     from cachetune.core.routing.router import token_embedding_means
 
     torch.set_num_threads(args.threads)
+    if any("=" not in item for item in args.queries):
+        parser.error("--queries takes DOMAIN=FILE")
     files = dict(item.split("=", 1) for item in args.queries)
     texts = mixed_batch(files, args.n)
     multi = load_routed(args.registry, args.router, device="cpu")
@@ -80,12 +83,10 @@ def main() -> None:
                 known_s += elapsed
         decide_s += best_of(lambda: router.choose(token_embedding_means(multi.model, part)), args.repeats)
         domains += multi.encode(part, domain="auto", **options).domains
-    counts = {}
-    for name in domains:
-        counts[name or "base"] = counts.get(name or "base", 0) + 1
+    counts = Counter(name or "base" for name in domains)
     ratio = routed_s / known_s
-    print(f"{len(texts)} texts ({', '.join(f'{d} {n}' for d, n in sorted(counts.items()))} as routed), batch size {args.batch_size}, "
-          f"{args.threads} torch thread(s), router {router.ref} ({router.classifier})")
+    print(f"{len(texts)} texts ({', '.join(f'{d} {n}' for d, n in sorted(counts.items()))} as routed), "
+          f"batch size {args.batch_size}, {args.threads} torch thread(s), router {router.ref} ({router.classifier})")
     print(f"known adapter ({known}): {known_s:.2f} s ({len(texts) / known_s:.1f} texts/s)")
     print(f"routed (auto):          {routed_s:.2f} s ({len(texts) / routed_s:.1f} texts/s)")
     print(f"routing decision alone: {decide_s:.3f} s ({100 * decide_s / known_s:.1f}% of the known encode)")

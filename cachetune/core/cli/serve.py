@@ -7,6 +7,7 @@ adapter, compared with the threshold calibrated when the adapter was evaluated.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ from cachetune.core.cli import DomainChoice
 from cachetune.core.cli.adapters import registry_option
 from cachetune.core.errors import CachetuneError
 
-AUTO = "auto"
+AUTO = "auto"  # the routed "domain" (cachetune.core.routing.router.AUTO; not imported: that loads numpy)
 
 
 class DomainOrAuto(DomainChoice):
@@ -110,9 +111,7 @@ def register(cli, pm) -> None:
         serving.write_embeddings(output, texts, vectors, served, domains)
         click.echo(f"{len(texts)} embeddings of dimension {vectors.shape[1]} ({label}) -> {output}", err=True)
         if domains is not None:
-            counts = {}
-            for name in domains:
-                counts[name or "base"] = counts.get(name or "base", 0) + 1
+            counts = Counter(name or "base" for name in domains)
             click.echo("routed: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())), err=True)
 
     @cli.command()

@@ -27,7 +27,7 @@ FEATURES = "base-token-embedding-mean"
 AUTO = "auto"
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
+def unit_rows(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
     return rows / np.where(norms == 0, 1.0, norms)
 
@@ -52,7 +52,7 @@ def token_embedding_means(model, texts: Sequence[str]) -> np.ndarray:
         if len(owner):
             sums.index_add_(0, owner.to(table.device), table[flat.to(table.device)])
         means = sums / lengths.to(table.device).unsqueeze(1).to(table.dtype)
-    return _unit(means.float().cpu().numpy())
+    return unit_rows(means.float().cpu().numpy())
 
 
 @dataclass
@@ -73,14 +73,18 @@ class Router:
     info: dict = field(default_factory=dict)  # training data, options, time
     ref: Optional[str] = None  # name@version once stored in a registry
 
+    @property
+    def label(self) -> str:
+        return f"router {self.ref}" if self.ref else "the router"
+
     def choose(self, features: np.ndarray) -> np.ndarray:
         """The index (into ``domains``) of the best-scoring domain for each row of token means."""
-        scores = _unit(features - self.center) @ self.weights.T + self.bias
+        scores = unit_rows(features - self.center) @ self.weights.T + self.bias
         return scores.argmax(axis=1)
 
     def confidence(self, domain: str, vectors: np.ndarray) -> np.ndarray:
         """Cosine of each of ``domain``'s adapter vectors to the domain's centroid."""
-        return _unit(np.asarray(vectors, dtype=np.float32)) @ self.centroids[domain]
+        return unit_rows(np.asarray(vectors, dtype=np.float32)) @ self.centroids[domain]
 
     def threshold_for(self, domain: Optional[str], adapter_threshold: Optional[float]) -> Optional[float]:
         return self.base_threshold if domain is None else adapter_threshold
@@ -167,7 +171,7 @@ def routed_encode(router: Router, feature_model, encoders: Dict[str, object], ba
         raise CachetuneError("nothing to encode: no texts")
     missing = [d for d in router.domains if d not in encoders]
     if missing:
-        raise CachetuneError(f"router {router.ref or ''} routes to {', '.join(missing)}, which is not loaded".strip())
+        raise CachetuneError(f"{router.label} routes to {', '.join(missing)}, which is not loaded")
     adapter_thresholds = adapter_thresholds or {}
     choice = router.choose(token_embedding_means(feature_model, texts))
     rows: List[Optional[np.ndarray]] = [None] * len(texts)

@@ -12,12 +12,13 @@ to belong to none of them.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.routing.router import Router, _unit, routed_encode, token_embedding_means
+from cachetune.core.routing.router import Router, routed_encode, token_embedding_means, unit_rows
 
 MIN_QUERIES = 10
 # Centroids in adapter space are means: a sample this large pins them down, and encoding every
@@ -54,9 +55,9 @@ def fit_classifiers(fit: np.ndarray, fit_labels: np.ndarray, held: np.ndarray, h
     from sklearn.linear_model import LogisticRegression
 
     center = fit.mean(axis=0)
-    x_fit, x_held = _unit(fit - center), _unit(held - center)
+    x_fit, x_held = unit_rows(fit - center), unit_rows(held - center)
     rules = {}
-    centroids = _unit(np.stack([x_fit[fit_labels == k].mean(axis=0) for k in range(n_domains)]))
+    centroids = unit_rows(np.stack([x_fit[fit_labels == k].mean(axis=0) for k in range(n_domains)]))
     rules["centroid"] = (centroids, np.zeros(n_domains))
     model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(x_fit, fit_labels)
     if n_domains == 2:  # sklearn keeps one row for two classes: score class 1 against a zero row
@@ -106,8 +107,8 @@ def train_router(multi, queries: Dict[str, Sequence[str]], heldout: float = 0.2,
         fit_part, held_part = split[domain]
         sample = [fit_part[i] for i in sorted(rng.permutation(len(fit_part))[:CENTROID_SAMPLE])]
         log(f"{domain}: encoding {len(sample)} + {len(held_part)} queries with {multi.adapters[domain].ref}")
-        centroids[domain] = _unit(_unit(_encode(multi, sample, domain)).mean(axis=0))
-        own_cosines[domain] = _unit(_encode(multi, held_part, domain)) @ centroids[domain]
+        centroids[domain] = unit_rows(unit_rows(_encode(multi, sample, domain)).mean(axis=0))
+        own_cosines[domain] = unit_rows(_encode(multi, held_part, domain)) @ centroids[domain]
         thresholds[domain] = float(np.quantile(own_cosines[domain], max_rejected))
     if base_threshold is None:
         base_threshold = base_threshold_of(multi)
@@ -154,16 +155,13 @@ def evaluate_router(router: Router, multi, queries: Dict[str, Sequence[str]],
     def where(texts: Sequence[str]) -> Dict[str, int]:
         routed = routed_encode(router, multi.model, encoders_for(), lambda texts: _encode(multi, texts, None),
                                texts)
-        counts: Dict[str, int] = {}
-        for domain in routed.domains:
-            counts[domain or "base"] = counts.get(domain or "base", 0) + 1
-        return counts
+        return dict(Counter(domain or "base" for domain in routed.domains))
 
     per_domain, right, total = {}, 0, 0
     for domain, texts in queries.items():
         if domain not in router.domains:
-            raise CachetuneError(f"router {router.ref or ''} does not route to '{domain}' (it routes to "
-                                 f"{', '.join(router.domains)}); pass its queries with --outside".replace("  ", " "))
+            raise CachetuneError(f"{router.label} does not route to '{domain}' (it routes to "
+                                 f"{', '.join(router.domains)}); pass its queries with --outside")
         counts = where(texts)
         per_domain[domain] = {"queries": len(texts), "routed": counts,
                               "accuracy": counts.get(domain, 0) / len(texts)}

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.routing.router import AUTO, RoutedEmbeddings, Router, routed_encode
+from cachetune.core.routing.router import RoutedEmbeddings, Router, routed_encode
 
 
 def router_mismatch(router: Router, loaded_refs: Dict[str, Optional[str]], base_entry: dict) -> Optional[str]:
@@ -152,4 +152,4 @@ def similarity_routed(multi, a: str, b: str) -> RoutedSimilarity:
     return RoutedSimilarity(float(vectors[0] @ vectors[1]), (first, second), routed.thresholds[0])
 
 
-__all__ = ["AUTO", "RoutedSimilarity", "attach_router", "encode_routed", "load_routed", "similarity_routed"]
+__all__ = ["RoutedSimilarity", "attach_router", "encode_routed", "load_routed", "similarity_routed"]
