@@ -14,6 +14,7 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM: its bundled price table, no fetch
 
 
 @pytest.fixture(scope="session")

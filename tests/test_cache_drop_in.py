@@ -6,6 +6,7 @@ with `adapters export --for TOOL`. Then, on held-out human pairs (CoNaLa intent 
 intent and mined near misses), one pair whose adapter cosine is just above the threshold and one
 just below it go through each tool's own cache, configured by the exported cache-config file:
 the first must hit, the second must miss. A threshold in the wrong units fails one of the two.
+redisvl's OpenAITextVectorizer and LiteLLM do the same through `cachetune serve`.
 """
 
 from __future__ import annotations
@@ -109,17 +110,21 @@ def run_config(folder: Path, redis_url: str = "") -> dict:
     return namespace
 
 
-def test_redisvl_semantic_cache_with_hf_vectorizer(exported, near_pairs, trained, redis_url):
+def check_redisvl_decisions(cache, near_pairs) -> None:
+    """The pair just above the threshold hits a redisvl SemanticCache; the one just below misses."""
     (above_cached, above_query), (below_cached, below_query) = near_pairs
-    cache = run_config(exported["redisvl"], redis_url)["cache"]
-    assert type(cache._vectorizer).__name__ == "HFTextVectorizer"
-    assert cache.distance_threshold == pytest.approx(1 - trained["threshold"], abs=1e-6)
     cache.store(prompt=above_cached, response="above")
-    hits = cache.check(prompt=above_query)
-    assert [h["response"] for h in hits] == ["above"]
+    assert [hit["response"] for hit in cache.check(prompt=above_query)] == ["above"]
     cache.clear()
     cache.store(prompt=below_cached, response="below")
     assert cache.check(prompt=below_query) == []
+
+
+def test_redisvl_semantic_cache_with_hf_vectorizer(exported, near_pairs, trained, redis_url):
+    cache = run_config(exported["redisvl"], redis_url)["cache"]
+    assert type(cache._vectorizer).__name__ == "HFTextVectorizer"
+    assert cache.distance_threshold == pytest.approx(1 - trained["threshold"], abs=1e-6)
+    check_redisvl_decisions(cache, near_pairs)
 
 
 def test_langchain_redis_semantic_cache_with_huggingface_embeddings(exported, near_pairs, redis_url):
@@ -209,8 +214,12 @@ def readme_block(heading: str) -> str:
     return found.group(1)
 
 
-def run_readme(heading: str, redis_url: str = "") -> dict:
+def run_readme(heading: str, redis_url: str = "", server_url: str = "") -> dict:
+    """Run a README snippet, pointed at the test's Redis and (``server_url``) `cachetune serve`."""
     code = readme_block(heading).replace("redis://localhost:6379", redis_url or "redis://localhost:6379")
+    if server_url:
+        assert code.count("http://127.0.0.1:8080/v1") == 1, heading
+        code = code.replace("http://127.0.0.1:8080/v1", f"{server_url}/v1")
     namespace: dict = {"__name__": "readme"}
     exec(compile(code, f"README {heading}", "exec"), namespace)
     return namespace
@@ -221,12 +230,7 @@ def test_readme_redisvl(exported, near_pairs, redis_url, monkeypatch, capsys):
     cache = run_readme("redisvl", redis_url)["cache"]
     capsys.readouterr()
     cache.clear()
-    (above_cached, above_query), (below_cached, below_query) = near_pairs
-    cache.store(prompt=above_cached, response="above")
-    assert [h["response"] for h in cache.check(prompt=above_query)] == ["above"]
-    cache.clear()
-    cache.store(prompt=below_cached, response="below")
-    assert cache.check(prompt=below_query) == []
+    check_redisvl_decisions(cache, near_pairs)
 
 
 def test_readme_langchain(exported, near_pairs, redis_url, monkeypatch):
@@ -252,36 +256,40 @@ def test_readme_gptcache(exported, near_pairs, tmp_path):
         {"above": "above", "below": None}
 
 
-def test_readme_litellm_against_cachetune_serve(trained, exported, near_pairs, redis_url, monkeypatch):
-    """LiteLLM embeds through `cachetune serve` (the merged adapter) and caches in Redis; no LLM runs."""
-    import litellm
-
+# -- through `cachetune serve`: OpenAI-compatible clients -------------------------------------
+@pytest.fixture(scope="module")
+def served(trained):
+    """Base URL of `cachetune serve`'s app for the trained adapter (unmerged, as the command defaults)."""
     from cachetune.core.serving.catalog import load_catalog
     from cachetune.core.serving.server import create_app
     from embedding_server import running_server
 
-    litellm_folder = exported["redisvl"].parent / "programming-litellm"
-    if not litellm_folder.exists():
-        litellm_folder.symlink_to(exported["redisvl"])  # the same merged folder; the snippet reads its threshold
-    monkeypatch.chdir(exported["redisvl"].parent)
-    monkeypatch.delenv("HOSTED_VLLM_API_BASE", raising=False)
-    app = create_app(load_catalog(trained["registry"].root, refs=["programming"], merged=True, device="cpu"))
-    with running_server(app) as url:
-        code = readme_block("LiteLLM").replace("http://127.0.0.1:8080", url)
-        code = code.replace("redis://localhost:6379", redis_url)
-        exec(compile(code, "README LiteLLM", "exec"), {"__name__": "readme"})
-        try:
-            (above_cached, above_query), (below_cached, below_query) = near_pairs
+    with running_server(create_app(load_catalog(trained["registry"].root, ["programming"], device="cpu"))) as url:
+        yield url
 
-            def ask(prompt: str, fresh: str) -> str:
-                reply = litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
-                                           mock_response=fresh, caching=True)
-                return reply.choices[0].message.content
 
-            assert ask(above_cached, "above") == "above"
-            assert ask(above_query, "fresh") == "above"  # served from the cache
-            litellm.cache.cache.llmcache.clear()
-            assert ask(below_cached, "below") == "below"
-            assert ask(below_query, "fresh") == "fresh"  # a miss: the "LLM" answers
-        finally:
-            litellm.cache = None
+def test_readme_redisvl_openai_vectorizer_against_cachetune_serve(served, trained, near_pairs, redis_url):
+    cache = run_readme("redisvl through `cachetune serve`", redis_url, served)["cache"]
+    assert type(cache._vectorizer).__name__ == "OpenAITextVectorizer"
+    assert cache.distance_threshold == pytest.approx(1 - trained["threshold"], abs=1e-6)
+    check_redisvl_decisions(cache, near_pairs)
+
+
+@pytest.mark.parametrize("case", ["above", "below"])
+def test_readme_litellm_against_cachetune_serve(case, served, trained, near_pairs, redis_url, monkeypatch):
+    """LiteLLM embeds through `cachetune serve` and caches in Redis; no LLM runs (mock_response)."""
+    import litellm
+
+    monkeypatch.setenv("HOSTED_VLLM_API_BASE", "restored after the test")  # the snippet sets it
+    monkeypatch.setattr(litellm, "cache", None)
+    run_readme("LiteLLM", redis_url, served)
+    assert litellm.cache.cache.similarity_threshold == trained["threshold"]
+
+    def ask(prompt: str, fresh_answer: str) -> tuple:
+        reply = litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
+                                   mock_response=fresh_answer, caching=True)
+        return reply.choices[0].message.content, bool(reply._hidden_params.get("cache_hit"))
+
+    cached, query = near_pairs[0 if case == "above" else 1]
+    assert ask(cached, "cached") == ("cached", False)
+    assert ask(query, "fresh") == (("cached", True) if case == "above" else ("fresh", False))

@@ -124,6 +124,8 @@ def create_app(catalog: ModelCatalog, max_batch_size: int = 64, max_wait_ms: flo
         except QueueFull as exc:
             raise ApiError(503, f"the server is overloaded: {exc}; retry later", code="overloaded",
                            kind="server_error") from None
+        except Exception as exc:  # the batcher has logged it; this request fails, the server goes on
+            raise ApiError(500, f"encoding failed: {type(exc).__name__}: {exc}", kind="server_error") from None
         request.state.log = f"model={encoder.id} inputs={len(texts)} tokens={sum(counts)} format={encoding_format}"
         routed = getattr(vectors, "domains", None) is not None  # model "auto": the domain chosen per text
         rows = vectors.embeddings if routed else vectors
