@@ -121,7 +121,7 @@ def test_triplets_give_margin_accuracy_and_derived_pairs(run_cli, tiny_model, tm
     assert not list(out.glob("*.png"))
 
 
-def test_holdout_folder_drops_training_queries(run_cli, tiny_model, tmp_path):
+def test_holdout_triplets_of_training_queries_are_an_error(run_cli, tiny_model, tmp_path):
     prepared = tmp_path / "prepared"
     prepared.mkdir()
     train = ["sort a list in python", "merge two dictionaries"]
@@ -138,12 +138,23 @@ def test_holdout_folder_drops_training_queries(run_cli, tiny_model, tmp_path):
     ]
     (prepared / "holdout_triplets.jsonl").write_text("".join(json.dumps(t) + "\n" for t in triplets))
     out = tmp_path / "out"
+    # A held-out triplet made from a training query (here a reworded copy of one: prepare's
+    # near-duplicate rule) is an error naming the query, in the folder or given with --triplets.
+    result = run_cli(["evaluate", "--domain", "programming", "--base-model", tiny_model, "--holdout", prepared,
+                      "--no-domain-sets", "--bootstrap", "0", "--no-plots", "--output", out])
+    err = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(err) == 1 and "'Sort a list in Python'" in err[0]
+    assert "holdout_triplets.jsonl" in err[0] and "training query" in err[0]
+    (prepared / "holdout_triplets.jsonl").rename(tmp_path / "given.jsonl")
+    result = run_cli(["evaluate", "--domain", "programming", "--base-model", tiny_model, "--holdout", prepared,
+                      "--triplets", tmp_path / "given.jsonl", "--no-domain-sets", "--output", out])
+    assert result.exit_code == 1 and "given.jsonl" in result.stderr and "'Sort a list in Python'" in result.stderr
+    (prepared / "holdout_triplets.jsonl").write_text("".join(json.dumps(t) + "\n" for t in triplets[:3]))
     result = run_cli(["evaluate", "--domain", "programming", "--base-model", tiny_model, "--holdout", prepared,
                       "--no-domain-sets", "--bootstrap", "0", "--no-plots", "--output", out])
     assert result.exit_code == 0, result.stderr
     entry = json.loads((out / "metrics.json").read_text())["sets"]["holdout-triplets"]
     assert entry["rows"] == 3
-    assert "1 triplets whose query is a training query dropped" in entry["notes"]
 
     (prepared / "holdout_triplets.jsonl").unlink()
     result = run_cli(["evaluate", "--domain", "programming", "--base-model", tiny_model, "--holdout", prepared,
@@ -207,7 +218,7 @@ def test_domain_and_plugin_sets_run_by_default_with_their_metrics(run_cli, tiny_
     assert own["extra"]["mean_gap"] == pytest.approx(own["pairs"]["mean_pos"] - own["pairs"]["mean_neg"])
     assert metrics["sets"]["extra-triplets"]["base"]["extra"] == {"n_pos": 1.0}
     context = EvalPlugin.seen_contexts[-1]
-    assert (context.domain, context.limit, context.seed, context.data_dir) == ("cooking-eval", 7, 3, tmp_path)
+    assert (context.domain, context.limit, context.seed, context.eval_data) == ("cooking-eval", 7, 3, str(tmp_path))
     assert "Metrics of the evaluation set itself" in (out / "report.md").read_text()
 
     # --no-domain-sets leaves nothing to evaluate here: one clear line.
@@ -228,7 +239,7 @@ def test_registry_name_and_register_metrics(run_cli, adapter_dir, tmp_path):
                       "--register-metrics", "--output", out])
     assert result.exit_code == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["models"]["adapter"]["name"] == "med-test"
+    assert metrics["models"]["adapter"]["name"] == "med-test@1"
     record = AdapterRegistry(registry).get("med-test")
     assert record["calibrated_threshold"] == pytest.approx(metrics["adapter"]["pairs"]["calibrated_threshold"])
     assert record["metrics"]["adapter"]["pairs"]["ap"] == pytest.approx(metrics["adapter"]["pairs"]["ap"])
@@ -240,3 +251,32 @@ def test_registry_name_and_register_metrics(run_cli, adapter_dir, tmp_path):
     result = run_cli(["evaluate", "--domain", "medical", "--adapter", adapter_dir, "--register-metrics",
                       "--pairs", MQP, *MQP_COLUMNS, "--no-domain-sets", "--output", tmp_path / "o3"])
     assert result.exit_code == 1 and "--register-metrics needs --adapter NAME" in result.stderr
+
+
+def test_register_metrics_goes_to_the_version_evaluated(run_cli, adapter_dir, tmp_path):
+    """A version registered while `evaluate --adapter NAME` runs gets neither its metrics nor its threshold."""
+    from cachetune.registry import AdapterRegistry
+
+    registry = AdapterRegistry(tmp_path / "registry")
+    registry.add(adapter_dir, name="race")
+
+    class RegistersMidway:
+        @hookimpl
+        def register_domains(self, register):
+            def load(context):
+                registry.add(adapter_dir, name="race")  # version 2 arrives during the evaluation
+                return _pairs_rows()
+
+            register(Domain("race-eval", "test domain", "unused.txt",
+                            PromptTemplates("s", "p {n} {query}", "n {n} {query}"),
+                            evaluation_sets=(EvaluationSet("own", "pairs", load),)))
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    register_module(pm, RegistersMidway(), "registers-midway")
+    out = tmp_path / "out"
+    result = run_cli(["evaluate", "--domain", "race-eval", "--adapter", "race", "--registry", registry.root,
+                      "--bootstrap", "0", "--no-plots", "--register-metrics", "--output", out], pm=pm)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "metrics.json").read_text())["models"]["adapter"]["name"] == "race@1"
+    assert registry.get("race@1")["metrics"]["evaluated"] and registry.get("race@2").get("metrics") is None
+    assert "race@1" in result.stderr

@@ -12,7 +12,7 @@ import pytest
 from cachetune.core.types import EvaluationContext
 from cachetune.core.errors import CachetuneError
 from cachetune.core.plugin_manager import get_plugin_manager
-from cachetune.core.text import exact_key
+from cachetune.core.text import exact_key, near_key
 from cachetune.domains.medical import evaluation as medical_eval
 from cachetune.domains.programming import evaluation as programming_eval
 
@@ -64,12 +64,15 @@ def test_conala_pairs_are_balanced_hard_and_never_the_same_question(conala):
 
 
 def test_conala_holdout_keeps_training_queries_out(conala):
-    intents = sorted({exact_key(r["intent"]) for r in conala if r.get("rewritten_intent")})
+    from cachetune.domains.programming.rules import FILLER_WORDS
+
+    key = lambda text: near_key(text, FILLER_WORDS)  # noqa: E731 - prepare's rule
+    intents = sorted({key(r["intent"]) for r in conala if r.get("rewritten_intent")})
     held, train = set(intents[:300]), set(intents[300:])
     rows = programming_eval.build_pairs(conala, bag_of_words, held=held, train=train)
-    assert rows and all(exact_key(r["sentence1"]) in held for r in rows)
-    assert not any(exact_key(r["sentence1"]) in train or exact_key(r["sentence2"]) in train for r in rows)
-    rewrite_owner = {exact_key(r["rewritten_intent"]): exact_key(r["intent"]) for r in conala if r["rewritten_intent"]}
+    assert rows and all(key(r["sentence1"]) in held for r in rows)
+    assert not any(key(r["sentence1"]) in train or key(r["sentence2"]) in train for r in rows)
+    rewrite_owner = {exact_key(r["rewritten_intent"]): key(r["intent"]) for r in conala if r["rewritten_intent"]}
     assert all(rewrite_owner[exact_key(r["sentence2"])] in held for r in rows if r["label"] == 0)
 
 
@@ -90,55 +93,81 @@ def test_conala_loader_with_a_prepared_folder_and_its_cache(conala, shared_data,
 
     monkeypatch.setattr(programming_eval, "mining_embedder", fake_miner)
     monkeypatch.setenv("CACHETUNE_HOME", str(tmp_path / "home"))
-    context = EvaluationContext("programming", source=str(source), holdout=tmp_path / "prep", seed=0)
+    context = EvaluationContext("programming", eval_data=str(source), holdout=tmp_path / "prep", seed=0)
     rows = programming_eval.load_conala_pairs(context)
-    held = {exact_key(json.loads(line)["query"]) for line in open(tmp_path / "prep" / "holdout.jsonl")}
-    assert rows and all(exact_key(r["sentence1"]) in held for r in rows)
+    from cachetune.domains.programming.rules import FILLER_WORDS
+
+    held = {near_key(json.loads(line)["query"], FILLER_WORDS) for line in open(tmp_path / "prep" / "holdout.jsonl")}
+    assert rows and all(near_key(r["sentence1"], FILLER_WORDS) in held for r in rows)
     assert len(calls) == 1 and len(list((tmp_path / "home" / "cache" / "eval-sets").glob("*.json"))) == 1
     assert programming_eval.load_conala_pairs(context) == rows and len(calls) == 1  # cached: no re-mining
-    limited = programming_eval.load_conala_pairs(EvaluationContext("programming", source=str(source),
+    limited = programming_eval.load_conala_pairs(EvaluationContext("programming", eval_data=str(source),
                                                                    holdout=tmp_path / "prep", limit=20, seed=0))
     assert len(limited) == 20 and all(r in rows for r in limited)
 
 
-def test_conala_loader_source_errors_and_absence(tmp_path, monkeypatch):
+def test_conala_loader_source_errors(tmp_path):
     not_conala = tmp_path / "x.json"
     not_conala.write_text('{"a": 1}')
     with pytest.raises(CachetuneError, match="not a CoNaLa curated JSON file"):
-        programming_eval.load_conala_pairs(EvaluationContext("programming", source=str(not_conala)))
+        programming_eval.load_conala_pairs(EvaluationContext("programming", eval_data=str(not_conala)))
     mined_like = tmp_path / "mined.json"
     mined_like.write_text(json.dumps([{"intent": "sort a list", "snippet": "x.sort()", "question_id": 1}]))
     with pytest.raises(CachetuneError, match="only the curated split"):
-        programming_eval.load_conala_pairs(EvaluationContext("programming", source=str(mined_like)))
+        programming_eval.load_conala_pairs(EvaluationContext("programming", eval_data=str(mined_like)))
     with pytest.raises(CachetuneError, match="evaluation data not found"):
-        programming_eval.load_conala_pairs(EvaluationContext("programming", source=str(tmp_path / "missing")))
-    from cachetune.core.evaluate import inputs as eval_inputs
+        programming_eval.load_conala_pairs(EvaluationContext("programming", eval_data=str(tmp_path / "missing")))
 
-    monkeypatch.setattr(eval_inputs, "shared_data_dir", lambda: tmp_path / "nowhere")
-    monkeypatch.delenv(eval_inputs.DATA_ENV, raising=False)
-    assert programming_eval.load_conala_pairs(EvaluationContext("programming", data_dir=tmp_path)) is None
-    assert medical_eval.load_rqe_pairs(EvaluationContext("medical", data_dir=tmp_path)) is None
+
+def _sample_keys(domain):
+    from cachetune.core.data.sources import read_txt_queries
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    source = str(pm.get_domain(domain).default_source)
+    return {near_key(r.query) for r in read_txt_queries(source, {})}
+
+
+@pytest.mark.parametrize("domain, load, n_rows, n_positive", [
+    ("programming", programming_eval.load_conala_pairs, 388, 194),
+    ("medical", medical_eval.load_rqe_pairs, 302, 129),
+])
+def test_packaged_pairs_load_without_any_data_folder(domain, load, n_rows, n_positive):
+    """The sets ship in the package: no ../shared, no $CACHETUNE_DATA_DIR, disjoint from the sample queries."""
+    rows = load(EvaluationContext(domain))
+    assert len(rows) == n_rows and sum(r["label"] for r in rows) == n_positive
+    samples = _sample_keys(domain)
+    assert not any(near_key(r["sentence1"]) in samples or near_key(r["sentence2"]) in samples for r in rows)
+
+
+def test_packaged_conala_pairs_are_never_trained_on(shared_data, tmp_path):
+    """prepare of the full CoNaLa file leaves every packaged question out: nothing is dropped at evaluate."""
+    from cachetune.core.data.prepare import prepare
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    prepare(pm.get_domain("programming"), tmp_path, source=str(shared_data / "conala" / "conala-train.json"),
+            holdout=0.1, seed=0, readers=pm.source_readers())
+    rows = programming_eval.load_conala_pairs(EvaluationContext("programming", holdout=tmp_path))
+    assert len(rows) == 388
 
 
 def test_rqe_test_pairs(shared_data, tmp_path):
-    rows = medical_eval.load_rqe_pairs(EvaluationContext("medical", data_dir=shared_data))
-    assert len(rows) == 302 and sum(r["label"] for r in rows) == 129
+    rows = medical_eval.load_rqe_pairs(EvaluationContext("medical"))
+    published = medical_eval.load_rqe_pairs(EvaluationContext("medical", eval_data=str(shared_data / "rqe" / "RQE_Test_302_pairs_AMIA2016.xml")))
+    assert rows == published  # the packaged file is the published one
     assert rows[0]["sentence2"] == "What is High Blood Pressure?" and rows[0]["label"] == 0
     assert rows[0]["sentence1"].startswith("High Blood Pressure. I know you may not answer this")
-    # A training query is never scored.
+    # A training query is never scored, matched by prepare's near-duplicate rule, not only exact text.
     prep = tmp_path / "prep"
     prep.mkdir()
     (prep / "holdout.jsonl").write_text(json.dumps({"id": "h", "query": "What is an Arrhythmia?"}) + "\n")
-    (prep / "train.jsonl").write_text(json.dumps({"id": "t", "query": "what is high blood pressure?"}) + "\n")
-    kept = medical_eval.load_rqe_pairs(EvaluationContext("medical", data_dir=shared_data, holdout=prep))
+    (prep / "train.jsonl").write_text(json.dumps({"id": "t", "query": "what is   high blood pressure ??"}) + "\n")
+    kept = medical_eval.load_rqe_pairs(EvaluationContext("medical", holdout=prep))
     dropped = sum(1 for r in rows if exact_key(r["sentence2"]) == "what is high blood pressure?")
     assert dropped >= 1 and len(kept) == 302 - dropped
     # The training file can be chosen explicitly; something else cannot.
-    train_rows = medical_eval.load_rqe_pairs(EvaluationContext(
-        "medical", source=str(shared_data / "rqe" / "RQE_Train_8588_AMIA2016.xml"), limit=100))
+    train_rows = medical_eval.load_rqe_pairs(EvaluationContext("medical", eval_data=str(shared_data / "rqe" / "RQE_Train_8588_AMIA2016.xml"), limit=100))
     assert len(train_rows) == 100
     with pytest.raises(CachetuneError, match="not an RQE file"):
-        medical_eval.load_rqe_pairs(EvaluationContext(
-            "medical", source=str(next((shared_data / "medquad" / "1_CancerGov_QA").glob("*.xml")))))
-    with pytest.raises(CachetuneError, match="no RQE test file"):
-        medical_eval.load_rqe_pairs(EvaluationContext("medical", source=str(shared_data / "conala")))
+        medical_eval.load_rqe_pairs(EvaluationContext("medical", eval_data=str(next((shared_data / "medquad" / "1_CancerGov_QA").glob("*.xml")))))
+    with pytest.raises(CachetuneError, match="evaluation data not found"):
+        medical_eval.load_rqe_pairs(EvaluationContext("medical", eval_data=str(shared_data / "conala")))

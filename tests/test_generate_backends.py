@@ -337,6 +337,28 @@ def test_transformers_batched_generate_matches_one_at_a_time(tiny_causal_lm, tem
     assert batched.label == f"transformers:{tiny_causal_lm}"
 
 
+def test_transformers_sampled_request_is_answered_the_same_alone_and_in_a_batch(tiny_causal_lm, templates):
+    """Each request samples from its own seed: its reply does not depend on the batch it falls in
+    (before, a micro-batch was seeded with its first request's seed)."""
+    from dataclasses import replace
+
+    from cachetune.plugins.transformers_generator import TransformersGenerator
+
+    requests = requests_for(templates, ["sort a list", "how do I read a whole file into one string at once",
+                                        "merge two dictionaries"])
+    options = {"model": tiny_causal_lm, "temperature": 1.0, "max_tokens": 12}
+    batched = TransformersGenerator({**options, "concurrency": 8})
+    single = TransformersGenerator({**options, "concurrency": 1})
+    last = requests[-1]
+    alone = single.generate([last])[0].text
+    in_front = batched.generate([last] + list(requests[:-1]))[0].text
+    behind = batched.generate(list(requests))[-1].text
+    assert alone == in_front == behind
+    # Sampling is real: another seed draws another reply.
+    reseeded = [single.generate([replace(last, seed=last.seed + k)])[0].text for k in range(1, 4)]
+    assert any(text != alone for text in reseeded)
+
+
 def test_transformers_needs_a_model():
     from cachetune.plugins.transformers_generator import TransformersGenerator
 

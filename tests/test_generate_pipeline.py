@@ -6,6 +6,7 @@ known exactly; the real backends run in test_generate_backends.py and test_gener
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -147,6 +148,33 @@ def test_resume_skips_done_queries_and_keeps_history(tmp_path, templates):
     assert summary["queries_done"] == 0 and summary["finished"]
 
 
+def test_resume_keeps_only_rows_made_the_same_way_for_queries_still_in_the_input(tmp_path, templates):
+    run(tmp_path, templates, ScriptedGenerator(GOOD))
+    first = lines(tmp_path / "t.jsonl")
+    # The input loses a query (a re-split): its rows and sidecar line move aside, the rest is kept.
+    logs = []
+    inp = tmp_path / "train.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"programming-000{i}", "query": q, "domain": "programming"}) + "\n"
+                           for i, q in ((0, "sort a list of numbers"), (2, "merge two dictionaries"))))
+    config = GenerateConfig(domain="programming", input=inp, output=tmp_path / "t.jsonl", embedding_filter=False)
+    summary = generate_triplets(config, templates, None, log=logs.append)
+    kept = lines(tmp_path / "t.jsonl")
+    assert kept == [r for r in first if r["query_id"] == "programming-0000"] and summary["queries_done"] == 0
+    stale = [p for p in tmp_path.iterdir() if ".stale-" in p.name]
+    assert len(stale) == 1 and all(json.loads(line)["query_id"] == "programming-0001"
+                                   for line in stale[0].read_text().splitlines())
+    assert any("no longer in the input" in message for message in logs)
+    # Another option (or prompts, or generator): nothing old is kept, every query is asked again.
+    gen = ScriptedGenerator(GOOD)
+    summary = generate_triplets(dataclasses.replace(config, paraphrases=2), templates, lambda: gen, log=logs.append)
+    assert summary["queries_skipped_done"] == 0 and len(gen.calls) == 1 and len(gen.calls[0]) == 4
+    assert any("made by another generator, prompts or options" in message for message in logs)
+    gen = ScriptedGenerator(GOOD)
+    summary = generate_triplets(dataclasses.replace(config, paraphrases=2), templates, lambda: gen,
+                                generator_options={"backend": "scripted", "model": "other"})
+    assert summary["queries_skipped_done"] == 0 and gen.calls
+
+
 def test_torn_last_line_is_dropped_with_its_query(tmp_path, templates):
     run(tmp_path, templates, ScriptedGenerator(GOOD))
     out = tmp_path / "t.jsonl"
@@ -207,13 +235,18 @@ def test_no_resume_starts_over(tmp_path, templates):
 
 def test_foreign_or_corrupt_output_is_an_error_naming_the_line(tmp_path, templates):
     out = tmp_path / "t.jsonl"
-    out.write_text('{"query_id": "x", "domain": "programming"}\nnot json\n{"query_id": "y"}\n')
+    run(tmp_path, templates, ScriptedGenerator(GOOD))  # records how its rows were made
+    out.write_text('{"query_id": "programming-0000", "domain": "programming"}\nnot json\n{"query_id": "y"}\n')
     with pytest.raises(CachetuneError) as err:
         run(tmp_path, templates, ScriptedGenerator(GOOD))
     assert err.value.path == str(out) and err.value.line == 2
-    out.write_text('{"query_id": "x", "domain": "medical", "anchor": "a"}\n')
+    out.write_text('{"query_id": "programming-0000", "domain": "medical", "anchor": "a"}\n')
     with pytest.raises(CachetuneError, match="domain 'medical'"):
         run(tmp_path, templates, ScriptedGenerator(GOOD))
+    # A file no run of ours recorded making is not resumed: it is moved aside, whole.
+    (tmp_path / "t.jsonl.made-by.json").unlink()
+    summary = run(tmp_path, templates, ScriptedGenerator(GOOD))
+    assert summary["queries_done"] == 3 and any(".stale-" in p.name for p in tmp_path.iterdir())
 
 
 def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path, templates):
@@ -333,7 +366,10 @@ def test_cli_errors_are_one_line(tmp_path, run_cli, monkeypatch, scripted_pm):
     result = run_cli(["generate", "--domain", "programming", "--input", inp, "--output", tmp_path / "o.jsonl",
                       "--no-embedding-filter"])
     assert result.exit_code == 1
-    assert result.stderr.count("\n") == 1 and "get-gguf qwen" in result.stderr
+    # Offline (the tests run with HF_HUB_OFFLINE=1): which file to place where; no development-only path.
+    assert result.stderr.count("\n") == 1 and "could not be fetched from the hub" in result.stderr
+    assert "place qwen2.5-coder-0.5b-instruct-q4_k_m.gguf there" in result.stderr and "shared" not in result.stderr
+    assert str(tmp_path / "empty") in result.stderr
     result = run_cli(["generate", "--domain", "programming", "--input", tmp_path / "missing.jsonl",
                       "--output", tmp_path / "o.jsonl"])
     assert result.exit_code == 1 and "missing.jsonl: file not found" in result.stderr

@@ -178,7 +178,83 @@ def test_pair_metrics_has_every_documented_key():
     labels = rng.integers(0, 2, 200)
     out = M.pair_metrics(rng.normal(0.5 + 0.3 * labels, 0.1), labels, 0.95, n_bootstrap=50)
     for key in ("ap", "auc", "best_f1", "best_threshold", "precision_at_best_f1", "recall_at_best_f1",
-                "calibrated_threshold", "hit_rate", "false_hit_rate", "ci95", "cache_simulation", "mean_pos",
-                "mean_neg"):
+                "calibrated_threshold", "in_sample_threshold", "calibration_retention", "hit_rate",
+                "false_hit_rate", "ci95", "cache_simulation", "mean_pos", "mean_neg"):
         assert key in out
     assert set(out["ci95"]) >= {"ap", "hit_rate", "calibrated_threshold"}
+
+
+def test_bootstrap_never_calibrates_on_a_score_the_resample_lacks():
+    """The counterexample: the row at 0.7 has weight 0, so the resample is {.9, .8, .6}; its
+    calibration for precision 1 is 0.8, never 0.7 (no row of the resample scores 0.7)."""
+    ranked = M.rank_pairs([0.9, 0.8, 0.7, 0.6], [1, 1, 1, 0])
+    _, hit, thr = M.weighted_stats(ranked, np.array([[1, 1, 0, 1]]), 1.0)
+    repeated = M.calibrate(M.rank_pairs([0.9, 0.8, 0.6], [1, 1, 0]), 1.0)
+    assert thr[0] == pytest.approx(repeated["calibrated_threshold"]) == pytest.approx(0.8)
+    assert hit[0] == pytest.approx(repeated["hit_rate"])
+
+
+def test_weighted_stats_equal_repeating_rows_with_many_absent_scores():
+    """Sparse resamples (most distinct scores drawn zero times), many seeds: never a seed's luck."""
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 2, 60)
+        scores = rng.normal(0.5 + 0.2 * labels, 0.2)
+        ranked = M.rank_pairs(scores, labels)
+        order = np.argsort(-scores, kind="mergesort")
+        counts = rng.integers(0, 2, 60) * rng.integers(1, 3, 60)
+        if counts[labels == 1].sum() == 0 or counts[labels == 0].sum() == 0:
+            continue
+        _, hit, thr = M.weighted_stats(ranked, counts[order], 0.8)
+        cal = M.calibrate(M.rank_pairs(np.repeat(scores, counts), np.repeat(labels, counts)), 0.8)
+        assert hit[0] == pytest.approx(cal["hit_rate"])
+        if cal["calibrated_threshold"] is None:
+            assert np.isnan(thr[0])
+        else:
+            assert thr[0] == pytest.approx(cal["calibrated_threshold"])
+
+
+def _population(rng, n):
+    """Pairs like a cache's: positives score higher on average, with overlapping tails."""
+    labels = rng.integers(0, 2, n)
+    return rng.normal(0.55 + 0.2 * labels, 0.1), labels
+
+
+def _precision_on_fresh_pairs(threshold, rng):
+    scores, labels = _population(rng, 200_000)
+    hit = scores >= threshold
+    return (hit & (labels == 1)).sum() / max(hit.sum(), 1)
+
+
+def test_stored_threshold_keeps_its_precision_on_unseen_pairs():
+    """Calibrated on 300 pairs, checked on 200,000 fresh ones from the same population: the
+    in-sample choice falls short of the target; the stored one keeps it (within 0.02)."""
+    from cachetune.core.evaluate.calibration import out_of_sample_threshold
+
+    target, in_sample, stored = 0.95, [], []
+    for seed in range(12):
+        scores, labels = _population(np.random.default_rng(seed), 300)
+        chosen = out_of_sample_threshold(scores, labels, target, seed=seed)
+        fresh = np.random.default_rng(1000 + seed)
+        in_sample.append(_precision_on_fresh_pairs(chosen["in_sample_threshold"], fresh))
+        if chosen["threshold"] is not None:
+            stored.append(_precision_on_fresh_pairs(chosen["threshold"], fresh))
+            kept = chosen["retention"]
+            assert kept["precision"] >= target and kept["precision_lower_95"] < kept["precision"]
+    assert np.mean(in_sample) < target - 0.005
+    assert len(stored) >= 10 and np.mean(stored) >= target - 0.02 and np.mean(stored) > np.mean(in_sample) + 0.005
+
+
+def test_unsupported_target_stores_no_threshold_and_says_why():
+    from cachetune.core.evaluate.calibration import out_of_sample_threshold
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = rng.normal(0.5 + 0.05 * labels, 0.1)  # barely separable: 0.99 precision is out of reach
+    chosen = out_of_sample_threshold(scores, labels, 0.99)
+    assert chosen["threshold"] is None and "not supported on unseen pairs" in chosen["reason"]
+    out = M.pair_metrics(scores, labels, 0.99, n_bootstrap=0)
+    assert out["calibrated_threshold"] is None and out["hit_rate"] == 0.0 and not out["target_reached"]
+    assert out["calibration_retention"]["reason"].startswith("precision 0.99 is not supported on unseen pairs")
+    tiny = out_of_sample_threshold([0.9, 0.2], [1, 0], 0.95)
+    assert tiny["threshold"] is None and "too few pairs" in tiny["reason"]

@@ -48,7 +48,7 @@ def test_dedupe_counts(pm, tmp_path):
         sorted(kept) == sorted(["How do I sort a list?", "convert int to string", "convert string to int"])
 
 
-def test_split_is_by_query_and_deterministic(pm, shared_data, tmp_path):
+def test_split_is_by_group_and_deterministic(pm, shared_data, tmp_path):
     src = shared_data / "conala" / "conala-train.json"
     a = prepare(pm.get_domain("programming"), tmp_path / "a", source=str(src), holdout=0.2, seed=3)
     prepare(pm.get_domain("programming"), tmp_path / "b", source=str(src), holdout=0.2, seed=3)
@@ -57,6 +57,9 @@ def test_split_is_by_query_and_deterministic(pm, shared_data, tmp_path):
     train_keys = {exact_key(r["query"]) for r in train}
     held_keys = {exact_key(r["query"]) for r in held}
     assert not train_keys & held_keys
+    # A Stack Overflow question (several intents of one question_id) is on one side only.
+    assert a["group_field"] == "question_id"
+    assert not {r["meta"]["question_id"] for r in train} & {r["meta"]["question_id"] for r in held}
     assert len(train) + len(held) == a["counts"]["kept"]
     assert abs(len(held) / a["counts"]["kept"] - 0.2) < 0.01
     assert (tmp_path / "a" / "holdout.jsonl").read_bytes() == (tmp_path / "b" / "holdout.jsonl").read_bytes()
@@ -72,8 +75,18 @@ def test_real_conala_curated(pm, shared_data, tmp_path, run_cli):
     assert result.exit_code == 0, result.stderr
     stats = json.loads((tmp_path / "prepare.json").read_text(encoding="utf-8"))
     assert stats["counts"]["read"] == 2378
-    assert stats["counts"]["read"] - stats["counts"]["exact_duplicates"] == 1723  # unique intents
-    assert stats["counts"]["kept"] >= 1700
+    # Every record of the questions whose pairs ship as the evaluation set is left out.
+    from cachetune.domains.programming.evaluation import reserved_question_ids
+
+    records = json.loads((shared_data / "conala" / "conala-train.json").read_text(encoding="utf-8"))
+    reserved = [r for r in records if r["question_id"] in reserved_question_ids()]
+    assert len(reserved_question_ids()) == 194 and stats["counts"]["reserved_for_evaluation"] == len(reserved)
+    kept = lines(tmp_path / "train.jsonl") + lines(tmp_path / "holdout.jsonl")
+    assert not {r["meta"]["question_id"] for r in kept} & reserved_question_ids()
+    unique_intents = len({r["intent"] for r in records if r["question_id"] not in reserved_question_ids()})
+    assert stats["counts"]["read"] - stats["counts"]["reserved_for_evaluation"] \
+        - stats["counts"]["exact_duplicates"] == unique_intents
+    assert stats["counts"]["kept"] >= 1450
     row = lines(tmp_path / "train.jsonl")[0]
     assert row["domain"] == "programming" and row["source"] == "conala-train.json"
 
@@ -86,6 +99,27 @@ def test_real_medquad_all_sources(pm, shared_data, tmp_path):
     assert stats["counts"]["kept"] >= 43_000
     row = lines(tmp_path / "holdout.jsonl")[0]
     assert {"qtype", "focus"} <= set(row["meta"])
+    # One disease (focus) is on one side of the split only.
+    train_focus = {r["meta"]["focus"] for r in lines(tmp_path / "train.jsonl")}
+    assert stats["group_field"] == "focus" and stats["groups"]["holdout"] > 100
+    assert not train_focus & {r["meta"]["focus"] for r in lines(tmp_path / "holdout.jsonl")}
+
+
+def test_group_field_for_user_files(pm, tmp_path, run_cli):
+    src = tmp_path / "q.jsonl"
+    rows = [{"query": f"question number {i} about topic {i % 7} here", "topic": f"t{i % 7}"} for i in range(70)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for seed in range(3):
+        result = run_cli(["prepare", "--domain", "programming", "--source", src, "--group-field", "topic",
+                          "--holdout", "0.3", "--seed", seed, "--output", tmp_path / f"o{seed}"])
+        assert result.exit_code == 0, result.stderr
+        train, held = lines(tmp_path / f"o{seed}" / "train.jsonl"), lines(tmp_path / f"o{seed}" / "holdout.jsonl")
+        assert held and not {r["meta"]["topic"] for r in train} & {r["meta"]["topic"] for r in held}
+        assert len(held) == 20  # two whole topics of ten: the closest to the share of 21
+    result = run_cli(["prepare", "--domain", "programming", "--source", src, "--group-field", "topci",
+                      "--output", tmp_path / "bad"])
+    err = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(err) == 1 and "--group-field: no query has a 'topci' field" in err[0]
 
 
 def test_conala_mined_jsonl(pm, tmp_path):

@@ -71,12 +71,15 @@ class PromptTemplates:
 
 @dataclass(frozen=True)
 class EvaluationContext:
-    """What an evaluation set's loader may use to build its data."""
+    """What an evaluation set's loader may use to build its data.
+
+    ``eval_data`` is the user's ``--eval-data`` (a path or hub id), ``None`` for the data the
+    domain ships; ``holdout`` a prepared folder whose training queries the set must leave out.
+    A loader reads nothing but these and its own package's files."""
 
     domain: str
-    source: Optional[str] = None
+    eval_data: Optional[str] = None
     holdout: Optional[Path] = None
-    data_dir: Optional[Path] = None
     limit: Optional[int] = None
     seed: int = 0
 
@@ -141,7 +144,9 @@ class Domain:
 
     ``default_source`` is what ``prepare`` reads when no ``--source`` is given (built-in
     domains ship a small sample file); ``readers`` are tried before the generic
-    JSONL/CSV/TXT readers; ``min_chars``/``max_chars`` bound a useful query's length.
+    JSONL/CSV/TXT readers; ``min_chars``/``max_chars`` bound a useful query's length;
+    ``group_field`` names the ``QueryRecord.meta`` field whose queries ``prepare`` keeps on
+    one side of the split (``--group-field`` overrides it).
     """
 
     name: str
@@ -163,6 +168,7 @@ class Domain:
     # near-duplicate key and never counted as a shared topic word (programming: "python").
     answer_pattern: Optional[str] = None
     filler_words: FrozenSet[str] = frozenset()
+    group_field: Optional[str] = None
 
 
 # A generator factory takes the backend options (model, temperature, its declared options) and

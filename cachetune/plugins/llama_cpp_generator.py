@@ -20,8 +20,9 @@ it fast is measured in ``bench/generate.py``:
   threads ×1.5. The default is one instance per physical core, at most 4, and a batch of
   enough queries (two requests each) to give every instance one.
 
-``model`` is a .gguf path (default: the Qwen2.5-Coder-0.5B GGUF in the ``get-gguf`` cache);
-the options it declares are in :data:`OPTIONS`.
+``model`` is a .gguf path (default: the Qwen2.5-Coder-0.5B GGUF in ``~/.cache/cachetune/gguf``,
+fetched there from the model hub on first use where the hub is reachable); the options it
+declares are in :data:`OPTIONS`.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ from cachetune.core.generate.prompting import GenerationResult, Request
 
 NAME = "llama-cpp"
 DEFAULT_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+DEFAULT_GGUF_REPO = "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF"
 
 
 def default_model_path() -> Path:
-    """Where ``get-gguf qwen`` puts its file: ``$GGUF_CACHE``, else ``~/.cache/cachetune/gguf``."""
+    """Where the default GGUF lives: ``$GGUF_CACHE``, else ``~/.cache/cachetune/gguf``."""
     cache = os.environ.get("GGUF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cachetune", "gguf")
     return Path(cache) / DEFAULT_GGUF
 
@@ -55,11 +57,24 @@ def resolve_model(model: Optional[str]) -> Path:
         return path
     path = default_model_path()
     if not path.is_file():
-        raise CachetuneError(
-            f"no --model given and the default GGUF is not at {path}: fetch it with "
-            "`../shared/tools/get-gguf qwen` (or pass --model PATH.gguf)"
-        )
+        fetch_default_model(path)
     return path
+
+
+def fetch_default_model(path: Path) -> None:
+    """Download the default GGUF from the model hub into ``path``'s folder, or fail in one line
+    saying which file to place where (no hub: offline, ``HF_HUB_OFFLINE=1``, no network)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(DEFAULT_GGUF_REPO, DEFAULT_GGUF, local_dir=str(path.parent))
+    except Exception as exc:  # offline, unreachable, or no huggingface_hub: say what to do instead
+        raise CachetuneError(
+            f"no --model given, the default GGUF is not at {path}, and it could not be fetched from the hub "
+            f"({DEFAULT_GGUF_REPO}: {type(exc).__name__}): place {DEFAULT_GGUF} there, or pass --model PATH.gguf"
+        ) from None
+    if not path.is_file():
+        raise CachetuneError(f"the hub download of {DEFAULT_GGUF} did not leave a file at {path}")
 
 
 MAX_DEFAULT_INSTANCES = 4

@@ -3,8 +3,9 @@
 Requests are rendered with the tokenizer's chat template (a plain rendering when it has none),
 left-padded and generated ``concurrency`` at a time (default 8) in one batched ``generate``
 call, on CUDA when available, else CPU. A ``.gguf`` path works too (transformers dequantises
-it; needs the ``gguf`` package). Sampling in a batch shares one random stream, seeded from the
-batch's first request: a rerun with the same batches draws the same replies.
+it; needs the ``gguf`` package). Sampling draws each request's tokens from its own random
+stream, seeded by the request's seed (temperature, then top-p 0.95, per row), so a request gets
+the same reply alone or in any batch -- what resuming a run relies on.
 
 ``model`` (hub id, folder, or .gguf file) is required; the options it declares are in
 :data:`OPTIONS`.
@@ -35,6 +36,44 @@ def _dtype_keyword() -> str:
     from packaging.version import Version
 
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+TOP_P = 0.95
+
+
+def per_request_sampler(seeds: Sequence[int], temperature: float):
+    """A logits processor that samples each row from its own seeded generator and leaves only the
+    drawn token, so greedy decoding emits it: no row's draw depends on another row's.
+
+    The draw is Gumbel-max (argmax of logits / temperature + Gumbel noise, over the top-p
+    tokens): the same distribution as sampling, and a float difference of ~1e-6 between a row
+    scored alone and in a padded batch flips it only when two tokens tie that closely, where an
+    inverse-CDF draw over a flat distribution flips on any such difference.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class PerRequestSampler(LogitsProcessor):
+        def __init__(self):
+            self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+        def __call__(self, input_ids, scores):
+            logits = scores.float().cpu() / temperature
+            probs = torch.softmax(logits, dim=-1)
+            ordered, order = torch.sort(probs, descending=True, dim=-1)
+            # top-p: keep the smallest head whose mass reaches TOP_P (always the first token)
+            outside_sorted = (torch.cumsum(ordered, dim=-1) - ordered) >= TOP_P
+            outside = torch.zeros_like(outside_sorted).scatter(-1, order, outside_sorted)
+            logits = logits.masked_fill(outside, float("-inf"))
+            chosen = torch.empty(scores.shape[0], dtype=torch.long)
+            for row, generator in enumerate(self.generators):
+                uniform = torch.rand(logits.shape[-1], generator=generator).clamp_(1e-20, 1.0)
+                chosen[row] = torch.argmax(logits[row] - torch.log(-torch.log(uniform)))
+            out = torch.full_like(scores, float("-inf"))
+            out[torch.arange(scores.shape[0], device=scores.device), chosen.to(scores.device)] = 0.0
+            return out
+
+    return PerRequestSampler()
 
 
 class TransformersGenerator:
@@ -90,11 +129,12 @@ class TransformersGenerator:
         tokenizer = self._tokenizer
         inputs = tokenizer([self._render(r) for r in requests], return_tensors="pt", padding=True,
                            add_special_tokens=False).to(self.device)
-        sample = self.temperature > 0
-        kwargs = dict(max_new_tokens=self.max_tokens, do_sample=sample, pad_token_id=tokenizer.pad_token_id)
-        if sample:
-            kwargs.update(temperature=self.temperature, top_p=0.95)
-            torch.manual_seed(requests[0].seed)
+        kwargs = dict(max_new_tokens=self.max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        if self.temperature > 0:
+            from transformers import LogitsProcessorList
+
+            sampler = per_request_sampler([r.seed for r in requests], self.temperature)
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
         with torch.no_grad():  # only ids and mask: some tokenizers add token_type_ids that LMs refuse
             output = self._model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                           **kwargs)

@@ -349,7 +349,7 @@ class AdapterRegistry:
 
 def resolve_adapter(spec: Optional[str], registry_dir: Optional[PathLike] = None
                     ) -> Tuple[Optional[Path], Optional[str]]:
-    """``--adapter NAME|DIR`` -> (adapter folder, registry name or None).
+    """``--adapter NAME|DIR`` -> (adapter folder, the registry record's ``name@version`` or None).
 
     A registered adapter's files are re-hashed first (:meth:`AdapterRegistry.check`): a corrupt
     adapter is refused, never loaded.
@@ -363,7 +363,11 @@ def resolve_adapter(spec: Optional[str], registry_dir: Optional[PathLike] = None
         return path, None
     if spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec:
         raise CachetuneError("adapter folder not found (--adapter)", spec)
-    return AdapterRegistry(registry_dir).check(spec), spec
+    # "latest" is resolved once, here: the record's name@version is what is evaluated and what
+    # --register-metrics stores to, even if another version is registered meanwhile.
+    registry = AdapterRegistry(registry_dir)
+    record = registry.get(spec)
+    return registry.check(record), record["ref"]
 
 
 def register_trained_adapter(adapter_dir: PathLike, registry_dir: Optional[PathLike] = None,

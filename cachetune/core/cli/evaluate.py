@@ -63,9 +63,9 @@ def register(cli, pm) -> None:
                        "to held-out queries (no training query is scored).")
     @click.option("--domain-sets/--no-domain-sets", default=True, show_default=True,
                   help="Also run the domain's own evaluation sets.")
-    @click.option("--eval-source", help="Data file or folder for the domain's own evaluation sets.")
-    @click.option("--eval-data", type=click.Path(path_type=Path),
-                  help="Folder holding evaluation data sets (default: $CACHETUNE_DATA_DIR).")
+    @click.option("--eval-data", metavar="PATH",
+                  help="Data for the domain's own evaluation sets instead of the pairs its package ships "
+                       "(a pairs file, or the domain's format: CoNaLa curated JSON, RQE XML).")
     @click.option("--limit", type=int, help="At most N rows per domain evaluation set (seeded sample).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling and the bootstrap.")
     @click.option("--target-precision", type=float, default=0.95, show_default=True,
@@ -80,8 +80,8 @@ def register(cli, pm) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout.")
     @click.option("--register-metrics", is_flag=True,
                   help="Store the metrics and calibrated threshold in the registry record of --adapter NAME.")
-    def evaluate(domain, adapter, registry, base_model, pairs, columns, triplets, holdout, domain_sets, eval_source,
-                 eval_data, limit, seed, target_precision, n_bootstrap, batch_size, max_seq_length, device, plots,
+    def evaluate(domain, adapter, registry, base_model, pairs, columns, triplets, holdout, domain_sets, eval_data,
+                 limit, seed, target_precision, n_bootstrap, batch_size, max_seq_length, device, plots,
                  output, as_json, register_metrics):
         """Margin, AP, calibrated threshold and false hits: base model vs adapter."""
         from cachetune.core.errors import CachetuneError
@@ -101,8 +101,8 @@ def register(cli, pm) -> None:
         log = lambda message: click.echo(message, err=True)  # noqa: E731 - stdout is for results
         result = run_evaluate(
             pm.get_domain(domain), output, pairs=pairs, triplets=triplets, holdout=holdout, columns=cols,
-            evaluation_sets=pm.evaluation_sets(domain) if domain_sets else (), eval_source=eval_source,
-            data_dir=eval_data, limit=limit, seed=seed, base_model=base_model, adapter=adapter_dir, adapter_name=name,
+            evaluation_sets=pm.evaluation_sets(domain) if domain_sets else (), eval_data=eval_data,
+            limit=limit, seed=seed, base_model=base_model, adapter=adapter_dir, adapter_name=name,
             target_precision=target_precision, n_bootstrap=n_bootstrap, batch_size=batch_size,
             max_seq_length=max_seq_length, device=device, plots=plots, show_progress=sys.stderr.isatty(), log=log,
         )

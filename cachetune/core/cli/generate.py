@@ -117,7 +117,7 @@ def register(cli, pm) -> None:
             config, pm.prompt_templates(domain), lambda: chosen.factory(options),
             default_base_model=the_domain.default_base_model, rules=DomainRules.of(the_domain),
             progress=lambda total: tqdm(total=total, desc="generating", unit=" queries", mininterval=1.0, leave=False),
-            log=lambda message: click.echo(message, err=True),
+            log=lambda message: click.echo(message, err=True), generator_options={"backend": chosen.name, **options},
         )
         for line in _summary_lines(summary):
             click.echo(line)

@@ -2,6 +2,9 @@
 
 Outputs ``train.jsonl`` and ``holdout.jsonl`` (one ``{"id", "query", "domain", "source"}``
 per line, plus ``meta`` when the source had extra fields) and ``prepare.json`` with counts.
+The split is by group where the source has one (the domain's ``group_field``, or
+``--group-field``: a CoNaLa question, a MedQuAD focus), so rewordings of one question never
+sit on both sides; records a domain reserved for its evaluation set are left out.
 All three are written to temporary files and renamed into place at the end, so a run that
 fails on bad input leaves no partial output.
 """
@@ -22,6 +25,8 @@ from cachetune.core.outputs import check_output
 from cachetune.core.data.sources import GENERIC_READERS, resolve_reader
 from cachetune.core.text import exact_key, near_key, normalize_query
 
+# A QueryRecord.meta flag: the record belongs to the domain's packaged evaluation data.
+RESERVED = "reserved_for_evaluation"
 TRAIN_FILE = "train.jsonl"
 HOLDOUT_FILE = "holdout.jsonl"
 STATS_FILE = "prepare.json"
@@ -31,6 +36,7 @@ STATS_FILE = "prepare.json"
 class PrepareStats:
     read: int = 0
     empty: int = 0
+    reserved_for_evaluation: int = 0
     too_short: int = 0
     too_long: int = 0
     exact_duplicates: int = 0
@@ -60,6 +66,9 @@ def clean_queries(
     kept: List[dict] = []
     for record in records:
         stats.read += 1
+        if record.meta.get(RESERVED):
+            stats.reserved_for_evaluation += 1
+            continue
         if record.query is not None and not isinstance(record.query, str):
             # str() would keep "['a', 'b']" as a query: a list or number is not a query text
             raise CachetuneError(f"the query is a {type(record.query).__name__}, not text "
@@ -96,19 +105,43 @@ def clean_queries(
     return kept
 
 
-def split_queries(rows: List[dict], holdout: float, seed: int):
-    """Seeded shuffle, then the first ``holdout`` fraction is held out.
+def _group_of(row: dict, group_field: Optional[str]):
+    value = (row.get("meta") or {}).get(group_field) if group_field else None
+    return ("group", str(value)) if value not in (None, "") else ("query", row["id"])
 
-    Queries are unique after cleaning, so no query text lands in both parts.
+
+def split_queries(rows: List[dict], holdout: float, seed: int, group_field: Optional[str] = None):
+    """Seeded shuffle of the groups, then whole groups are held out until the ``holdout``
+    fraction of queries is reached.
+
+    Queries are unique after cleaning and a group never straddles the split, so no query
+    text and no group lands in both parts. A row without the group field is its own group.
     """
     if not 0.0 <= holdout < 1.0:
         raise CachetuneError(f"--holdout must be in [0, 1), got {holdout}")
-    order = sorted(rows, key=lambda r: r["id"])  # independent of source order
+    groups: Dict[tuple, List[dict]] = {}
+    for row in sorted(rows, key=lambda r: r["id"]):  # independent of source order
+        groups.setdefault(_group_of(row, group_field), []).append(row)
+    order = sorted(groups)
     random.Random(seed).shuffle(order)
-    n_holdout = int(round(len(order) * holdout))
-    if holdout > 0 and len(order) >= 2:
+    n_holdout = int(round(len(rows) * holdout))
+    if holdout > 0 and len(rows) >= 2:
         n_holdout = max(1, n_holdout)
-    return order[n_holdout:], order[:n_holdout]
+    train: List[dict] = []
+    held: List[dict] = []
+    for key in order:
+        # A group is held out when that brings the held-out side closer to its share and
+        # leaves some training queries; otherwise it trains.
+        size, short = len(groups[key]), n_holdout - len(held)
+        if size - short < short and len(held) + size < len(rows):
+            held.extend(groups[key])
+        else:
+            train.extend(groups[key])
+    if n_holdout and not held and len(groups) >= 2:  # every group larger than twice the share
+        smallest = min(order, key=lambda k: (len(groups[k]), order.index(k)))
+        held = groups[smallest]
+        train = [r for r in train if _group_of(r, group_field) != smallest]
+    return train, held
 
 
 def read_source(domain: Domain, source: str, readers, options: dict) -> Iterable[QueryRecord]:
@@ -126,12 +159,15 @@ def prepare(
     seed: int = 0,
     readers=(),
     query_field: Optional[str] = None,
+    group_field: Optional[str] = None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
     overwrite: bool = False,
 ) -> dict:
     """Run the prepare stage; returns the ``prepare.json`` summary.
 
     Outputs already in ``output`` are replaced only with ``overwrite``.
+    ``group_field`` (default: the domain's) names the meta field whose queries stay on one
+    side of the split; a field no record has is an error.
     """
     started = time.time()
     source = str(source if source is not None else domain.default_source)
@@ -158,7 +194,12 @@ def prepare(
     stats.kept = len(rows)
     for row in rows:
         stats.by_source[row["source"]] = stats.by_source.get(row["source"], 0) + 1
-    train, held = split_queries(rows, holdout, seed)
+    group_field = group_field or domain.group_field
+    if group_field and holdout > 0 and not any(group_field in (r.get("meta") or {}) for r in rows):
+        if group_field != domain.group_field:
+            raise CachetuneError(f"--group-field: no query has a '{group_field}' field", source)
+        group_field = None  # a source without the domain's groups (the sample queries) splits per query
+    train, held = split_queries(rows, holdout, seed, group_field)
     stats.train, stats.holdout = len(train), len(held)
 
     summary = {
@@ -167,6 +208,9 @@ def prepare(
         "seed": seed,
         "holdout_fraction": holdout,
         "limit": limit,
+        "group_field": group_field,
+        "groups": {"train": len({_group_of(r, group_field) for r in train}),
+                   "holdout": len({_group_of(r, group_field) for r in held})},
         "counts": {k: v for k, v in vars(stats).items() if k != "by_source"},
         "by_source": dict(sorted(stats.by_source.items())),
         "near_duplicate_rule": "same content tokens in the same order (case, punctuation, filler words ignored)",

@@ -1,23 +1,20 @@
 """Reading what ``cachetune evaluate`` evaluates: pair files, triplet files, a prepared holdout.
 
 Every reader validates as it reads and raises :class:`CachetuneError` naming the file and the
-line of the first bad row, before any model is loaded. Also here: where a domain's own
-evaluation data is looked for (:func:`locate_eval_data`) and which query texts a prepared
-folder trained on or held out (:func:`prepared_keys`), so evaluation sets can keep training
-queries out.
+line of the first bad row, before any model is loaded. Also here: which query texts a prepared
+folder trained on or held out (:func:`prepared_keys`).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import iter_jsonl
 from cachetune.core.textfiles import iter_csv
-from cachetune.core.text import exact_key, normalize_query
+from cachetune.core.text import near_key, normalize_query
 
 PAIR_FIELDS = ("sentence1", "sentence2", "label")
 TRIPLET_FIELDS = ("anchor", "positive", "negative")
@@ -26,7 +23,6 @@ TRAIN_QUERIES = "train.jsonl"
 # Triplets generated from the held-out queries, e.g. by
 # ``cachetune generate --input DIR/holdout.jsonl --output DIR/holdout_triplets.jsonl``.
 HOLDOUT_TRIPLETS = "holdout_triplets.jsonl"
-DATA_ENV = "CACHETUNE_DATA_DIR"
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
 
@@ -191,21 +187,29 @@ def read_triplets(path, domain: Optional[str] = None) -> Tuple[List[dict], List[
     return rows, notes
 
 
-def _query_keys(path: Path) -> Set[str]:
-    keys = set()
+def _prepared(path: Path, filler_words) -> Tuple[Set[tuple], Set[str]]:
+    keys, ids = set(), set()
     for line, raw in iter_jsonl(path):
         if not isinstance(raw.get("query"), str):
             raise CachetuneError("prepared query has no 'query' text", path, line)
-        keys.add(exact_key(raw["query"]))
-    return keys
+        keys.add(near_key(raw["query"], filler_words))
+        if raw.get("id") is not None:
+            ids.add(str(raw["id"]))
+    return keys, ids
 
 
-def prepared_keys(folder) -> Tuple[Set[str], Set[str]]:
+def prepared_keys(folder, filler_words: FrozenSet[str] = frozenset()) -> Tuple[Set[tuple], Set[tuple]]:
     """(held-out query keys, training query keys) of a ``cachetune prepare`` folder.
 
-    Keys are :func:`cachetune.core.text.exact_key` of the queries; ``train.jsonl`` may be
-    absent (only held-out queries were shipped), then the second set is empty.
+    Keys are the rule ``prepare`` deduplicates by (:func:`cachetune.core.text.near_key` with
+    the domain's ``filler_words``), so a reworded copy of a training query counts as one;
+    ``train.jsonl`` may be absent (only held-out queries were shipped), then the second set is empty.
     """
+    held, _, train, _ = _prepared_folder(folder, filler_words)
+    return held, train
+
+
+def _prepared_folder(folder, filler_words):
     folder = Path(folder)
     if not folder.is_dir():
         raise CachetuneError("--holdout expects a prepared folder (from `cachetune prepare`)", folder)
@@ -213,37 +217,49 @@ def prepared_keys(folder) -> Tuple[Set[str], Set[str]]:
     if not held_file.exists():
         raise CachetuneError(f"no {HOLDOUT_QUERIES} in the prepared folder", folder)
     train_file = folder / TRAIN_QUERIES
-    return _query_keys(held_file), (_query_keys(train_file) if train_file.exists() else set())
+    held, held_ids = _prepared(held_file, filler_words)
+    train, train_ids = _prepared(train_file, filler_words) if train_file.exists() else (set(), set())
+    return held, held_ids, train, train_ids
 
 
-def read_holdout(folder, domain: Optional[str] = None) -> Optional[EvalInput]:
-    """The held-out triplets of a prepared folder (``holdout_triplets.jsonl``), if any.
+def drop_training_pairs(rows: List[dict], folder, filler_words: FrozenSet[str] = frozenset()) -> List[dict]:
+    """The pairs of which neither side is a training query of the prepared ``folder`` (by
+    :func:`prepared_keys`); all of them when ``folder`` is ``None``."""
+    if folder is None:
+        return list(rows)
+    _, train = prepared_keys(folder, filler_words)
+    return [r for r in rows if near_key(r["sentence1"], filler_words) not in train
+            and near_key(r["sentence2"], filler_words) not in train]
 
-    Triplets whose positive (the original query) or anchor is a training query are dropped
-    and counted: they would measure memorisation, not generalisation.
-    """
+
+def check_held_out_triplets(rows: List[dict], path, folder, filler_words: FrozenSet[str] = frozenset()) -> None:
+    """Held-out triplets measure generalisation only if none was made from a training query:
+    a triplet whose ``query_id`` is a training query's, or whose positive (the original query)
+    is one by ``prepare``'s rule, is an error naming the query."""
+    _, _, train, train_ids = _prepared_folder(folder, filler_words)
+    for row in rows:
+        if str(row.get("query_id")) in train_ids or near_key(row["positive"], filler_words) in train:
+            named = f"{row['query_id']}: " if row.get("query_id") is not None else ""
+            raise CachetuneError(f"held-out triplets made from a training query ({named}{row['positive']!r}); "
+                                 "regenerate them from the held-out split", path)
+
+
+def read_holdout(folder, domain: Optional[str] = None, filler_words: FrozenSet[str] = frozenset()
+                 ) -> Optional[EvalInput]:
+    """The held-out triplets of a prepared folder (``holdout_triplets.jsonl``), if any; a
+    triplet made from a training query is an error (:func:`check_held_out_triplets`)."""
     folder = Path(folder)
-    held, train = prepared_keys(folder)
+    held, _ = prepared_keys(folder, filler_words)
     path = folder / HOLDOUT_TRIPLETS
     if not path.exists():
         return None
     rows, notes = read_triplets(path, domain)
-    kept = [r for r in rows if exact_key(r["positive"]) not in train and exact_key(r["anchor"]) not in train]
-    if len(kept) < len(rows):
-        notes.append(f"{len(rows) - len(kept)} triplets whose query is a training query dropped")
-    if not kept:
-        raise CachetuneError("every held-out triplet uses a training query", path)
-    outside = sum(1 for r in kept if exact_key(r["positive"]) not in held)
+    check_held_out_triplets(rows, path, folder, filler_words)
+    outside = sum(1 for r in rows if near_key(r["positive"], filler_words) not in held)
     if outside:
         notes.append(f"{outside} triplets whose positive is not a held-out query (kept)")
-    return EvalInput("holdout-triplets", "triplets", kept, str(path),
+    return EvalInput("holdout-triplets", "triplets", rows, str(path),
                      "triplets generated from the held-out queries", notes)
-
-
-def shared_data_dir() -> Path:
-    """``../shared/data`` beside a development checkout of cachetune."""
-    # cachetune/core/evaluate/inputs.py -> the folder that holds the checkout
-    return Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 def sample_rows(rows: list, context) -> list:
@@ -254,19 +270,3 @@ def sample_rows(rows: list, context) -> list:
         keep = sorted(random.Random(context.seed).sample(range(len(rows)), context.limit))
         rows = [rows[i] for i in keep]
     return rows
-
-
-def locate_eval_data(context, relative: str) -> Optional[Path]:
-    """Where a domain's own evaluation data is: ``context.source`` when given (it must
-    exist), else ``relative`` under ``context.data_dir``, ``$CACHETUNE_DATA_DIR``, or the
-    ``../shared/data`` folder beside a development checkout. ``None`` when nowhere."""
-    if context.source:
-        path = Path(os.path.expanduser(str(context.source)))
-        if not path.exists():
-            raise CachetuneError("evaluation data not found (--eval-source)", path)
-        return path
-    roots = [context.data_dir, os.environ.get(DATA_ENV), shared_data_dir()]
-    for root in roots:
-        if root and (Path(root) / relative).exists():
-            return Path(root) / relative
-    return None

@@ -219,7 +219,10 @@ def weighted_stats(ranked: RankedPairs, weights: np.ndarray, target_precision: f
     # Thresholds no resampled row sits at add no recall, so they add nothing to AP.
     steps = np.diff(np.concatenate([np.zeros((weights.shape[0], 1)), recall], axis=1), axis=1)
     ap = np.sum(steps * precision, axis=1)
-    ok = (precision >= target_precision - 1e-12) & (total > 0)
+    # A threshold is a score some resampled row has: a distinct score whose rows all drew
+    # weight 0 is absent from the resample, and calibrating on it would pick a score no row has.
+    present = np.diff(np.concatenate([np.zeros((weights.shape[0], 1)), total], axis=1), axis=1) > 0
+    ok = (precision >= target_precision - 1e-12) & present
     last = ok.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1)
     reached = ok.any(axis=1)
     rows = np.arange(weights.shape[0])
@@ -238,11 +241,30 @@ def pair_metrics(scores, labels, target_precision: float = 0.95, n_bootstrap: in
     out.update(best_f1=f1["best_f1"], best_threshold=f1["best_threshold"],
                precision_at_best_f1=f1["precision"], recall_at_best_f1=f1["recall"])
     out["target_precision"] = float(target_precision)
-    out.update(calibrate(ranked, target_precision))
+    out.update(stored_threshold(ranked, target_precision, seed))
     out["ci95"] = bootstrap(ranked, target_precision, n=n_bootstrap, seed=seed)
     out["mean_pos"] = float(np.mean(ranked.scores[ranked.labels == 1]))
     out["mean_neg"] = float(np.mean(ranked.scores[ranked.labels == 0]))
     out["cache_simulation"] = cache_simulation(ranked)
+    return out
+
+
+def stored_threshold(ranked: RankedPairs, target_precision: float, seed: int = 0) -> dict:
+    """The threshold a cache is given, chosen out of sample (:mod:`.calibration`), the rates it
+    gives on the whole set, and ``calibration_retention``: what it and the in-sample choice keep
+    on unseen pairs. No threshold (and hit rate 0) when unseen pairs cannot support the target."""
+    from cachetune.core.evaluate.calibration import out_of_sample_threshold
+
+    chosen = out_of_sample_threshold(ranked.scores, ranked.labels, target_precision, seed=seed)
+    threshold = chosen["threshold"]
+    out = {"calibrated_threshold": threshold, "in_sample_threshold": chosen["in_sample_threshold"],
+           "target_reached": threshold is not None, "hit_rate": 0.0, "false_hit_rate": 0.0,
+           "precision_at_threshold": None}
+    if threshold is not None:
+        rates = rates_at(ranked, threshold)
+        out.update(hit_rate=rates["hit_rate"], false_hit_rate=rates["false_hit_rate"],
+                   precision_at_threshold=rates["precision"])
+    out["calibration_retention"] = {k: v for k, v in chosen.items() if k not in ("target_precision",)}
     return out
 
 

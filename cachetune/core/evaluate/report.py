@@ -85,12 +85,35 @@ def _pairs_table(entry: dict) -> List[str]:
             _num(p["calibrated_threshold"], 3) + _ci(p["ci95"].get("calibrated_threshold")),
             _num(p["hit_rate"]) + _ci(p["ci95"].get("hit_rate")), _num(p["false_hit_rate"]),
         ])
-    header = ["model", "AP [95% CI]", "ROC AUC", "best F1 @ threshold", "calibrated threshold [95% CI]",
+    header = ["model", "AP [95% CI]", "ROC AUC", "best F1 @ threshold", "stored threshold [in-sample 95% CI]",
               "hit rate [95% CI]", "false-hit rate"]
     target = entry[models[0]]["pairs"]["target_precision"]
     pos, neg = entry[models[0]]["pairs"]["positives"], entry[models[0]]["pairs"]["negatives"]
-    return [f"Pairs: {pos:,} with label 1, {neg:,} with label 0; calibrated at precision ≥ {target:g}.", ""] \
+    return [f"Pairs: {pos:,} with label 1, {neg:,} with label 0; calibrated at precision ≥ {target:g} on "
+            "unseen pairs (hit and false-hit rate: at the stored threshold, on the whole set).", ""] \
         + _table(header, rows) + [""]
+
+
+def _retention_table(entry: dict) -> List[str]:
+    """Calibration retention: the in-sample and the stored threshold, and what each keeps on unseen pairs."""
+    models = [m for m in _models(entry) if "pairs" in entry[m] and entry[m]["pairs"].get("calibration_retention")]
+    if not models:
+        return []
+    rows, reasons = [], []
+    for m in models:
+        r = entry[m]["pairs"]["calibration_retention"]
+        kept, own = r.get("retention") or {}, r.get("in_sample_retention") or {}
+        rows.append([m, _num(r["in_sample_threshold"], 3), _num(own.get("precision"), 3), _num(own.get("hit_rate"), 3),
+                     _num(r["threshold"], 3) if r["threshold"] is not None else "none",
+                     _num(kept.get("precision"), 3), _num(kept.get("precision_lower_95"), 3),
+                     _num(kept.get("hit_rate"), 3), _num(kept.get("false_hit_rate"), 3)])
+        if r.get("reason"):
+            reasons.append(f"- {m}: no threshold stored: {r['reason']}.")
+    r = entry[models[0]]["pairs"]["calibration_retention"]
+    header = ["model", "in-sample threshold", "its precision on unseen", "its hit rate on unseen",
+              "stored threshold", "precision kept on unseen", "lower 95%", "hit rate on unseen", "false-hit rate"]
+    return ([f"Calibration retention ({r['folds']}-fold x {r['repeats']}: each pair scored by a threshold "
+             "calibrated without it):", ""] + _table(header, rows) + [""] + reasons + ([""] if reasons else []))
 
 
 def _simulation_table(entry: dict) -> List[str]:
@@ -121,7 +144,7 @@ def _set_section(name: str, entry: dict, files: List[str]) -> List[str]:
                   "pairs give the pair metrics below." if entry["kind"] == "triplets" else "", ""]
         lines += _table(header, rows) + [""]
     if "pairs" in entry["base"]:
-        lines += _pairs_table(entry) + _simulation_table(entry)
+        lines += _pairs_table(entry) + _retention_table(entry) + _simulation_table(entry)
     worst_model = models[-1]
     if entry[worst_model].get("top_false_hits"):
         lines += [f"Highest-scoring different-question pairs ({worst_model}): the false hits a low threshold serves "

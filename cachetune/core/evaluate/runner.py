@@ -26,6 +26,7 @@ from cachetune.core.errors import CachetuneError
 from cachetune.core.evaluate.report import render_report, write_set_files
 from cachetune.core.evaluate.inputs import (
     EvalInput,
+    check_held_out_triplets,
     check_pair_labels,
     read_holdout,
     read_pairs,
@@ -81,10 +82,12 @@ def gather_inputs(domain: Domain, *, pairs: Sequence = (), triplets: Sequence = 
                                 "labelled pairs (--pairs)"))
     for path in triplets:
         rows, notes = read_triplets(path, domain.name)
+        if holdout is not None:  # triplets evaluated beside a prepared folder are its held-out ones
+            check_held_out_triplets(rows, path, holdout, domain.filler_words)
         inputs.append(EvalInput(_unique_name(f"triplets-{Path(path).stem}", taken), "triplets", rows, str(path),
                                 "triplets (--triplets)", notes))
     if holdout is not None:
-        held = read_holdout(holdout, domain.name)
+        held = read_holdout(holdout, domain.name, domain.filler_words)
         if held is not None:
             held.name = _unique_name(held.name, taken)
             inputs.append(held)
@@ -139,7 +142,7 @@ def check_adapter_folder(adapter) -> Optional[Path]:
 # -- the stage ------------------------------------------------------------------------
 def evaluate(domain: Domain, output, *, pairs: Sequence = (), triplets: Sequence = (), holdout=None,
              columns: Optional[Sequence[str]] = None, evaluation_sets: Sequence[EvaluationSet] = (),
-             eval_source: Optional[str] = None, data_dir=None, limit: Optional[int] = None, seed: int = 0,
+             eval_data: Optional[str] = None, limit: Optional[int] = None, seed: int = 0,
              base_model: Optional[str] = None, adapter=None, adapter_name: Optional[str] = None,
              target_precision: float = 0.95, n_bootstrap: int = 1000, batch_size: int = 64,
              max_seq_length: Optional[int] = None, device: Optional[str] = None, plots: bool = True,
@@ -175,15 +178,15 @@ def evaluate(domain: Domain, output, *, pairs: Sequence = (), triplets: Sequence
     else:
         base_id = base_model or domain.default_base_model
     resolve_base_model(base_id)  # a missing local path fails now
-    context = EvaluationContext(domain=domain.name, source=eval_source, holdout=Path(holdout) if holdout else None,
-                                data_dir=Path(data_dir) if data_dir else None, limit=limit, seed=seed)
+    context = EvaluationContext(domain=domain.name, eval_data=str(eval_data) if eval_data else None,
+                                holdout=Path(holdout) if holdout else None, limit=limit, seed=seed)
     inputs, skipped = gather_inputs(domain, pairs=pairs, triplets=triplets, holdout=holdout, columns=columns,
                                     evaluation_sets=evaluation_sets, context=context, log=log)
     for item in skipped:
         log(f"skipped evaluation set '{item['set']}': {item['reason']}")
     if not inputs:
         raise CachetuneError("nothing to evaluate: give --pairs, --triplets or --holdout, or make the domain's "
-                             "evaluation data available (--eval-data DIR or $CACHETUNE_DATA_DIR)")
+                             "evaluation data available (--eval-data PATH)")
     index = unique_texts(inputs)
     texts = list(index)
     n_refs = sum(len(texts_of(i)) for i in inputs)

@@ -36,7 +36,7 @@ from cachetune.core.generate.prompting import (
 )
 from cachetune.core.generate.embedding import EmbeddingFilter, mine_batch, mine_where_no_negative
 from cachetune.core.generate.inputs import Item, read_input
-from cachetune.core.generate.triplets_file import TripletWriter, scan_output
+from cachetune.core.generate.triplets_file import TripletWriter, keep_rows_of, scan_output
 from cachetune.core.outputs import check_output
 from cachetune.core.jsonl import write_json
 
@@ -90,6 +90,16 @@ class GenerateConfig:
         check_output(self.output, "--output", overwrite=True)
 
 
+def made_by(config: GenerateConfig, templates, generator_options: Optional[dict]) -> dict:
+    """What makes a query's rows: the options that change them, the prompts, the generator."""
+    fields = {k: v for k, v in vars(config).items() if k not in ("input", "output", "limit", "resume", "batch_size")}
+    prompts = hashlib.sha256(repr(templates).encode("utf-8")).hexdigest()[:16]
+    # Hashed, not stored: backend options may hold an API key.
+    generator = hashlib.sha256(json.dumps(generator_options or {}, sort_keys=True, default=str).encode()).hexdigest()
+    return json.loads(json.dumps({"config": fields, "prompts": prompts, "generator": generator[:16]},
+                                 sort_keys=True, default=str))
+
+
 def stats_path(output: Path) -> Path:
     return Path(output).with_name(Path(output).name + ".stats.json")
 
@@ -134,9 +144,12 @@ def generate_triplets(
     rules: DomainRules = NEUTRAL_RULES,
     progress: Optional[Callable[[int], object]] = None,
     log: Callable[[str], None] = lambda message: None,
+    generator_options: Optional[dict] = None,
 ) -> dict:
     """Run the generate stage; returns the summary also written to ``<output>.stats.json``.
 
+    :param generator_options: what the backend was built with (name, model, temperature, its
+        options): with the prompts and this config it decides which rows a resume may keep.
     :param templates: the domain's :class:`PromptTemplates`.
     :param make_generator: builds the backend (called only if there is LLM work left).
     :param rules: the domain's additions to the reply checks (``DomainRules.of(domain)``).
@@ -172,6 +185,7 @@ def generate_triplets(
         run = _Run(config, mode, items, started, previous, rules)
         run.summary_base["duplicate_input_rows"] = duplicate_inputs
         if config.resume:
+            keep_rows_of(output, made_by(config, templates, generator_options), {i.query_id for i in items}, log)
             done, run.summary_base["resumed_from_lines"], dropped = scan_output(output, config.domain)
             run.summary_base["dropped_torn_lines"] = dropped
             if dropped:

@@ -7,6 +7,10 @@ have left and says which query ids are done. Queries that gave no triplet are li
 sidecar, ``T.jsonl.no-triplets`` (one id per line), so a rerun does not ask for them again: its
 seeded requests would get the same replies. Delete the sidecar to retry them (e.g. after
 changing the filter thresholds).
+
+A third sidecar, ``T.jsonl.made-by.json``, records what made the rows (generator, prompts,
+options: :func:`keep_rows_of`). A resume keeps only rows made the same way, for queries still
+in the input; anything else is moved aside to ``T.jsonl.stale-<time>`` and named in the log.
 """
 
 from __future__ import annotations
@@ -74,6 +78,60 @@ def scan_output(path: Path, domain: str) -> Tuple[set, int, int]:
     if torn:
         os.truncate(path, sum(len(line) for line in lines))
     return set(ids) | empty, len(ids), dropped
+
+
+def made_by_path(path: Path) -> Path:
+    return path.with_name(path.name + ".made-by.json")
+
+
+def keep_rows_of(path: Path, made_by: dict, query_ids: set, log=lambda message: None) -> None:
+    """Make ``path`` (and its ``.no-triplets``) hold only rows made as ``made_by`` says, for
+    ``query_ids``: output made otherwise (or by a run that did not record how) is moved aside
+    whole; lines of queries no longer in the input are moved aside. Then records ``made_by``."""
+    import time
+
+    sidecar, no_triplets = made_by_path(path), no_triplets_path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    recorded = None
+    if sidecar.exists():
+        try:
+            recorded = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            recorded = None
+    has_rows = (path.exists() and path.stat().st_size > 0) or no_triplets.exists()
+    if has_rows and recorded != made_by:
+        for old in (path, no_triplets):
+            if old.exists():
+                os.replace(old, old.with_name(f"{old.name}.stale-{stamp}"))
+        log(f"{path} was made by another generator, prompts or options: moved aside to "
+            f"{path.name}.stale-{stamp}; generating afresh")
+    elif has_rows:
+        for old in (path, no_triplets):
+            if not old.exists():
+                continue
+            lines = old.read_bytes().splitlines(keepends=True)
+            keep, gone = [], []
+            for line in lines:
+                text = line.decode("utf-8", "replace").strip()
+                qid = text if old is no_triplets else _query_id(text)
+                (keep if qid is None or qid in query_ids else gone).append(line)
+            if gone:
+                with open(old.with_name(f"{old.name}.stale-{stamp}"), "wb") as fh:
+                    fh.writelines(gone)
+                with open(old, "r+b") as fh:
+                    fh.writelines(keep)
+                    fh.truncate()
+                log(f"{old}: {len(gone)} line(s) of queries no longer in the input moved to "
+                    f"{old.name}.stale-{stamp}")
+    sidecar.write_text(json.dumps(made_by, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _query_id(line: str) -> Optional[str]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a torn or foreign line: scan_output deals with it
+    return row.get("query_id") if isinstance(row, dict) else None
 
 
 class TripletWriter:

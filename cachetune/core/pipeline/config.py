@@ -4,7 +4,9 @@ Precedence, lowest first: built-in defaults, the domain's defaults, ``--config r
 then command-line flags (``--source``, ``-o tensor_parallel 4``, ``--set train.lr=1e-4``, ...).
 ``generate.options`` is a mapping merged key by key (``--set generate.options.concurrency=4``). Unknown sections or
 keys are errors naming the file and the key, so a typo never silently falls back to a
-default.
+default; every value is checked against its type (:data:`TYPES`) as it is merged, so
+``--set train.epochs=two`` fails before any stage runs, naming the key, the expected type
+and the value.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "base_model": None,  # the domain's default base model when not set
         "seed": 0,
     },
-    "prepare": {"source": None, "limit": None, "holdout": 0.1, "query_field": None},
+    "prepare": {"source": None, "limit": None, "holdout": 0.1, "query_field": None, "group_field": None},
     "generate": {
         "backend": "llama-cpp",
         "model": None,
@@ -61,9 +63,93 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "loss": "mnrl",
         "guide_filter": False,
     },
-    "evaluate": {"target_precision": 0.95, "pairs": [], "domain_sets": True},
+    # eval_data: the domain sets' data (default: the pairs the domain package ships).
+    "evaluate": {"target_precision": 0.95, "pairs": [], "domain_sets": True, "eval_data": None},
     "register": {"enabled": True, "registry": None, "name": None},
 }
+
+
+# What each key takes: (kind, may be null, lowest value). Kinds: "int", "float" (an int is
+# taken as a float), "bool", "str", "str-list" (a list of strings, or one string), "mapping"
+# (generate.options, train.training_sources: their users check each entry).
+_POSITIVE = ("int", True, 1)
+TYPES: Dict[str, tuple] = {
+    "run.workdir": ("str", True, None), "run.base_model": ("str", True, None), "run.seed": ("int", False, None),
+    "prepare.source": ("str", True, None), "prepare.limit": _POSITIVE, "prepare.holdout": ("float", False, 0.0),
+    "prepare.query_field": ("str", True, None), "prepare.group_field": ("str", True, None),
+    "generate.backend": ("str", False, None), "generate.model": ("str", True, None),
+    "generate.paraphrases": ("int", False, 1), "generate.negatives": ("int", False, 0),
+    "generate.temperature": ("float", False, 0.0), "generate.max_tokens": ("int", False, 1),
+    "generate.batch_size": _POSITIVE, "generate.options": ("mapping", False, None), "generate.limit": _POSITIVE,
+    "generate.holdout_limit": ("int", True, 0), "generate.mine_negatives": ("int", False, 0),
+    "generate.mine_fallback": ("bool", False, None), "generate.embedding_filter": ("bool", False, None),
+    "train.epochs": ("int", False, 1), "train.batch_size": ("int", False, 2), "train.lr": ("float", True, 0.0),
+    "train.temperature": ("float", False, 0.0), "train.lora_r": ("int", False, 1),
+    "train.lora_alpha": ("float", False, 0.0), "train.lora_dropout": ("float", False, 0.0),
+    "train.target_modules": ("str-list", False, None), "train.max_seq_length": ("int", False, 8),
+    "train.hard_negatives": ("bool", False, None), "train.drop_inverted": ("bool", False, None),
+    "train.llm_triplets": ("bool", False, None), "train.training_sets": ("str-list", False, None),
+    "train.training_sources": ("mapping", False, None), "train.pairs": ("str-list", False, None),
+    "train.relative_margin": ("float", False, 0.0), "train.min_steps": _POSITIVE, "train.loss": ("str", False, None),
+    "train.guide_filter": ("bool", False, None),
+    "evaluate.target_precision": ("float", False, 0.0), "evaluate.pairs": ("str-list", False, None),
+    "evaluate.domain_sets": ("bool", False, None), "evaluate.eval_data": ("str", True, None),
+    "register.enabled": ("bool", False, None), "register.registry": ("str", True, None),
+    "register.name": ("str", True, None),
+}
+_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
+               "str-list": "a list of text", "mapping": "a mapping of option names to values"}
+# Upper bounds of the shares (prepare.holdout must leave training queries).
+_BELOW = {"prepare.holdout": 1.0}
+_AT_MOST = {"evaluate.target_precision": 1.0, "train.lora_dropout": 1.0}
+
+
+def check_value(key: str, value: Any, where: str) -> Any:
+    """``value`` for config key ``key`` as its type wants it (an int becomes a float where a
+    number is expected), or a :class:`CachetuneError` naming the key, the type and the value."""
+    kind, nullable, lowest = TYPES[key]
+    expected = _KIND_NAMES[kind] + (" or null" if nullable else "")
+    given = value
+
+    def bad(why: str = ""):
+        return CachetuneError(f"{key}: expected {expected}{why}, got {given!r} ({type(given).__name__})", where)
+
+    if value is None:
+        if nullable:
+            return None
+        raise bad()
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if kind == "str":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a numeric model name or folder, e.g. `--set run.workdir=2024`
+        if not isinstance(value, str) or not value.strip():
+            raise bad()
+        return value
+    if kind == "mapping":  # the backend checks its own options' types when it is chosen
+        if not isinstance(value, dict):
+            raise bad()
+        return value
+    if kind == "str-list":
+        if isinstance(value, str):
+            return value  # one name or file (resolve_config makes a list-valued key a list of one)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise bad()
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "int" and isinstance(value, float)):
+        raise bad()
+    value = float(value) if kind == "float" else value
+    if lowest is not None and value < lowest:
+        raise bad(f" >= {lowest:g}")
+    if key in _BELOW and value >= _BELOW[key]:
+        raise bad(f" below {_BELOW[key]:g}")
+    if key in _AT_MOST and value > _AT_MOST[key]:
+        raise bad(f" at most {_AT_MOST[key]:g}")
+    if key == "evaluate.target_precision" and value == 0:
+        raise bad(" above 0")
+    return value
 
 
 # Training queries generated for when the run reads the domain's built-in sample (no source).
@@ -96,6 +182,7 @@ def _merge(config: dict, updates: dict, where: str) -> None:
             if key not in config[section]:
                 known = ", ".join(config[section])
                 raise CachetuneError(f"unknown key '{section}.{key}' (known: {known})", where)
+            value = check_value(f"{section}.{key}", value, where)
             if isinstance(config[section][key], dict) and isinstance(value, dict):
                 config[section][key] = {**config[section][key], **value}
             else:

@@ -1,10 +1,12 @@
 """The main job: prepare -> generate -> train -> evaluate -> register, resumable.
 
 Each stage writes into the work folder and records, in ``run.json``, a fingerprint of its
-own options and of the outputs it read. On a rerun a stage is skipped when its recorded
-fingerprint matches and its outputs are still there; otherwise it runs again, and stages
-that can resume internally (generation appends per query, training has checkpoints) pick
-up where a crash left them.
+own options and of the outputs it read, both when it starts and when it completes. On a
+rerun a stage is skipped when its completed fingerprint matches and its outputs are still
+there. A stage that crashed under the same fingerprint resumes (generation appends per
+query, training has checkpoints). A stage whose options or inputs changed never mixes old
+and new outputs: its output folder is moved aside to ``stale/<stage>-<time>/`` (named in
+the log) and it starts afresh; the stages after it follow, since their inputs changed.
 
 Work folder layout::
 
@@ -13,12 +15,14 @@ Work folder layout::
     adapter/                                     train (peft files + cachetune.json)
     eval/metrics.json, report.md, *.png          evaluate
     run.json                                     stage fingerprints, timings, summaries
+    stale/<stage>-<time>/                        outputs made under other options, moved aside
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -29,6 +33,7 @@ from cachetune.core.outputs import check_output
 
 STAGES = ("prepare", "generate", "train", "evaluate", "register")
 STATE_FILE = "run.json"
+STALE_DIR = "stale"
 Log = Callable[[str], None]
 
 
@@ -59,9 +64,18 @@ class RunState:
         entry = self.data.get(stage)
         return bool(entry and entry.get("fingerprint") == fingerprint and all(Path(p).exists() for p in outputs))
 
+    def start(self, stage: str, fingerprint: str) -> Optional[str]:
+        """Record that ``stage`` starts under ``fingerprint``; returns the fingerprint it last
+        started under (``None``: never), which tells a crash to resume from a change of options."""
+        entry = self.data.setdefault(stage, {})
+        previous = entry.get("started")
+        entry["started"] = fingerprint
+        write_json(self.path, {"stages": self.data})
+        return previous
+
     def record(self, stage: str, fingerprint: str, wall_s: float, summary: dict) -> None:
-        self.data[stage] = {"fingerprint": fingerprint, "wall_time_s": round(wall_s, 1), "summary": summary,
-                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.data[stage] = {"fingerprint": fingerprint, "started": fingerprint, "wall_time_s": round(wall_s, 1),
+                            "summary": summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(self.path, {"stages": self.data})
 
 
@@ -126,13 +140,24 @@ class Pipeline:
                 break
         return self.summary()
 
-    def _stage(self, number: int, stage: str, fingerprint: str, outputs, work: Callable[[], dict]) -> dict:
+    def _stage(self, number: int, stage: str, fingerprint: str, outputs, work: Callable[[], dict],
+               folder: Optional[Path] = None) -> dict:
+        """Run ``work`` unless its outputs are up to date; ``folder`` holds everything the
+        stage writes and is moved aside when it was written under another fingerprint."""
         label = f"[{number}/{len(STAGES)}] {stage}"
         if self.state.done(stage, fingerprint, outputs):
             self.skipped[stage] = True
             self.timings[stage] = self.state.data[stage].get("wall_time_s", 0.0)
             self.log(f"{label}: up to date, skipped")
             return self.state.data[stage]["summary"]
+        previous = self.state.start(stage, fingerprint)
+        if folder is not None and folder.exists() and any(folder.iterdir()):
+            if previous == fingerprint:
+                self.log(f"{label}: resuming {folder.name}/ (same options and inputs as the interrupted run)")
+            else:
+                moved = self._move_aside(stage, folder)
+                self.log(f"{label}: options or inputs changed since {folder.name}/ was written: "
+                         f"moved it to {moved}")
         self.log(f"{label}: running")
         started = time.time()
         summary = work()
@@ -141,6 +166,17 @@ class Pipeline:
         self.timings[stage], self.skipped[stage] = wall, False
         self.log(f"{label}: done in {wall:.1f} s")
         return summary
+
+    def _move_aside(self, stage: str, folder: Path) -> Path:
+        stale = self.workdir / STALE_DIR
+        stale.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target, n = stale / f"{stage}-{stamp}", 1
+        while target.exists():
+            n += 1
+            target = stale / f"{stage}-{stamp}-{n}"
+        shutil.move(str(folder), str(target))
+        return target
 
     def stage_prepare(self, number: int) -> dict:
         from cachetune.core.data.prepare import STATS_FILE, prepare
@@ -153,10 +189,11 @@ class Pipeline:
         def work():
             summary = prepare(self.domain, self.data_dir, source=source, limit=opts["limit"],
                               holdout=opts["holdout"], seed=self.seed, readers=self.pm.source_readers(),
-                              query_field=opts["query_field"], overwrite=True)  # the run's own folder
+                              query_field=opts["query_field"], group_field=opts["group_field"],
+                              overwrite=True)  # the run's own folder
             return summary["counts"]
 
-        return self._stage(number, "prepare", fp, [self.data_dir / STATS_FILE], work)
+        return self._stage(number, "prepare", fp, [self.data_dir / STATS_FILE], work, folder=self.data_dir)
 
     def _generate(self, split: str, limit: Optional[int]) -> dict:
         from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets
@@ -179,7 +216,8 @@ class Pipeline:
         return generate_triplets(config, self.pm.prompt_templates(self.domain.name),
                                  lambda: self.backend.factory(self.backend_options),
                                  default_base_model=self.domain.default_base_model, rules=DomainRules.of(self.domain),
-                                 progress=progress, log=self.log)
+                                 progress=progress, log=self.log,
+                                 generator_options={"backend": self.backend.name, **self.backend_options})
 
     def stage_generate(self, number: int) -> dict:
         opts = self.config["generate"]
@@ -192,7 +230,8 @@ class Pipeline:
             keys = ("queries_done", "triplets_written", "rejected_total", "queries_per_s", "generator")
             return {"train": {k: train.get(k) for k in keys}, "holdout": {k: held.get(k) for k in keys}}
 
-        return self._stage(number, "generate", fp, [self.triplets("train"), self.triplets("holdout")], work)
+        return self._stage(number, "generate", fp, [self.triplets("train"), self.triplets("holdout")], work,
+                           folder=self.triplets("train").parent)
 
     def stage_train(self, number: int) -> dict:
         from cachetune.core.adapters import CARD_FILE
@@ -228,7 +267,7 @@ class Pipeline:
             return {"results": card.get("results", {}), "trainable_parameters": card.get("trainable_parameters"),
                     "adapter_bytes": adapter_size(self.adapter_dir)}
 
-        return self._stage(number, "train", fp, [self.adapter_dir / CARD_FILE], work)
+        return self._stage(number, "train", fp, [self.adapter_dir / CARD_FILE], work, folder=self.adapter_dir)
 
     def _training_data(self, opts: dict) -> Path:
         """The training file: the LLM triplets and every other source the config names, combined."""
@@ -252,13 +291,14 @@ class Pipeline:
 
         opts = self.config["evaluate"]
         fp = _fingerprint(opts, _file_digest(self.adapter_dir / "adapter_model.safetensors"),
-                          _file_digest(self.triplets("holdout")), self.base_model)
+                          _file_digest(self.triplets("holdout")), _file_digest(self.data_dir / "train.jsonl"),
+                          self.base_model)
 
         def work():
             sets = self.pm.evaluation_sets(self.domain.name) if opts["domain_sets"] else ()
             result = evaluate(
                 self.domain, self.eval_dir, triplets=[self.triplets("holdout")], pairs=list(opts["pairs"]),
-                holdout=self.data_dir, evaluation_sets=sets, eval_source=self.config["prepare"]["source"],
+                holdout=self.data_dir, evaluation_sets=sets, eval_data=opts["eval_data"],
                 seed=self.seed, base_model=self.base_model, adapter=str(self.adapter_dir),
                 target_precision=opts["target_precision"], log=self.log,
             )
@@ -266,7 +306,7 @@ class Pipeline:
                              for name, entry in result["sets"].items()},
                     "improvement": result.get("improvement", {})}
 
-        return self._stage(number, "evaluate", fp, [self.eval_dir / "metrics.json"], work)
+        return self._stage(number, "evaluate", fp, [self.eval_dir / "metrics.json"], work, folder=self.eval_dir)
 
     def stage_register(self, number: int) -> dict:
         from cachetune.core.evaluate.runner import registry_summary

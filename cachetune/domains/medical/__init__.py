@@ -2,7 +2,8 @@
 
 Reads a MedQuAD download (a folder of ``<Document>`` XML files, any depth: the 12 source
 subfolders), keeping each question's ``qtype`` and the document's ``Focus``; or a hub copy of
-MedQuAD with a ``question`` column. Ships a small hand-written sample for offline runs.
+MedQuAD with a ``question`` column. Ships a small hand-written sample for offline runs. The
+split keeps all questions about one focus (the disease, drug or topic of a document) on one side.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def read_medquad_folder(source: str, options: dict) -> Iterator[QueryRecord]:
             if document.tag.startswith("RQE"):
                 continue  # RQE pair files sometimes sit beside MedQuAD; they are not documents
             raise CachetuneError(f"not a MedQuAD document (root <{document.tag}>, expected <Document>)", xml_file)
-        focus = (document.findtext("Focus") or document.findtext("doctitle-focus") or "").strip()
+        # The split's group: a document without a focus is its own group.
+        focus = (document.findtext("Focus") or document.findtext("doctitle-focus") or "").strip() or str(rel)
         subset = rel.parts[0] if len(rel.parts) > 1 else document.get("source", "")
         for question in document.iter():
             if question.tag.lower() != "question":
@@ -67,7 +69,9 @@ def read_medquad_hub(source: str, options: dict) -> Iterator[QueryRecord]:
     dataset = load_hub_dataset(source, options.get("split", "train"))
     column = MEDQUAD_HUB_IDS[name]
     for index, row in enumerate(dataset):
-        meta = {k: row[k] for k in ("qtype", "focus_area", "source") if k in row and row[k] is not None}
+        meta = {k: row[k] for k in ("qtype", "source") if k in row and row[k] is not None}
+        if row.get("focus_area"):
+            meta["focus"] = row["focus_area"]
         yield QueryRecord(row.get(column), f"{source}#{index}", meta)
 
 
@@ -138,6 +142,7 @@ DOMAIN = Domain(
     ),
     min_chars=10,
     max_chars=400,
+    group_field="focus",
 )
 
 

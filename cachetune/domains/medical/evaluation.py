@@ -10,10 +10,13 @@ RQE (Ben Abacha & Demner-Fushman, AMIA 2016) is what a medical cache meets: a lo
 health question (``chq``, often a subject line and a story) paired with a short NIH FAQ
 (``faq``), labelled ``true`` when the FAQ's answer answers the consumer's question. A cache
 hit from the consumer question to that FAQ is right exactly when the label is true. Its test
-file (302 pairs) is used as it is published; its negatives are real near misses (same
-condition, different question). The training file's negatives are random questions and half
-its positives are identical strings, so it is not used by default (point ``--eval-source``
-at it to evaluate on it anyway).
+file (302 pairs) ships with the package, unchanged (``data/eval/RQE_Test_302_pairs_AMIA2016.xml``;
+source, licence CC BY 4.0 and attribution in ``data/eval/RQE_SOURCE.md``); no pair touches a
+shipped sample query (checked by ``tools/build_eval_data.py``). Its negatives are real near
+misses (same condition, different question). The training file's negatives are random
+questions and half its positives are identical strings, so it is not used by default (point
+``--eval-data`` at it, or at any pairs file, to evaluate on it anyway). With a prepared folder
+pairs touching a training query (by ``prepare``'s near-duplicate rule) are dropped.
 
 Consumer questions are long (up to ~220 words); they are encoded up to the model's
 ``max_seq_length`` (256 word pieces for all-MiniLM-L6-v2) and the report counts the rows
@@ -28,21 +31,9 @@ from typing import Optional
 
 from cachetune.core.types import EvaluationContext, EvaluationSet
 from cachetune.core.errors import CachetuneError
-from cachetune.core.text import exact_key, normalize_query
+from cachetune.core.text import normalize_query
 
-RQE_DIR = "rqe"
-RQE_TEST_GLOB = "RQE_Test*.xml"
-
-
-def _find_file(path: Path, explicit: bool) -> Optional[Path]:
-    if path.is_file():
-        return path
-    found = sorted(path.glob(RQE_TEST_GLOB)) or sorted(path.rglob(RQE_TEST_GLOB))
-    if found:
-        return found[0]
-    if explicit:
-        raise CachetuneError(f"no RQE test file ({RQE_TEST_GLOB}) in the folder (--eval-source)", path)
-    return None
+PACKAGED_RQE = Path(__file__).parent / "data" / "eval" / "RQE_Test_302_pairs_AMIA2016.xml"
 
 
 def read_rqe(path) -> list:
@@ -74,19 +65,19 @@ def read_rqe(path) -> list:
 
 
 def load_rqe_pairs(context: EvaluationContext) -> Optional[list]:
-    """The RQE test pairs, without any whose text is a training query; ``None`` if absent."""
-    from cachetune.core.evaluate.inputs import locate_eval_data, prepared_keys, sample_rows
+    """The packaged RQE test pairs (or ``--eval-data``: an RQE XML file or a pairs file),
+    without any that touch a training query."""
+    import os
 
-    located = locate_eval_data(context, RQE_DIR)
-    if located is None:
-        return None
-    path = _find_file(located, explicit=bool(context.source))
-    if path is None:
-        return None
-    rows = read_rqe(path)
-    if context.holdout:
-        _, train = prepared_keys(context.holdout)
-        rows = [r for r in rows if exact_key(r["sentence1"]) not in train and exact_key(r["sentence2"]) not in train]
+    from cachetune.core.evaluate.inputs import drop_training_pairs, read_pairs, sample_rows
+
+    path = PACKAGED_RQE
+    if context.eval_data:
+        path = Path(os.path.expanduser(str(context.eval_data)))
+        if not path.is_file():
+            raise CachetuneError("evaluation data not found (--eval-data: an RQE XML file or a pairs file)", path)
+    rows = read_rqe(path) if path.suffix.lower() == ".xml" else read_pairs(path)
+    rows = drop_training_pairs(rows, context.holdout)
     return sample_rows(rows, context) or None
 
 

@@ -2,7 +2,9 @@
 
 Reads CoNaLa in its three published shapes -- the curated JSON array, the mined JSON Lines
 file, and the hub dataset ``neulab/conala`` (configs ``curated`` and ``mined``) -- and ships a
-small hand-written sample so ``prepare`` works offline with no arguments.
+small hand-written sample so ``prepare`` works offline with no arguments. Questions whose
+pairs ship as the evaluation set are marked reserved and never prepared for training; the
+split keeps all records of one Stack Overflow question (``question_id``) on one side.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from cachetune.core.types import Domain, FewShotExample, PromptTemplates, QueryR
 from cachetune.core.errors import CachetuneError
 from cachetune.core.textfiles import reading_text
 from cachetune.core.data.sources import load_hub_dataset, load_json_file, looks_like_hub_id, split_hub_id
-from cachetune.domains.programming.evaluation import EVALUATION_SETS
 from cachetune.domains.programming.rules import ANSWER_PATTERN, FILLER_WORDS
 from cachetune.domains.programming.training_pairs import CONALA_TRAINING
+from cachetune.core.data.prepare import RESERVED
+from cachetune.domains.programming.evaluation import EVALUATION_SETS, reserved_question_ids
 
 DATA = Path(__file__).parent / "data"
 CONALA_HUB = "neulab/conala"
@@ -30,6 +33,8 @@ def _conala_record(row: dict, where: str) -> QueryRecord:
         meta["rewritten_intent"] = row["rewritten_intent"]
     if row.get("question_id") is not None:
         meta["question_id"] = row["question_id"]
+        if row["question_id"] in reserved_question_ids():
+            meta[RESERVED] = True  # its pairs ship for evaluation: prepare leaves it out
     return QueryRecord(row.get("intent"), where, meta)
 
 
@@ -133,6 +138,7 @@ DOMAIN = Domain(
     max_chars=300,
     answer_pattern=ANSWER_PATTERN,
     filler_words=FILLER_WORDS,
+    group_field="question_id",
 )
 
 

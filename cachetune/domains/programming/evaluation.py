@@ -1,9 +1,17 @@
-"""The ``programming`` domain's evaluation set: CoNaLa's human paraphrase pairs.
+"""The ``programming`` domain's evaluation set: CoNaLa's human paraphrase pairs, shipped with the package.
 
 Why this set is valid for a cache: in CoNaLa curated, every record pairs a Stack Overflow
 question title (``intent``) with a second, human-written wording of the same question
 (``rewritten_intent``). No generator wrote either side, so the set measures an adapter on
 real rewordings, not on the style of the LLM it was trained on.
+
+What ships (``data/eval/conala_heldout_pairs.jsonl``, built by ``tools/build_eval_data.py``;
+source, licence and attribution in ``data/eval/CONALA_SOURCE.md``): the pairs of a fixed
+held-out group of CoNaLa curated questions -- those whose ``question_id`` hashes to 0 modulo 8,
+less any whose title or rewrite is a near duplicate of another question's text or of a shipped
+sample query. ``prepare`` of any CoNaLa source (curated JSON, mined JSONL, hub) marks records
+of these question ids as reserved for evaluation and leaves them out, so neither the default
+run (the sample queries) nor the full-data recipe trains on them.
 
 - Positives (label 1): ``intent`` <-> ``rewritten_intent`` of the same record (pairs whose
   texts are equal up to case test nothing and are dropped).
@@ -20,17 +28,18 @@ real rewordings, not on the style of the LLM it was trained on.
   hex string to int" vs "convert int to hex string"), but the very nearest is also where
   Stack Overflow's duplicate questions under other ids sit (label noise), and a set of
   only the base model's top confusions is adversarial to the base model alone.
-- With a prepared folder (``--holdout DIR``): pairs touching a training query are dropped,
-  and when the held-out queries are CoNaLa intents only their pairs are kept and negatives
-  come from among them, so nothing the adapter trained on is scored.
+- With a prepared folder (``--holdout DIR``) pairs touching a training query are dropped.
 
-Mined rows are cached under ``$CACHETUNE_HOME/cache/eval-sets`` (default
-``~/.cache/cachetune``), keyed by the data file's sha256, the miner, the held-out and
-training queries and the seed, so evaluating base and adapters one after another mines once.
+``--eval-data`` points elsewhere: a pairs file (JSONL or CSV, ``sentence1,sentence2,label``)
+or a CoNaLa curated JSON file, whose pairs are then mined as above (with a prepared folder
+whose held-out queries are CoNaLa intents, only their pairs are kept). Mined rows are cached
+under ``$CACHETUNE_HOME/cache/eval-sets`` (default ``~/.cache/cachetune``), keyed by the data
+file's sha256, the miner, the held-out and training queries and the seed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,10 +53,10 @@ from cachetune.core.mining import nearest_neighbours
 from cachetune.core.text import exact_key, near_key, normalize_query
 from cachetune.domains.programming.rules import FILLER_WORDS
 
-CONALA_FILE = "conala/conala-train.json"
+PACKAGED_PAIRS = Path(__file__).parent / "data" / "eval" / "conala_heldout_pairs.jsonl"
 # Each negative is drawn from this many nearest candidates (see the module docstring).
 NEAREST = 10
-CACHE_VERSION = "conala-rewritten/1"
+CACHE_VERSION = "conala-rewritten/2"
 
 
 def _read_records(path: Path, explicit: bool) -> Optional[list]:
@@ -90,15 +99,16 @@ def build_pairs(records: list, embed, held: Optional[set] = None, train: Optiona
     """Positive and mined negative pairs from CoNaLa records (see the module docstring).
 
     ``embed(texts)`` returns normalised embeddings (a numpy array); ``held`` / ``train`` are
-    exact keys of held-out / training queries.
+    keys of held-out / training queries (:func:`cachetune.core.evaluate.inputs.prepared_keys`).
     """
     import numpy as np
 
     train = train or set()
     positives = [p for p in _positives(records)
-                 if exact_key(p["sentence1"]) not in train and exact_key(p["sentence2"]) not in train]
+                 if near_key(p["sentence1"], FILLER_WORDS) not in train
+                 and near_key(p["sentence2"], FILLER_WORDS) not in train]
     if held:
-        restricted = [p for p in positives if exact_key(p["sentence1"]) in held]
+        restricted = [p for p in positives if near_key(p["sentence1"], FILLER_WORDS) in held]
         positives = restricted or positives
     if len(positives) < 2:
         return []
@@ -153,30 +163,30 @@ def _cache_file(path: Path, held, train, seed: int) -> Path:
     digest = hashlib.sha256()
     for part in (CACHE_VERSION, sha256_file(path), canonical_model_id(DEFAULT_BASE_MODEL),
                  weights_sha256(resolve_base_model(DEFAULT_BASE_MODEL)) or "", str(NEAREST), str(seed),
-                 "\n".join(sorted(held or ())), "\n".join(sorted(train or ()))):
+                 "\n".join(sorted(" ".join(k) for k in held or ())),
+                 "\n".join(sorted(" ".join(k) for k in train or ()))):
         digest.update(part.encode("utf-8") + b"\0")
     home = Path(os.environ.get("CACHETUNE_HOME") or Path.home() / ".cache" / "cachetune").expanduser()
     return home / "cache" / "eval-sets" / f"conala-rewritten-{digest.hexdigest()[:20]}.json"
 
 
-def load_conala_pairs(context: EvaluationContext) -> Optional[list]:
-    """The set's rows, or ``None`` when no CoNaLa curated file is available."""
-    from cachetune.core.evaluate.inputs import locate_eval_data, prepared_keys, sample_rows
+@functools.lru_cache(maxsize=1)
+def reserved_question_ids() -> frozenset:
+    """The CoNaLa question ids whose pairs ship for evaluation: ``prepare`` never trains on them."""
+    ids = set()
+    with open(PACKAGED_PAIRS, encoding="utf-8") as fh:
+        for line in fh:
+            meta = json.loads(line)["meta"]
+            ids.update(q for q in (meta.get("question_id"), meta.get("negative_question_id")) if q is not None)
+    return frozenset(ids)
+
+
+def _mined_pairs(path: Path, context: EvaluationContext) -> Optional[list]:
+    from cachetune.core.evaluate.inputs import prepared_keys
     from cachetune.core.jsonl import write_json
 
-    path = locate_eval_data(context, CONALA_FILE)
-    if path is None:
-        return None
-    if path.is_dir():
-        if not (path / "conala-train.json").exists():
-            if context.source:
-                raise CachetuneError("no conala-train.json in the folder (--eval-source)", path)
-            return None
-        path = path / "conala-train.json"
-    records = _read_records(path, explicit=bool(context.source))
-    if records is None:
-        return None
-    held, train = prepared_keys(context.holdout) if context.holdout else (None, None)
+    records = _read_records(path, explicit=True)
+    held, train = prepared_keys(context.holdout, FILLER_WORDS) if context.holdout else (None, None)
     cache = _cache_file(path, held, train, context.seed)
     rows = None
     if cache.exists():
@@ -190,6 +200,24 @@ def load_conala_pairs(context: EvaluationContext) -> Optional[list]:
             write_json(cache, rows)
         except OSError:
             pass  # a read-only home only costs the next run a re-mine
+    return rows
+
+
+def load_conala_pairs(context: EvaluationContext) -> Optional[list]:
+    """The packaged pairs (or ``--eval-data``'s), without any that touch a training query."""
+    from cachetune.core.evaluate.inputs import drop_training_pairs, read_pairs, sample_rows
+
+    if context.eval_data:
+        path = Path(os.path.expanduser(str(context.eval_data)))
+        if not path.is_file():
+            raise CachetuneError("evaluation data not found (--eval-data)", path)
+        if path.suffix.lower() == ".json":
+            rows = _mined_pairs(path, context)
+        else:
+            rows = read_pairs(path)
+    else:
+        rows = read_pairs(PACKAGED_PAIRS)
+    rows = drop_training_pairs(rows, context.holdout, FILLER_WORDS)
     return sample_rows(rows, context) or None
 
 

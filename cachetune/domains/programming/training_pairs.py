@@ -46,8 +46,11 @@ def read_conala_pairs(path) -> List[Pair]:
     """``(intent, rewritten_intent, question_id)`` pairs from CoNaLa curated JSON (a JSON array).
 
     Records without a ``rewritten_intent``, or whose two wordings are the same text, are left
-    out; repeated pairs are kept once.
+    out; repeated pairs are kept once; so are the questions whose pairs ship as the domain's
+    evaluation set (:func:`~cachetune.domains.programming.evaluation.reserved_question_ids`).
     """
+    from cachetune.domains.programming.evaluation import reserved_question_ids
+
     path = Path(path)
     if not path.exists():
         raise CachetuneError("file not found", path)
@@ -59,7 +62,8 @@ def read_conala_pairs(path) -> List[Pair]:
         if not isinstance(rec, dict) or "intent" not in rec:
             raise CachetuneError(f"record {number} has no 'intent'", path)
         query, paraphrase = normalize_query(rec.get("intent")), normalize_query(rec.get("rewritten_intent"))
-        if not query or not paraphrase or exact_key(query) == exact_key(paraphrase):
+        if not query or not paraphrase or exact_key(query) == exact_key(paraphrase) \
+                or rec.get("question_id") in reserved_question_ids():
             continue
         key = (query, paraphrase)
         if key not in seen:
