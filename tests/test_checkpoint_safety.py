@@ -52,7 +52,8 @@ def test_malicious_checkpoint_does_not_execute(run_cli, tmp_path, shared_data, t
 
 
 def test_run_does_not_execute_a_checkpoint_in_its_work_folder(tmp_path, shared_data, tiny_model):
-    """`cachetune run` resumes from any checkpoint in work/adapter/checkpoints, no flag needed."""
+    """`cachetune run` resumes from a checkpoint in work/adapter/checkpoints that a run under the same
+    options left (no flag needed), and never executes one."""
     from cachetune.core.pipeline.config import resolve_config
     from cachetune.core.pipeline.run import Pipeline
     from cachetune.core.plugin_manager import get_plugin_manager
@@ -64,6 +65,15 @@ def test_run_does_not_execute_a_checkpoint_in_its_work_folder(tmp_path, shared_d
     plant_checkpoint(work / "adapter" / ckpt.CHECKPOINTS_DIR / "checkpoint-2", marker, ckpt.LEGACY_TENSORS_FILE)
     config = resolve_config(pm.get_domain("programming"), None,
                             {"run": {"workdir": str(work), "base_model": tiny_model}}, ["train.batch_size=8"])
+    # A folder no run of this work folder started is not resumed: it is moved aside, unread.
+    Pipeline(pm, config, log=lambda _m: None, progress=False).stage_train(3)
+    assert not marker.exists()
+    assert list((work / "stale").glob(f"train-*/{ckpt.CHECKPOINTS_DIR}/checkpoint-2"))
+    # A crashed run of the same options does resume from its checkpoints: a planted one is refused.
+    import shutil
+
+    shutil.rmtree(work / "adapter")  # a crash leaves only checkpoints behind
+    plant_checkpoint(work / "adapter" / ckpt.CHECKPOINTS_DIR / "checkpoint-2", marker, ckpt.LEGACY_TENSORS_FILE)
     with pytest.raises(CachetuneError, match="checkpoint-2: checkpoint in the old pickle format"):
         Pipeline(pm, config, log=lambda _m: None, progress=False).stage_train(3)
     assert not marker.exists()
