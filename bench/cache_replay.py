@@ -14,7 +14,7 @@ served, misses, lookups/s. Redis is started as the tests start it (tests/redis_s
 
     python bench/cache_replay.py --domain programming --train --work runs/replay-programming
     python bench/cache_replay.py --domain medical --train --work runs/replay-medical
-    python bench/cache_replay.py --domain D --registry REG --adapter NAME   # an evaluated adapter
+    python bench/cache_replay.py --domain D --registry REG --adapter NAME --work DIR  # an evaluated adapter
 
 `--train` first builds triplets from the domain's human training pairs (CoNaLa train split;
 RQE train positives whose two sides differ and that share no text with RQE test), trains a LoRA
@@ -93,9 +93,10 @@ def train_and_register(args, base_model: str) -> str:
 
     paths = training_triplets(args.domain, args.data, args.work, base_model)
     started = time.perf_counter()
-    train(TrainConfig(args.domain, paths["train"], args.work / "adapter", base_model=base_model, batch_size=32,
-                      max_steps=args.steps, overwrite=True), show_progress=False)
-    print(f"trained {args.steps} steps in {time.perf_counter() - started:.0f} s")
+    card = train(TrainConfig(args.domain, paths["train"], args.work / "adapter", base_model=base_model,
+                             batch_size=32, max_steps=args.steps, threads=args.threads, overwrite=True),
+                 show_progress=False)
+    print(f"trained {card['results']['steps']} steps in {time.perf_counter() - started:.0f} s")
     record = AdapterRegistry(args.registry).add(args.work / "adapter")
     held = (["--triplets", str(paths["holdout"]), "--no-domain-sets"] if "holdout" in paths
             else ["--eval-source", str(args.data / "rqe")])
@@ -138,7 +139,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/replay"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--target-precision", type=float, default=0.95)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="Torch threads (1: a cache looks up one query at a time; more threads spin on it).")
     args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from cachetune.core.models import embedded_model_path
     from cachetune.registry import AdapterRegistry
