@@ -277,6 +277,10 @@ ROWS = [
     Row("router-show-unknown", ["router", "show", *REG, "nope"], "{reg}/routers", "no router named 'nope'"),
     Row("embed-auto-without-router", ["embed", "--domain", "auto", *REG, "sort a list"], "{reg}/routers",
         "no router in the registry"),
+    Row("serve-unknown-model", ["serve", *REG, "--port", "0", "--model", "nope"], "{reg}/adapters/index.json",
+        "no adapter named 'nope'"),
+    Row("serve-bad-index", ["serve", "--registry", "{tmp}/r", "--port", "0"], "{tmp}/r/adapters/index.json",
+        "has ref", {"r": registry_with(lambda d: d["adapters"][0].update(ref="other@1"))}),
     # -- run ------------------------------------------------------------------------------
     Row("run-config-not-utf8", ["run", "--domain", "programming", "--config", "{tmp}/run.yaml", "--print-config"],
         "{tmp}/run.yaml:2", "not UTF-8", {"run.yaml": b"train:\n  lr: \xff\n"}),
@@ -325,7 +329,7 @@ def test_the_table_covers_every_command():
 
     covered = {row.args[0] for row in ROWS} | {"similarity", "embed"}
     assert len(ROWS) >= 40
-    assert set(BUILTIN_COMMANDS) - covered <= {"domains", "plugins", "serve", "server"}  # no input files
+    assert set(BUILTIN_COMMANDS) - covered <= {"domains", "plugins", "server"}  # no input files
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
