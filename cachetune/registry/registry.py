@@ -310,8 +310,47 @@ class AdapterRegistry:
         with self.index.update() as index:
             record = self._find(index["adapters"], ref)
             record["metrics"] = metrics
-            record["calibrated_threshold"] = calibrated_threshold(metrics)
+            if not record.get("calibration"):  # a user's own calibration, once selected, stays in force
+                record["calibrated_threshold"] = calibrated_threshold(metrics)
             record["evaluated"] = _now()
+            updated = copy.deepcopy(record)
+        return updated
+
+    def add_calibration(self, ref: str, calibration: dict) -> dict:
+        """Store a named threshold calibration on ``ref`` and select it (serving and exports use it).
+
+        A calibration of the same name is replaced; the others are kept.
+        """
+        name = calibration.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise CachetuneError("a calibration needs a name (--name)")
+        threshold = calibration.get("threshold")
+        if not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
+            raise CachetuneError(f"calibration '{name}' has no valid threshold: {threshold!r}")
+        with self.index.update() as index:
+            record = self._find(index["adapters"], ref)
+            kept = [c for c in record.get("calibrations", []) if c.get("name") != name]
+            record["calibrations"] = kept + [dict(calibration, created=_now())]
+            record["calibration"] = name
+            record["calibrated_threshold"] = float(threshold)
+            updated = copy.deepcopy(record)
+        return updated
+
+    def select_calibration(self, ref: str, name: Optional[str]) -> dict:
+        """Serve ``ref`` at calibration ``name``'s threshold; None goes back to the evaluation's threshold."""
+        with self.index.update() as index:
+            record = self._find(index["adapters"], ref)
+            if name is None:
+                record["calibration"] = None
+                record["calibrated_threshold"] = calibrated_threshold(record.get("metrics") or {})
+            else:
+                found = [c for c in record.get("calibrations", []) if c.get("name") == name]
+                if not found:
+                    have = ", ".join(c.get("name", "?") for c in record.get("calibrations", [])) or "none"
+                    raise CachetuneError(f"adapter '{record['ref']}' has no calibration '{name}' (has: {have})",
+                                         self.index.path)
+                record["calibration"] = name
+                record["calibrated_threshold"] = float(found[0]["threshold"])
             updated = copy.deepcopy(record)
         return updated
 

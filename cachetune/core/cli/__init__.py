@@ -17,7 +17,8 @@ from cachetune import __version__
 from cachetune.core.errors import CachetuneError
 
 # Built-in command modules under cachetune.core.cli; each has ``register(cli)``.
-BUILTIN_COMMANDS = ("domains", "plugins", "prepare", "generate", "train", "evaluate", "adapters", "serve", "server", "router", "run")
+BUILTIN_COMMANDS = ("domains", "plugins", "prepare", "generate", "train", "evaluate", "adapters", "calibrate", "serve",
+                    "server", "router", "run")
 
 
 class DomainChoice(click.ParamType):

@@ -1,0 +1,131 @@
+"""`cachetune calibrate`: a threshold for the user's own traffic, and which pairs to label for it.
+
+``calibrate_adapter`` scores the user's labelled pairs with a registered adapter, picks the threshold
+with a precision guarantee (threshold_bound.py) and stores it on the registry record as a named
+calibration. ``suggest_pairs`` turns a log of unlabelled queries into the candidate pairs whose labels
+would move that threshold most.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from cachetune.core.errors import CachetuneError
+from cachetune.core.evaluate.inputs import read_pairs
+from cachetune.core.evaluate.threshold_bound import (
+    calibrate_with_bound,
+    curve_with_band,
+    informative_pairs,
+    tightening,
+)
+from cachetune.core.models import encode, sha256_file
+from cachetune.core.text import exact_key
+
+
+def _open(ref: str, registry):
+    from cachetune.core.serving.models import load_model, open_registry
+
+    reg = open_registry(registry)
+    record = reg.get(ref)
+    return reg, record, load_model(adapter=record["ref"], registry=reg)
+
+
+def pair_scores(model, rows: Sequence[dict]) -> np.ndarray:
+    """Cosine of each pair's two texts, each distinct text encoded once."""
+    texts = list(dict.fromkeys([r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]))
+    where = {t: i for i, t in enumerate(texts)}
+    emb = encode(model, texts)
+    a = emb[[where[r["sentence1"]] for r in rows]]
+    b = emb[[where[r["sentence2"]] for r in rows]]
+    return (a * b).sum(axis=1)
+
+
+def calibrate_adapter(ref: str, pairs, *, columns=None, target_precision: float = 0.95, confidence: float = 0.9,
+                      name: Optional[str] = None, registry=None, report_dir=None) -> dict:
+    """Calibrate ``ref`` on the labelled ``pairs`` file; store the calibration unless the target is unsupported."""
+    rows = read_pairs(pairs, columns)
+    reg, record, model = _open(ref, registry)
+    scores = pair_scores(model, rows)
+    labels = np.array([r["label"] for r in rows])
+    cal = calibrate_with_bound(scores, labels, target_precision, confidence)
+    name = name or f"calibration-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    result = {"adapter": record["ref"], "name": name, **cal.to_dict(), "tightening": tightening(cal),
+              "pairs_file": str(Path(pairs).resolve()), "pairs_sha256": sha256_file(pairs)}
+    if report_dir is not None:
+        from cachetune.core.evaluate.calibrate_report import write_report
+
+        result["report"] = str(write_report(report_dir, result, curve_with_band(scores, labels, confidence)))
+    if cal.threshold is None:
+        raise CachetuneError(cal.reason + "; nothing stored", pairs)
+    stored = {k: result[k] for k in ("name", "threshold", "target_precision", "confidence", "precision_lower_bound",
+                                     "precision_observed", "hit_rate", "served", "pairs", "positives",
+                                     "pairs_file", "pairs_sha256")}
+    reg.add_calibration(record["ref"], stored)
+    return result
+
+
+def _candidate_pairs(emb: np.ndarray, neighbours: int):
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    k = min(neighbours, len(emb) - 1)
+    seen, pairs = set(), []
+    for i in range(len(emb)):
+        for j in np.argpartition(-sims[i], k - 1)[:k]:
+            key = (min(i, int(j)), max(i, int(j)))
+            if key not in seen:
+                seen.add(key)
+                pairs.append((key[0], key[1], float(sims[key])))
+    return pairs
+
+
+def suggest_pairs(ref: str, queries, n: int, output, *, registry=None, threshold: Optional[float] = None,
+                  neighbours: int = 3) -> dict:
+    """Write the ``n`` most informative candidate pairs from ``queries`` to ``output`` (label left empty)."""
+    from cachetune.core.serving.models import read_texts
+
+    if n < 1:
+        raise CachetuneError("--suggest must be at least 1")
+    texts, keys = [], set()
+    for text in read_texts(queries):
+        if exact_key(text) not in keys:
+            keys.add(exact_key(text))
+            texts.append(text)
+    if len(texts) < 2:
+        raise CachetuneError(f"need at least 2 distinct queries, found {len(texts)}", queries)
+    reg, record, model = _open(ref, registry)
+    if threshold is None:
+        threshold = record.get("calibrated_threshold")
+    if threshold is None:
+        raise CachetuneError(f"adapter '{record['ref']}' has no threshold yet: evaluate or calibrate it first, "
+                             "or pass --threshold")
+    candidates = _candidate_pairs(encode(model, texts), neighbours)
+    chosen = informative_pairs([c[2] for c in candidates], threshold, n)
+    rows = [{"sentence1": texts[candidates[i][0]], "sentence2": texts[candidates[i][1]], "label": "",
+             "score": round(candidates[i][2], 4)} for i in chosen]
+    _write_rows(Path(output), rows)
+    return {"adapter": record["ref"], "threshold": threshold, "queries": len(texts), "candidates": len(candidates),
+            "written": len(rows), "output": str(output)}
+
+
+def _write_rows(path: Path, rows) -> None:
+    import csv
+    import io
+    import json
+
+    from cachetune.core.jsonl import atomic_writer
+
+    with atomic_writer(path) as fh:
+        if path.suffix.lower() in (".csv", ".tsv"):
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=["sentence1", "sentence2", "label", "score"],
+                                    delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+            fh.write(buffer.getvalue())
+        else:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
