@@ -82,12 +82,24 @@ def conala_pairs(shared_data, n):
     return out
 
 
-def rqe_pairs(shared_data):
-    from cachetune.domains.medical.evaluation import read_rqe
+def hard_pairs(model, shared_data, skip):
+    """Same positives style, but each negative is the most similar rewording of *another* question
+    under the model: a harder traffic mix than `conala_pairs`, so its scores sit higher."""
+    from cachetune.core.models import encode
 
-    found = sorted((shared_data / "rqe").glob("RQE_Train*.xml"))
-    rows = read_rqe(found[0])
-    return [(r["sentence1"], r["sentence2"], r["label"]) for r in rows]
+    rows = json.loads((shared_data / "conala" / "conala-train.json").read_text(encoding="utf-8"))
+    pairs = sorted({(r["intent"], r["rewritten_intent"]) for r in rows
+                    if r.get("rewritten_intent") and r["rewritten_intent"] != r["intent"]} - skip)
+    random.Random(2).shuffle(pairs)
+    pairs = pairs[:1200]
+    a = encode(model, [p[0] for p in pairs])
+    b = encode(model, [p[1] for p in pairs])
+    sims = a @ b.T
+    np.fill_diagonal(sims, -1)
+    out = [(x, y, 1) for x, y in pairs]
+    out += [(pairs[i][0], pairs[int(sims[i].argmax())][1], 0) for i in range(len(pairs))]
+    random.Random(3).shuffle(out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -105,24 +117,25 @@ def registered(tmp_path_factory, embedded_model):
 @pytest.mark.slow
 def test_threshold_from_one_set_misses_on_another_and_calibrate_fixes_it(shared_data, registered, tmp_path,
                                                                           run_cli):
-    """Calibrated on CoNaLa pairs, the threshold serves too many wrong answers on RQE pairs; calibrated
-    with `calibrate --pairs` on a sample of RQE, it keeps the target on the rest of RQE."""
+    """Calibrated on CoNaLa pairs with easy negatives, the threshold serves too many wrong answers on
+    traffic whose negatives are near misses; calibrated with `calibrate --pairs` on a sample of that
+    traffic, it keeps the target on the rest of it."""
     from cachetune.core.evaluate.calibrate import pair_scores
     from cachetune.core.serving.models import load_model
 
     root, ref = registered
     target = 0.9
-    rqe = rqe_pairs(shared_data)
-    random.Random(1).shuffle(rqe)
-    sample, rest = rqe[:1500], rqe[1500:4500]
+    easy = conala_pairs(shared_data, 600)
     conala = tmp_path / "conala.csv"
-    _write_pairs(conala, conala_pairs(shared_data, 600))
+    _write_pairs(conala, easy)
     result = run_cli(["calibrate", ref, "--pairs", str(conala), "--registry", str(root), "--name", "conala",
                       "--target-precision", str(target), "--json"])
     assert result.exit_code == 0, result.stderr
     conala_threshold = json.loads(result.stdout)["threshold"]
 
     model = load_model(adapter=ref, registry=root)
+    other = hard_pairs(model, shared_data, {(a, b) for a, b, _ in easy})
+    sample, rest = other[:1000], other[1000:]
     rest_rows = [{"sentence1": a, "sentence2": b, "label": y} for a, b, y in rest]
     scores, labels = pair_scores(model, rest_rows), np.array([y for _, _, y in rest])
 
@@ -131,10 +144,10 @@ def test_threshold_from_one_set_misses_on_another_and_calibrate_fixes_it(shared_
 
     assert precision_at(conala_threshold) < target - 0.03  # does not transfer
 
-    own = tmp_path / "rqe-sample.csv"
+    own = tmp_path / "own-sample.csv"
     _write_pairs(own, sample)
     report = tmp_path / "report"
-    result = run_cli(["calibrate", ref, "--pairs", str(own), "--registry", str(root), "--name", "rqe",
+    result = run_cli(["calibrate", ref, "--pairs", str(own), "--registry", str(root), "--name", "own",
                       "--target-precision", str(target), "--report", str(report), "--json"])
     assert result.exit_code == 0, result.stderr
     calibrated = json.loads(result.stdout)
