@@ -62,7 +62,7 @@ def register(cli, pm) -> None:
         from cachetune.core.evaluate import calibrate as stage
         from cachetune.core.evaluate.inputs import parse_columns
         from cachetune.core.outputs import check_output
-        from cachetune.core.serving.models import open_registry
+        from cachetune.core.serving.models import load_model, open_registry, read_texts
 
         modes = [bool(pairs), suggest is not None, select is not None]
         if sum(modes) != 1:
@@ -71,20 +71,27 @@ def register(cli, pm) -> None:
             record = open_registry(registry).select_calibration(ref, None if select == "evaluation" else select)
             click.echo(f"{record['ref']} now serves at threshold {record['calibrated_threshold']}")
             return
+        reg = open_registry(registry)
         if suggest is not None:
             if queries is None or output is None:
                 raise click.UsageError("--suggest needs --queries and --output")
             check_output(output, "--output", overwrite=overwrite)
-            result = stage.suggest_pairs(ref, queries, suggest, output, registry=registry, threshold=threshold)
+            texts = read_texts(queries)
+            record = reg.get(ref)
+            result = stage.suggest_pairs(record, load_model(adapter=record["ref"], registry=reg), texts, suggest,
+                                         output, where=queries, threshold=threshold)
             click.echo(json.dumps(result) if as_json else
                        f"{result['written']} pairs to label (of {result['candidates']} candidates from "
                        f"{result['queries']} queries, around threshold {result['threshold']:.4f}) -> {output}")
             return
         if report_dir is not None:
             check_output(report_dir, "--report", folder=True, overwrite=True)
-        result = stage.calibrate_adapter(ref, pairs, columns=parse_columns(columns) if columns else None,
+        record = reg.get(ref)
+        model = load_model(adapter=record["ref"], registry=reg)
+        result = stage.calibrate_adapter(reg, record, model, pairs,
+                                         columns=parse_columns(columns) if columns else None,
                                          target_precision=target_precision, confidence=confidence, name=name,
-                                         registry=registry, report_dir=report_dir)
+                                         report_dir=report_dir)
         if as_json:
             click.echo(json.dumps(result))
         else:

@@ -26,14 +26,6 @@ from cachetune.core.models import encode, sha256_file
 from cachetune.core.text import exact_key
 
 
-def _open(ref: str, registry):
-    from cachetune.core.serving.models import load_model, open_registry
-
-    reg = open_registry(registry)
-    record = reg.get(ref)
-    return reg, record, load_model(adapter=record["ref"], registry=reg)
-
-
 def pair_scores(model, rows: Sequence[dict]) -> np.ndarray:
     """Cosine of each pair's two texts, each distinct text encoded once."""
     texts = list(dict.fromkeys([r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]))
@@ -44,11 +36,11 @@ def pair_scores(model, rows: Sequence[dict]) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def calibrate_adapter(ref: str, pairs, *, columns=None, target_precision: float = 0.95, confidence: float = 0.9,
-                      name: Optional[str] = None, registry=None, report_dir=None) -> dict:
-    """Calibrate ``ref`` on the labelled ``pairs`` file; store the calibration unless the target is unsupported."""
+def calibrate_adapter(registry, record: dict, model, pairs, *, columns=None, target_precision: float = 0.95,
+                      confidence: float = 0.9, name: Optional[str] = None, report_dir=None) -> dict:
+    """Calibrate ``record``'s adapter (loaded as ``model``) on the labelled ``pairs`` file and store the
+    calibration on ``registry`` — unless the target is unsupported, which is an error storing nothing."""
     rows = read_pairs(pairs, columns)
-    reg, record, model = _open(ref, registry)
     scores = pair_scores(model, rows)
     labels = np.array([r["label"] for r in rows])
     cal = calibrate_with_bound(scores, labels, target_precision, confidence)
@@ -64,7 +56,7 @@ def calibrate_adapter(ref: str, pairs, *, columns=None, target_precision: float 
     stored = {k: result[k] for k in ("name", "threshold", "target_precision", "confidence", "precision_lower_bound",
                                      "precision_observed", "hit_rate", "served", "pairs", "positives",
                                      "pairs_file", "pairs_sha256")}
-    reg.add_calibration(record["ref"], stored)
+    registry.add_calibration(record["ref"], stored)
     return result
 
 
@@ -82,21 +74,18 @@ def _candidate_pairs(emb: np.ndarray, neighbours: int):
     return pairs
 
 
-def suggest_pairs(ref: str, queries, n: int, output, *, registry=None, threshold: Optional[float] = None,
-                  neighbours: int = 3) -> dict:
-    """Write the ``n`` most informative candidate pairs from ``queries`` to ``output`` (label left empty)."""
-    from cachetune.core.serving.models import read_texts
-
+def suggest_pairs(record: dict, model, queries: Sequence[str], n: int, output, *, where=None,
+                  threshold: Optional[float] = None, neighbours: int = 3) -> dict:
+    """Write the ``n`` most informative candidate pairs among ``queries`` to ``output`` (label left empty)."""
     if n < 1:
         raise CachetuneError("--suggest must be at least 1")
     texts, keys = [], set()
-    for text in read_texts(queries):
+    for text in queries:
         if exact_key(text) not in keys:
             keys.add(exact_key(text))
             texts.append(text)
     if len(texts) < 2:
-        raise CachetuneError(f"need at least 2 distinct queries, found {len(texts)}", queries)
-    reg, record, model = _open(ref, registry)
+        raise CachetuneError(f"need at least 2 distinct queries, found {len(texts)}", where)
     if threshold is None:
         threshold = record.get("calibrated_threshold")
     if threshold is None:
