@@ -243,6 +243,7 @@ ROWS = [
         "no adapter named 'nope'"),
     # -- embed / similarity ---------------------------------------------------------------
     Row("similarity-empty", ["similarity", "--adapter", "programming", *REG, "", ""], "A is empty"),
+    Row("calibrate-no-mode", ["calibrate", "programming", *REG], "--pairs"),
     Row("embed-empty-argument", ["embed", "--adapter", "programming", *REG, "sort a list", " "], "TEXT 2 is empty"),
     Row("embed-input-empty-text", ["embed", "--adapter", "programming", *REG, "--input", "{tmp}/in.jsonl"],
         "{tmp}/in.jsonl:2", "'query' is empty", {"in.jsonl": QUERY + '{"query": ""}\n'}),
