@@ -28,12 +28,10 @@ from cachetune.core.text import exact_key
 
 def pair_scores(model, rows: Sequence[dict]) -> np.ndarray:
     """Cosine of each pair's two texts, each distinct text encoded once."""
+    from cachetune.core.evaluate.scoring import scores_of_pairs
+
     texts = list(dict.fromkeys([r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]))
-    where = {t: i for i, t in enumerate(texts)}
-    emb = encode(model, texts)
-    a = emb[[where[r["sentence1"]] for r in rows]]
-    b = emb[[where[r["sentence2"]] for r in rows]]
-    return (a * b).sum(axis=1)
+    return scores_of_pairs(rows, encode(model, texts), {t: i for i, t in enumerate(texts)})
 
 
 def calibrate_adapter(registry, record: dict, model, pairs, *, columns=None, target_precision: float = 0.95,

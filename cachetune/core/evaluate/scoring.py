@@ -52,7 +52,7 @@ def count_truncated(model, texts: Sequence[str]) -> np.ndarray:
     return np.array([len(x) > limit for x in ids], dtype=bool)
 
 
-def _pair_scores(rows, emb, index) -> np.ndarray:
+def scores_of_pairs(rows, emb, index) -> np.ndarray:
     a = emb[[index[r["sentence1"]] for r in rows]]
     b = emb[[index[r["sentence2"]] for r in rows]]
     return np.einsum("ij,ij->i", a, b).astype(np.float64)
@@ -73,7 +73,7 @@ def score_input(item: EvalInput, emb: np.ndarray, index: Dict[str, int], target_
     else:
         pair_rows = item.rows
         extra_scores = None
-    scores = _pair_scores(pair_rows, emb, index)
+    scores = scores_of_pairs(pair_rows, emb, index)
     labels = np.array([r["label"] for r in pair_rows])
     if 0 < labels.sum() < labels.size:
         out["pairs"] = M.pair_metrics(scores, labels, target_precision, n_bootstrap, seed)
