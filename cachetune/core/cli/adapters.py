@@ -1,4 +1,4 @@
-"""``cachetune adapters``: list, show, add, remove, export and verify registered adapters."""
+"""``cachetune adapters``: list, show, add, remove, export (peft, merged, ONNX) and verify registered adapters."""
 
 from __future__ import annotations
 
@@ -98,16 +98,33 @@ def register(cli, pm) -> None:
 
     @adapters.command()
     @click.argument("ref", metavar="NAME[@VERSION]")
-    @click.option("--merged", is_flag=True,
-                  help="Merge the LoRA into the base weights: a plain SentenceTransformer folder.")
+    @click.option("--format", "fmt", type=click.Choice(["peft", "merged", "onnx"]), default="peft", show_default=True,
+                  help="peft: the adapter files + card; merged: the LoRA merged into the base weights (a plain "
+                       "SentenceTransformer folder); onnx: merged, as ONNX for onnxruntime (cached in the registry).")
+    @click.option("--merged", is_flag=True, help="Same as --format merged.")
+    @click.option("--quantize", type=click.Choice(["int8"]), help="With --format onnx: int8 weights (faster).")
     @click.option("--for", "tool", type=click.Choice(list(CACHE_TARGETS)),
                   help="Merged, in the layout TOOL loads, plus cache-config.* with the adapter's threshold "
                        "in TOOL's units (implies --merged).")
-    @click.option("--output", type=click.Path(path_type=Path), required=True, help="New (or empty) folder.")
+    @click.option("--output", type=click.Path(path_type=Path),
+                  help="New (or empty) folder. Optional with --format onnx: the export is cached in the registry "
+                       "and loaded from there by `serve --backend onnx`.")
+    @click.option("--rebuild", is_flag=True, help="With --format onnx: replace a cached export that fails its check.")
     @click.option("--device", help="Device for merging (default: sentence-transformers' choice).")
     @registry_option
-    def export(ref, merged, tool, output, device, registry):
-        """Write an adapter out: its peft files + card, merged into its base model, or ready for a cache."""
+    def export(ref, fmt, merged, quantize, tool, output, rebuild, device, registry):
+        """Write an adapter out: its peft files + card, merged into its base model, as ONNX, or ready for a cache."""
+        fmt = "merged" if merged and fmt == "peft" else fmt
+        if merged and fmt != "merged":
+            raise click.UsageError(f"--merged contradicts --format {fmt}")
+        if tool and fmt == "onnx":
+            raise click.UsageError("--for writes a merged SentenceTransformer folder, not --format onnx")
+        if quantize and fmt != "onnx":
+            raise click.UsageError("--quantize needs --format onnx")
+        if rebuild and fmt != "onnx":
+            raise click.UsageError("--rebuild needs --format onnx")
+        if output is None and fmt != "onnx":
+            raise click.UsageError("--output is required (except with --format onnx)")
         reg = _open(registry)
         record = reg.get(ref)
         if tool:
@@ -118,8 +135,16 @@ def register(cli, pm) -> None:
             click.echo(f"wrote {done.config_file}:\n")
             click.echo(done.config)
             return
-        reg.export(record["ref"], output, merged=merged, device=device)
-        what = "merged SentenceTransformer" if merged else "adapter files"
+        if fmt == "onnx":
+            from cachetune.core.serving.onnx import adapter_export
+
+            cached = adapter_export(reg, record, quantize, device=device, rebuild=rebuild)
+            click.echo(f"{record['ref']} as ONNX ({quantize or 'fp32'}) cached at {cached}")
+            if output is None:
+                return
+        reg.export(record["ref"], output, fmt=fmt, device=device, quantize=quantize)
+        what = {"peft": "adapter files", "merged": "merged SentenceTransformer",
+                "onnx": f"ONNX {quantize or 'fp32'}"}[fmt]
         click.echo(f"exported {record['ref']} ({what}) -> {output}")
 
     @adapters.command()

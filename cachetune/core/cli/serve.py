@@ -46,20 +46,34 @@ def adapter_option(func):
     )(func)
 
 
-def _load(domain, adapter, registry, merged=False, device=None, router=None):
+def backend_options(func):
+    """``--backend torch|onnx`` and ``--quantize int8`` (shared with ``cachetune serve``)."""
+    func = click.option("--quantize", type=click.Choice(["int8"]),
+                        help="With --backend onnx: the int8 export (faster; see the README for its accuracy).")(func)
+    return click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+                        help="onnx: the adapter merged and run by onnxruntime (exported on first use, cached in "
+                             "the registry; needs pip install 'cachetune[onnx]').")(func)
+
+
+def _load(domain, adapter, registry, merged=False, device=None, router=None, backend="torch", quantize=None):
     if not domain and not adapter:
         raise click.UsageError("give --domain or --adapter")
     if router and domain != AUTO:
         raise click.UsageError("--router goes with --domain auto")
+    if quantize and backend != "onnx":
+        raise click.UsageError("--quantize needs --backend onnx")
     if domain == AUTO:
         if adapter or merged:
             raise click.UsageError("--domain auto picks the adapters itself: drop --adapter/--merged")
+        if backend != "torch":
+            raise click.UsageError("--domain auto needs --backend torch (the router reads token embeddings)")
         from cachetune.core.serving.routed import load_routed
 
         return load_routed(registry, router, device=device)
     from cachetune.core.serving.models import load_model
 
-    return load_model(domain=domain, registry=registry, merged=merged, adapter=adapter, device=device)
+    return load_model(domain=domain, registry=registry, merged=merged, adapter=adapter, device=device,
+                      backend=backend, quantize=quantize)
 
 
 def _label(served) -> str:
@@ -78,9 +92,11 @@ def register(cli, pm) -> None:
     @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
     @click.option("--merged", is_flag=True, help="Merge the LoRA into the weights first (same vectors, faster).")
     @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+    @backend_options
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     @click.argument("texts", nargs=-1)
-    def embed(domain, router, adapter, registry, input_path, output, overwrite, merged, batch_size, device, texts):
+    def embed(domain, router, adapter, registry, input_path, output, overwrite, merged, batch_size, backend, quantize,
+              device, texts):
         """Embed TEXT... (or --input FILE) with a domain's adapter (--domain auto: each text's domain)."""
         from cachetune.core.serving import models as serving
 
@@ -94,7 +110,8 @@ def register(cli, pm) -> None:
         texts = list(texts) if texts else serving.read_texts(input_path)
         if not texts:
             raise CachetuneError("no texts to embed", input_path)
-        model = _load(domain, adapter, registry, merged=merged, device=device, router=router)
+        model = _load(domain, adapter, registry, merged=merged, device=device, router=router, backend=backend,
+                      quantize=quantize)
         options = dict(batch_size=batch_size, convert_to_numpy=True, show_progress_bar=len(texts) > 4 * batch_size)
         if domain == AUTO:
             routed = model.encode(texts, domain=AUTO, **options)
@@ -121,15 +138,16 @@ def register(cli, pm) -> None:
     @click.option("--threshold", type=click.FloatRange(-1.0, 1.0),
                   help="Decide with this threshold instead of the calibrated one.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+    @backend_options
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     @click.argument("a")
     @click.argument("b")
-    def similarity(domain, router, adapter, registry, threshold, as_json, device, a, b):
+    def similarity(domain, router, adapter, registry, threshold, as_json, backend, quantize, device, a, b):
         """Cosine of A and B under the adapter, and whether a cache would treat them as the same query."""
         from cachetune.core.serving.models import check_not_empty, cosine
 
         check_not_empty([("A", a), ("B", b)])  # before the model loads
-        model = _load(domain, adapter, registry, device=device, router=router)
+        model = _load(domain, adapter, registry, device=device, router=router, backend=backend, quantize=quantize)
         if domain == AUTO:
             _routed_similarity(model, a, b, threshold, as_json)
             return

@@ -7,6 +7,7 @@ import logging
 import click
 
 from cachetune.core.cli.adapters import registry_option
+from cachetune.core.cli.serve import backend_options
 from cachetune.core.errors import CachetuneError
 
 
@@ -35,6 +36,7 @@ def register(cli, pm) -> None:
     @click.option("--router", "router", metavar="NAME[@VERSION]",
                   help="Serve this router as model 'auto' (default: the registry's router over the most "
                        "loaded domains, if one fits the adapters served).")
+    @backend_options
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                   help="Most texts encoded in one call; concurrent requests share it.")
@@ -47,10 +49,12 @@ def register(cli, pm) -> None:
                   help="Most texts in one request (more: 413).")
     @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                   show_default=True, help="debug logs one line per request.")
-    def serve(registry, host, port, models, merged, router, device, max_batch_size, max_wait_ms, max_queue, max_inputs,
-              log_level):
+    def serve(registry, host, port, models, merged, router, backend, quantize, device, max_batch_size, max_wait_ms,
+              max_queue, max_inputs, log_level):
         """Serve adapters as OpenAI-compatible embeddings: POST /v1/embeddings, GET /v1/models, GET /health."""
         _need_serve_extra()
+        if quantize and backend != "onnx":
+            raise click.UsageError("--quantize needs --backend onnx")
         from cachetune.core.serving.catalog import load_catalog
         from cachetune.core.serving.server import bind, create_app, uvicorn_server
 
@@ -58,7 +62,7 @@ def register(cli, pm) -> None:
         logging.getLogger("cachetune.serve").setLevel(log_level.upper())
         sock = bind(host, port)  # before loading models: a busy port fails fast
         catalog = load_catalog(registry, models, merged=merged, device=device, batch_size=max_batch_size,
-                               router=router)
+                               router=router, backend=backend, quantize=quantize)
         app = create_app(catalog, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_inputs=max_inputs)
         bound_host, bound_port = sock.getsockname()[:2]

@@ -5,7 +5,8 @@ A request's ``model`` is an adapter ``name@version``, an adapter name (its lates
 version), a domain (the adapter the registry serves for it, if loaded) or a base model id.
 Unmerged adapters on one base model share one copy of it (:func:`load_shared`) and are
 switched per batch; ``merged=True`` folds each adapter into a copy of its own (base-model
-speed, one copy each). Every adapter is loaded with the registry's checks: file hashes and
+speed, one copy each); ``backend="onnx"`` serves merged ONNX exports run by onnxruntime
+(:mod:`cachetune.core.serving.onnx`). Every adapter is loaded with the registry's checks: file hashes and
 the base model's weights.
 """
 
@@ -20,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from cachetune.core.adapters import check_base_model
 from cachetune.core.errors import CachetuneError
 from cachetune.core.models import EMBEDDED_ALIASES, EMBEDDED_MODEL_ID, load_sentence_transformer
-from cachetune.core.serving.models import ServedAdapter, load_model, load_shared, open_registry
+from cachetune.core.serving.models import ServedAdapter, check_backend, load_model, load_shared, open_registry
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Encoder:
     model: object  # the SentenceTransformer that encodes (shared by unmerged adapters on one base)
     adapter: Optional[ServedAdapter] = None
     router: Optional[dict] = None  # for "auto": {"ref", "routes": {domain: adapter ref}}; rows carry domains
+    backend: str = "torch"
     created: int = field(default_factory=lambda: int(time.time()))
 
     def token_counts(self, texts: Sequence[str]) -> List[int]:
@@ -55,6 +57,7 @@ class Encoder:
             "domain": adapter.domain if adapter else None,
             "calibrated_threshold": adapter.calibrated_threshold if adapter else None,
             "merged": adapter.merged if adapter else False,
+            "backend": self.backend,
             "dimension": self.dimension,
             "max_tokens": self.max_tokens,
             **({"router": self.router} if self.router else {}),
@@ -88,8 +91,9 @@ def _encoder(model_id: str, encode, model, base_model: str, batch_size: int,
         return encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                       show_progress_bar=False)
 
+    # SentenceTransformer.backend is "torch" here; OnnxEncoder.backend says "onnx-fp32" / "onnx-int8"
     return Encoder(model_id, run, copy.deepcopy(model.tokenizer), int(model.max_seq_length),
-                   _dimension(model), base_model, model, adapter)
+                   _dimension(model), base_model, model, adapter, backend=getattr(model, "backend", "torch"))
 
 
 def _auto_encoder(reg, router_ref: Optional[str], encoders: List[Encoder], bases: Dict[str, dict]) -> Optional[Encoder]:
@@ -157,25 +161,41 @@ def _aliases(registry, records: List[dict], base_ids: Sequence[str]) -> Dict[str
     return {name: target for name, target in aliases.items() if name != target}
 
 
+def _base_loader(reg, backend: str, quantize: Optional[str], device: Optional[str]):
+    """``load(base_entry, where)``: the base model as this backend serves it."""
+    if backend == "onnx":
+        from cachetune.core.serving import onnx
+
+        return lambda entry, where=None: onnx.load_onnx(onnx.base_export(reg, entry, quantize, device))
+    return lambda entry, where=None: load_sentence_transformer(check_base_model(entry, None, where), device=device)
+
+
 def load_catalog(registry=None, refs: Sequence[str] = (), merged: bool = False, device: Optional[str] = None,
-                 batch_size: int = 64, router: Optional[str] = None) -> ModelCatalog:
+                 batch_size: int = 64, router: Optional[str] = None, backend: str = "torch",
+                 quantize: Optional[str] = None) -> ModelCatalog:
     """Load the adapters named by ``refs`` (default: every adapter in the registry) and their bases.
 
     ``auto`` is served too when a router in the registry (or ``router``) routes over loaded adapters.
+    ``backend="onnx"`` serves each adapter merged and run by onnxruntime (``quantize="int8"``:
+    the int8 export), the bases too; routing reads PyTorch token embeddings, so not with it.
     """
+    check_backend(backend, quantize)
+    if router and backend == "onnx":
+        raise CachetuneError("--router needs --backend torch (the router reads the base model's token embeddings)")
     reg = open_registry(registry)
     records = select_records(reg, refs)
     groups: Dict[str, List[dict]] = {}
     for record in records:
         groups.setdefault(record["base_model"]["id"], []).append(record)
+    load_base = _base_loader(reg, backend, quantize, device)
     encoders: List[Encoder] = []
     for base_id, group in groups.items():
-        if merged:
-            base = load_sentence_transformer(check_base_model(group[0]["base_model"], None, reg.path_of(group[0])),
-                                             device=device)
+        if merged or backend == "onnx":
+            base = load_base(group[0]["base_model"], reg.path_of(group[0]))
             encoders.append(_encoder(base_id, base.encode, base, base_id, batch_size))
             for record in group:
-                model = load_model(adapter=record["ref"], registry=reg, merged=True, device=device)
+                model = load_model(adapter=record["ref"], registry=reg, merged=True, device=device, backend=backend,
+                                   quantize=quantize)
                 encoders.append(_encoder(record["ref"], model.encode, model, base_id, batch_size,
                                          model.cachetune_adapter))
             continue
@@ -185,9 +205,12 @@ def load_catalog(registry=None, refs: Sequence[str] = (), merged: bool = False, 
             encoders.append(_encoder(record["ref"], partial(multi.encode, domain=record["ref"]), multi.model,
                                      base_id, batch_size, multi.adapters[record["ref"]]))
     if not records:  # an empty registry still serves the base model
-        base = load_sentence_transformer(None, device=device)
+        from cachetune.core.models import resolve_base_model, weights_sha256
+
+        base = load_base({"id": EMBEDDED_MODEL_ID, "weights_sha256": weights_sha256(resolve_base_model(None))})
         encoders.append(_encoder(EMBEDDED_MODEL_ID, base.encode, base, EMBEDDED_MODEL_ID, batch_size))
-    auto = _auto_encoder(reg, router, encoders, {base_id: group[0]["base_model"] for base_id, group in groups.items()})
+    auto = None if backend == "onnx" else \
+        _auto_encoder(reg, router, encoders, {base_id: group[0]["base_model"] for base_id, group in groups.items()})
     if auto is not None:
         encoders.append(auto)
     return ModelCatalog(encoders, _aliases(reg, records, list(groups) or [EMBEDDED_MODEL_ID]))

@@ -37,6 +37,7 @@ from cachetune.core.outputs import check_output
 from cachetune.core.textfiles import read_json, reading_text
 
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".npy")
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ServedAdapter:
     base_model: str
     calibrated_threshold: Optional[float]
     merged: bool
+    backend: str = "torch"  # or "onnx-fp32" / "onnx-int8" (core/serving/onnx.py)
 
 
 def open_registry(registry=None):
@@ -76,10 +78,32 @@ def find_record(registry, domain: Optional[str] = None, name: Optional[str] = No
     return registry.find(domain)
 
 
+def check_backend(backend: str, quantize: Optional[str]) -> None:
+    if backend not in BACKENDS:
+        raise CachetuneError(f"unknown backend '{backend}' (--backend: {', '.join(BACKENDS)})")
+    if quantize and backend != "onnx":
+        raise CachetuneError("--quantize needs --backend onnx (PyTorch serves fp32)")
+
+
 def load_folder(path, domain: Optional[str] = None, merged: bool = False, device: Optional[str] = None,
-                base_model: Optional[str] = None):
-    """Load an adapter folder outside the registry, or a merged export."""
+                base_model: Optional[str] = None, backend: str = "torch"):
+    """Load an adapter folder outside the registry, a merged export or an ONNX export."""
     path = Path(path)
+    from cachetune.core.serving import onnx
+
+    if (path / onnx.INFO_FILE).exists():
+        model = onnx.load_onnx(path)
+        source = model.info.get("source") or {}
+        if domain and source.get("domain") != domain:
+            raise CachetuneError(f"ONNX export is for domain '{source.get('domain')}', not '{domain}'",
+                                 path / onnx.INFO_FILE)
+        model.cachetune_adapter = ServedAdapter(source.get("ref"), source.get("domain"), str(path),
+                                                (source.get("base_model") or {}).get("id", ""),
+                                                model.info.get("calibrated_threshold"), True, model.backend)
+        return model
+    if backend == "onnx":
+        raise CachetuneError("--backend onnx serves registered adapters and ONNX exports "
+                             "(`cachetune adapters export NAME --format onnx`); this folder is neither", path)
     info_path = path / MERGED_INFO_FILE
     if info_path.exists():
         info = read_json(info_path)
@@ -110,8 +134,8 @@ def load_folder(path, domain: Optional[str] = None, merged: bool = False, device
 
 def load_model(domain: Optional[str] = None, registry=None, merged: bool = False, name: Optional[str] = None,
                version: Optional[int] = None, device: Optional[str] = None, adapter: Optional[str] = None,
-               base_model: Optional[str] = None):
-    """A SentenceTransformer that encodes with an adapter.
+               base_model: Optional[str] = None, backend: str = "torch", quantize: Optional[str] = None):
+    """A SentenceTransformer (or, with ``backend="onnx"``, an encoder with its ``encode``) for an adapter.
 
     :param domain: serve this domain's adapter (see :meth:`AdapterRegistry.find`).
     :param registry: an :class:`AdapterRegistry` or its root folder (default location when None).
@@ -119,18 +143,32 @@ def load_model(domain: Optional[str] = None, registry=None, merged: bool = False
     :param name: / :param version: a specific registered adapter instead of the domain's.
     :param adapter: a registry reference ``name[@version]`` or an adapter / merged folder.
     :param base_model: load the base from here (must be the model the adapter was trained on).
+    :param backend: ``"torch"``, or ``"onnx"``: the adapter merged and run by onnxruntime, exported
+        on first use and cached beside it in the registry (see :mod:`cachetune.core.serving.onnx`).
+    :param quantize: with ``backend="onnx"``, ``"int8"`` for the int8-quantized export.
 
     The returned model's ``cachetune_adapter`` says what it serves, including the
     calibrated threshold when the adapter has been evaluated.
     """
+    check_backend(backend, quantize)
     if adapter and ("/" in str(adapter) or Path(adapter).expanduser().is_dir()):
         if not Path(adapter).expanduser().is_dir():
             raise CachetuneError("adapter folder not found (--adapter)", adapter)
         return load_folder(Path(adapter).expanduser(), domain=domain, merged=merged, device=device,
-                           base_model=base_model)
+                           base_model=base_model, backend=backend)
     reg = open_registry(registry)
     record = find_record(reg, domain=domain, name=adapter or name, version=version)
     folder = reg.check(record)
+    if backend == "onnx":
+        from cachetune.core.serving import onnx
+
+        if base_model:
+            check_base_model(record["base_model"], base_model, reg.path_of(record))
+        model = onnx.load_onnx(onnx.adapter_export(reg, record, quantize, device), onnx.adapter_source(record))
+        model.cachetune_adapter = ServedAdapter(record["ref"], record["domain"], str(folder),
+                                                record["base_model"]["id"], record.get("calibrated_threshold"),
+                                                True, model.backend)
+        return model
     model = load_adapter_model(folder, base_model, device, merged, entry=record["base_model"],
                                where=reg.path_of(record))
     model.cachetune_adapter = ServedAdapter(record["ref"], record["domain"], str(folder), record["base_model"]["id"],
