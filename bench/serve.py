@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +68,32 @@ def random_lora(base_path: str, out: Path) -> Path:
     return out
 
 
+def time_interleaved(encoders: dict, texts: list, slice_size: int, repeats: int):
+    """Seconds (wall and CPU, per slice) and vectors of each ``encoders[name](texts)``.
+
+    Interleaved in short slices (each slice: every encoder, rotated order), each slice keeping
+    its best time over the rounds, so a burst of load from a neighbour lands on one slice of
+    one encoder and is then discarded, instead of skewing a whole pass. CPU time is this
+    process's (all its threads): far less sensitive to other processes than wall time.
+    """
+    import numpy as np
+
+    slices = [texts[i:i + slice_size] for i in range(0, len(texts), slice_size)]
+    names = list(encoders)
+    best = {name: [float("inf")] * len(slices) for name in names}
+    best_cpu = {name: [float("inf")] * len(slices) for name in names}
+    vectors = {name: [None] * len(slices) for name in names}
+    for round_ in range(repeats):
+        for k, chunk in enumerate(slices):
+            shift = (round_ + k) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                vectors[name][k] = encoders[name](chunk)
+                best[name][k] = min(best[name][k], time.perf_counter() - start)
+                best_cpu[name][k] = min(best_cpu[name][k], time.process_time() - start_cpu)
+    return best, best_cpu, {name: np.concatenate(vectors[name]) for name in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", help="Adapter folder or registry NAME[@VERSION] (default: a random LoRA).")
@@ -99,27 +126,14 @@ def main() -> None:
     for model in models.values():  # warm-up: first-call allocations are not throughput
         model.encode(texts[:args.batch_size], batch_size=args.batch_size, show_progress_bar=False)
 
-    # Interleave in short slices (each slice: every model, rotated order) and keep each
-    # slice's best time over the rounds, so a burst of load from a neighbour lands on one
-    # slice of one model and is then discarded, instead of skewing a whole pass.
-    slices = [texts[i:i + args.slice] for i in range(0, len(texts), args.slice)]
+    encoders = {name: partial(model.encode, batch_size=args.batch_size, convert_to_numpy=True,
+                              show_progress_bar=False) for name, model in models.items()}
+    best, best_cpu, vectors = time_interleaved(encoders, texts, args.slice, args.repeats)
     names = list(models)
-    best = {name: [float("inf")] * len(slices) for name in names}
-    best_cpu = {name: [float("inf")] * len(slices) for name in names}
-    vectors = {name: [None] * len(slices) for name in names}
-    for round_ in range(args.repeats):
-        for k, chunk in enumerate(slices):
-            shift = (round_ + k) % len(names)
-            for name in names[shift:] + names[:shift]:
-                start, start_cpu = time.perf_counter(), time.process_time()
-                vectors[name][k] = models[name].encode(chunk, batch_size=args.batch_size, convert_to_numpy=True,
-                                                       show_progress_bar=False)
-                best[name][k] = min(best[name][k], time.perf_counter() - start)
-                best_cpu[name][k] = min(best_cpu[name][k], time.process_time() - start_cpu)
     total = {name: sum(best[name]) for name in names}
     # CPU seconds this process used: far less sensitive to other processes than wall time.
     cpu = {name: sum(best_cpu[name]) for name in names}
-    stacked = {name: np.concatenate(vectors[name]) for name in names}
+    stacked = vectors
     agree = float(np.abs(stacked["merged"] - stacked["lora (unmerged)"]).max())
     moved = float(np.abs(stacked["merged"] - stacked["base"]).max())
 
