@@ -94,15 +94,21 @@ def time_interleaved(encoders: dict, texts: list, slice_size: int, repeats: int)
     return best, best_cpu, {name: np.concatenate(vectors[name]) for name in names}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def encode_arguments(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The options this bench shares with bench/serve_onnx.py: the adapter, the queries, the timing."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--adapter", help="Adapter folder or registry NAME[@VERSION] (default: a random LoRA).")
     parser.add_argument("--registry", help="Registry folder for --adapter NAME.")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="Rounds; each slice keeps its best time.")
+    parser.add_argument("--repeats", type=int, default=repeats, help="Rounds; each slice keeps its best time.")
     parser.add_argument("--slice", type=int, default=250, help="Queries per interleaved timing slice.")
+    return parser
+
+
+def main() -> None:
+    parser = encode_arguments(__doc__.splitlines()[0], repeats=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice).")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

@@ -16,7 +16,6 @@ Goals: int8 >= 2.5x PyTorch with AP within 0.003; fp32 vectors within 1e-4 of Py
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -29,7 +28,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from serve import DEFAULT_DATA, random_lora, read_queries, time_interleaved  # noqa: E402  (bench/serve.py)
+from serve import encode_arguments, random_lora, read_queries, time_interleaved  # noqa: E402  (bench/serve.py)
 
 
 def registered(args, tmp: Path):
@@ -61,15 +60,8 @@ def pair_ap(encode, rows) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--adapter", help="Adapter folder or registry NAME[@VERSION] (default: a random LoRA).")
-    parser.add_argument("--registry", help="Registry folder for --adapter NAME.")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--n", type=int, default=2000)
+    parser = encode_arguments(__doc__.splitlines()[0], repeats=2)
     parser.add_argument("--threads", default="1,2", help="Comma-separated thread counts to measure.")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2, help="Rounds; each slice keeps its best time.")
-    parser.add_argument("--slice", type=int, default=250, help="Queries per interleaved timing slice.")
     args = parser.parse_args()
 
     import numpy as np
