@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 from cachetune.core.adapters import PEFT_WEIGHTS, check_finite_weights
 from cachetune.core.errors import CachetuneError
@@ -356,13 +356,9 @@ class AdapterRegistry:
 
     # -- export -----------------------------------------------------------------------
     def export(self, ref: str, output_dir: PathLike, merged: bool = False, device: Optional[str] = None,
-               fmt: Optional[str] = None, quantize: Optional[str] = None) -> Path:
-        """Write ``ref`` to ``output_dir`` in format ``fmt``: ``"peft"`` (its adapter files, the default),
-        ``"merged"`` (``merged=True``: a plain SentenceTransformer) or ``"onnx"`` (merged, as ONNX;
-        ``quantize="int8"`` for int8 weights: a copy of the export cached beside the adapter)."""
-        fmt = fmt or ("merged" if merged else "peft")
-        if fmt not in ("peft", "merged", "onnx"):
-            raise CachetuneError(f"unknown export format '{fmt}' (--format: peft, merged, onnx)")
+               write: Optional[Callable[[dict, Path, Path], None]] = None) -> Path:
+        """Write ``ref`` to ``output_dir``: its adapter files, (``merged``) a plain SentenceTransformer, or
+        what ``write(record, adapter folder, new folder)`` writes (the ONNX export: core/serving/onnx.py)."""
         record = self.get(ref)
         folder = self.check(record)
         output_dir = check_output(output_dir, "--output", folder=True)
@@ -371,18 +367,15 @@ class AdapterRegistry:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
         try:
-            if fmt == "merged":
+            if write is not None:
+                write(record, folder, tmp)
+            elif merged:
                 from cachetune.core.adapters import save_merged
 
                 info = {"ref": record["ref"], "domain": record["domain"], "base_model": record["base_model"],
                         "lora": record["lora"], "adapter_files_sha256": record["files"],
                         "calibrated_threshold": record.get("calibrated_threshold")}
                 save_merged(folder, tmp, record["base_model"], info, device=device)
-            elif fmt == "onnx":
-                from cachetune.core.serving.onnx import adapter_export, copy_export
-
-                copy_export(adapter_export(self, record, quantize, device=device), tmp,
-                            record.get("calibrated_threshold"))
             else:
                 for file_name in record["files"]:
                     shutil.copyfile(folder / file_name, tmp / file_name)

@@ -135,14 +135,16 @@ def register(cli, pm) -> None:
             click.echo(f"wrote {done.config_file}:\n")
             click.echo(done.config)
             return
+        write = None
         if fmt == "onnx":
-            from cachetune.core.serving.onnx import adapter_export
+            from cachetune.core.serving.onnx import adapter_export, copy_export
 
             cached = adapter_export(reg, record, quantize, device=device, rebuild=rebuild)
             click.echo(f"{record['ref']} as ONNX ({quantize or 'fp32'}) cached at {cached}")
             if output is None:
                 return
-        reg.export(record["ref"], output, fmt=fmt, device=device, quantize=quantize)
+            write = copy_export(reg, quantize, device)
+        reg.export(record["ref"], output, merged=fmt == "merged", device=device, write=write)
         what = {"peft": "adapter files", "merged": "merged SentenceTransformer",
                 "onnx": f"ONNX {quantize or 'fp32'}"}[fmt]
         click.echo(f"exported {record['ref']} ({what}) -> {output}")

@@ -256,12 +256,16 @@ def adapter_source(record: dict) -> dict:
             "base_model": record["base_model"]}
 
 
-def copy_export(folder: Path, output: Path, calibrated_threshold: Optional[float]) -> None:
-    """Copy an export to ``output`` (a new folder), its info carrying the current threshold."""
-    shutil.copytree(folder, output, dirs_exist_ok=True)
-    info = read_info(output)
-    info["calibrated_threshold"] = calibrated_threshold
-    write_json(output / INFO_FILE, info)
+def copy_export(registry, quantize: Optional[str] = None, device: Optional[str] = None):
+    """``write(record, folder, output)`` for :meth:`AdapterRegistry.export`: a copy of the cached
+    export, its info carrying the record's current threshold."""
+    def write(record: dict, folder: Path, output: Path) -> None:
+        shutil.copytree(adapter_export(registry, record, quantize, device), output, dirs_exist_ok=True)
+        info = read_info(output)
+        info["calibrated_threshold"] = record.get("calibrated_threshold")
+        write_json(output / INFO_FILE, info)
+
+    return write
 
 
 # -- running ---------------------------------------------------------------------------
