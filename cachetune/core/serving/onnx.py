@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import write_json
+from cachetune.core.models import sha256_file
 
 INFO_FILE = "cachetune-onnx.json"
 MODEL_FILE = "model.onnx"
@@ -53,12 +54,6 @@ def _need_onnxruntime() -> None:
             __import__(module)
         except ImportError:
             raise CachetuneError(f"ONNX serving needs {module}: pip install 'cachetune[onnx]'") from None
-
-
-def _sha256(path: Path) -> str:
-    from cachetune.registry.adapter_files import sha256_of
-
-    return sha256_of(path)
 
 
 # -- export ----------------------------------------------------------------------------
@@ -134,7 +129,7 @@ def export_onnx(model, folder: Path, quantize: Optional[str], source: dict,
         "output": OUTPUT_NAME,
         "max_seq_length": int(model.max_seq_length),
         "dimension": int(np.asarray(sample).shape[-1]),
-        "files": {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file()},
+        "files": {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()},
         "exported_with": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -177,7 +172,7 @@ def check_export(folder: Path, source: Optional[dict] = None) -> dict:
         path = folder / name
         if Path(name).name != name or not path.is_file():
             raise CachetuneError(f"ONNX export file {name} is missing", path)
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != recorded:
             raise CachetuneError(f"ONNX export file is corrupt (sha256 {actual[:12]}, recorded {recorded[:12]})",
                                  path)
