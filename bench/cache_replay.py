@@ -99,7 +99,7 @@ def train_and_register(args, base_model: str) -> str:
     print(f"trained {card['results']['steps']} steps in {time.perf_counter() - started:.0f} s")
     record = AdapterRegistry(args.registry).add(args.work / "adapter")
     held = (["--triplets", str(paths["holdout"]), "--no-domain-sets"] if "holdout" in paths
-            else ["--eval-source", str(args.data / "rqe")])
+            else ["--eval-data", str(next((args.data / "rqe").glob("RQE_Test*.xml")))])
     code = main(["evaluate", "--domain", args.domain, "--adapter", record["ref"], "--registry", str(args.registry),
                  *held, "--bootstrap", "0", "--no-plots", "--register-metrics",
                  "--target-precision", str(args.target_precision), "--output", str(args.work / "eval")])
