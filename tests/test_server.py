@@ -292,3 +292,31 @@ def test_cli_errors_are_one_line(run_cli, registry):
         port = busy.getsockname()[1]
         out = run_cli(["serve", "--registry", registry.root, "--port", port])
     assert out.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+def test_max_wait_holds_a_batch_for_the_last_batchs_clients_only(catalog, reference):
+    """After a batch of three, the next batch waits for three requests; after a batch of one, never."""
+    from cachetune.core.serving.batching import EncodeBatcher
+
+    encoder = catalog.resolve("programming")
+    texts = [f"merge dictionary number {i}" for i in range(7)]
+
+    async def scenario():
+        batcher = EncodeBatcher(max_batch_size=8, max_wait_ms=600_000)  # ten minutes: only company ends a wait
+        await batcher.start()
+        first = await asyncio.gather(*(batcher.encode(encoder, [t]) for t in texts[:3]))  # queued at once
+        assert batcher.batches == 1
+        trickle = [asyncio.create_task(batcher.encode(encoder, [texts[3]]))]
+        for _ in range(20):
+            await asyncio.sleep(0)  # the worker runs: one request queued is not the three it waits for
+        trickle += [asyncio.create_task(batcher.encode(encoder, [t])) for t in texts[4:6]]
+        second = await asyncio.wait_for(asyncio.gather(*trickle), timeout=120)
+        assert batcher.batches == 2
+        batcher._expected = 1  # as after a lone client's batch
+        lone = await asyncio.wait_for(batcher.encode(encoder, [texts[6]]), timeout=120)
+        await batcher.stop()
+        return [*first, *second, lone], batcher.batches
+
+    results, batches = asyncio.run(scenario())
+    assert batches == 3
+    np.testing.assert_allclose(np.concatenate(results), reference("programming@1", texts), atol=1e-5)

@@ -4,8 +4,10 @@ Requests wait in a bounded queue. One worker takes the oldest request's model an
 queued request for the same model, up to ``max_batch_size`` texts, and encodes them in one
 call on its own thread, so the event loop keeps accepting requests meanwhile. While that
 call runs, new requests pile up and form the next batch: batches grow with the load by
-themselves, and a lone client never waits for company. ``max_wait_ms`` can in addition hold
-a batch that is not full for up to that long after its oldest request arrived.
+themselves, and a lone client never waits for company. Clients answered together tend to
+come back together, one by one: ``max_wait_ms`` holds the next batch up to that long after its
+oldest request arrived until as many requests as the last batch had are queued (or the batch is
+full), so the first one back does not start an encode alone; after a batch of one it never waits.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class EncodeBatcher:
         self.max_queue = max_queue
         self.batches = 0
         self.texts = 0
+        self._expected = 0  # requests in the last batch: clients likely to come back for the next one
         self._pending: Deque[_Job] = deque()
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
@@ -92,7 +95,7 @@ class EncodeBatcher:
             while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
-            if self.max_wait:
+            if self.max_wait and self._expected > 1:
                 await self._wait_for_company(loop)
             batch = self._take()
             if not batch:
@@ -108,6 +111,7 @@ class EncodeBatcher:
                 continue
             self.batches += 1
             self.texts += len(texts)
+            self._expected = len(batch)
             start = 0
             for job in batch:
                 if not job.future.done():  # a cancelled request (client gone) just drops its rows
@@ -117,7 +121,8 @@ class EncodeBatcher:
     async def _wait_for_company(self, loop) -> None:
         deadline = self._pending[0].queued_at + self.max_wait
         first = self._pending[0].encoder
-        while sum(len(j.texts) for j in self._pending if j.encoder is first) < self.max_batch_size:
+        while sum(1 for j in self._pending if j.encoder is first) < self._expected and \
+                sum(len(j.texts) for j in self._pending if j.encoder is first) < self.max_batch_size:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
