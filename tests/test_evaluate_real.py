@@ -27,10 +27,22 @@ def _check(pairs: dict, labels, scores, target: float):
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-300)
     assert pairs["best_f1"] == pytest.approx(f1.max())
     ok = np.flatnonzero(precision[:-1] >= target)
-    assert pairs["calibrated_threshold"] == pytest.approx(thresholds[ok[0]])
-    assert pairs["hit_rate"] == pytest.approx(recall[ok[0]])
-    hits = scores >= pairs["calibrated_threshold"]
-    assert pairs["false_hit_rate"] == pytest.approx((hits & (labels == 0)).sum() / (labels == 0).sum())
+    assert pairs["in_sample_threshold"] == pytest.approx(thresholds[ok[0]])
+    # The stored threshold is the in-sample rule for the (higher) inner target the folds chose:
+    # sklearn's lowest threshold reaching that inner target, hence never below the in-sample one.
+    inner = pairs["calibration_retention"]["inner_target"]
+    if inner is None:  # unseen folds never reached the target: nothing stored, the cache never hits
+        assert pairs["calibrated_threshold"] is None and not pairs["target_reached"]
+        assert pairs["hit_rate"] == pairs["false_hit_rate"] == 0.0
+        assert "not supported" in pairs["calibration_retention"]["reason"]
+    else:
+        assert target <= inner <= 1.0
+        ok = np.flatnonzero(precision[:-1] >= inner)
+        assert pairs["calibrated_threshold"] == pytest.approx(thresholds[ok[0]])
+        assert pairs["calibrated_threshold"] >= pairs["in_sample_threshold"]
+        hits = scores >= pairs["calibrated_threshold"]
+        assert pairs["hit_rate"] == pytest.approx((hits & (labels == 1)).sum() / (labels == 1).sum())
+        assert pairs["false_hit_rate"] == pytest.approx((hits & (labels == 0)).sum() / (labels == 0).sum())
     lo, hi = pairs["ci95"]["ap"]
     assert lo < pairs["ap"] < hi
 
@@ -54,8 +66,9 @@ def test_conala_pairs_with_the_real_model(run_cli, embedded_model, tmp_path, mon
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["models"]["base"]["id"] == "sentence-transformers/all-MiniLM-L6-v2"
     pairs = metrics["base"]["pairs"]
-    assert pairs["set"] == "conala-rewritten" and pairs["n"] == 500
     rows, labels, scores = _scores(out / "scores-conala-rewritten.csv")
+    # the packaged held-out set (388 pairs) is smaller than --limit: all of it is scored
+    assert pairs["set"] == "conala-rewritten" and pairs["n"] == len(rows) == 388
     _check(pairs, labels, scores, 0.9)
     # The scores themselves: an independent encoding of (a sample of) the same rows.
     np.testing.assert_allclose(scores[::4], _independent(embedded_model, rows[::4]), atol=1e-4)
