@@ -1,17 +1,27 @@
-"""Reproduce the README's results table: base vs adapter on held-out data, per domain and across domains.
+"""The README's results: base vs adapters on each domain's human evaluation pairs, and what each
+source of training signal adds on its own (an ablation), per domain and across domains.
 
-Expects one `cachetune run ... --stop-after generate` work folder per domain (data/ and triplets/), e.g.
+Per domain (``--domain NAME=PREPARED``): a ``cachetune prepare`` folder (its training queries
+join the pool negatives are mined from, its held-out queries never train), the data files of
+the domain's training sets (``--training-source NAME:SET=FILE``; default: what the package
+ships), optional LLM triplets (``--llm NAME=TRIPLETS``), and the evaluation pairs
+(``--eval-pairs NAME=FILE``, JSONL pairs or RQE XML; default: the domain's evaluation sets for
+that prepared folder). Training pairs touching the evaluation pairs are dropped (signal.py).
 
-    cachetune run --domain programming --workdir runs/programming \
-        --source ../shared/data/conala/conala-train.json --stop-after generate
-    cachetune run --domain medical --workdir runs/medical --source ../shared/data/medquad --limit 3000 \
-        --stop-after generate
-    python bench/quality.py --workdir programming=runs/programming --workdir medical=runs/medical
+    python bench/quality.py --domain programming=runs/q/programming/data \\
+        --training-source programming:conala-train=../shared/data/conala/conala-train.json \\
+        --domain medical=runs/q/medical/data \\
+        --training-source medical:rqe-train=../shared/data/rqe/RQE_Train_8588_AMIA2016.xml
 
-Trains one adapter per domain and one multi-domain adapter on both triplet files (with `cachetune run`'s
-training defaults unless --epochs/--batch-size/--lr say otherwise), then evaluates every adapter on every
-domain's held-out triplets and the domain's human pair set (CoNaLa pairs restricted to held-out
-questions; RQE test), and prints margin, triplet accuracy, AP and the calibrated hit rate.
+Variants (``--variants``, default: all that apply): ``llm`` (LLM triplets only), ``human``
+(the training sets, negatives mined with relative margin 0.05), ``human+llm``, ``margin0``
+(negatives mined with no margin: the nearest candidate below the positive, what dropping
+inverted triplets keeps), ``guide`` (human + the guide filter), ``symmetric`` (human +
+symmetric loss), ``lora16`` (human + LoRA r=16 alpha=32 on query,key,value,dense) and
+``multi`` (one adapter on every domain's human (+LLM) data). Every adapter is evaluated on
+every domain: AP and hit rate at precision 0.95 (in-sample calibration, as ``evaluate``
+reports it) with bootstrap 95% intervals, and their gains over the base model with paired
+bootstrap 95% intervals (the same resampled pairs for base and adapter).
 """
 
 from __future__ import annotations
@@ -21,113 +31,200 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 
-def train_adapter(domain: str, triplet_files, output: Path, args) -> dict:
-    from cachetune.core.train.config import TrainConfig
+VARIANTS = ("llm", "human", "human+llm", "margin0", "guide", "symmetric", "lora16", "multi")
+# Training options per variant (on top of the common ones below).
+OPTIONS = {"guide": {"guide_filter": True}, "symmetric": {"loss": "symmetric"},
+           "lora16": {"lora_r": 16, "lora_alpha": 32, "target_modules": ("query", "key", "value", "dense")}}
+
+
+def named(items, what):
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{what}: expected NAME=VALUE, got '{item}'")
+        out[key] = value
+    return out
+
+
+def eval_rows(pm, domain: str, prepared: Path, override):
+    """The evaluation pairs, as an EvaluationSet for the training guard and as rows to score."""
+    from cachetune.core.evaluate.inputs import read_pairs
+    from cachetune.core.types import EvaluationContext, EvaluationSet
+    from cachetune.domains.medical.evaluation import read_rqe
+
+    if override:
+        path = Path(override)
+        rows = read_rqe(path) if path.suffix.lower() == ".xml" else read_pairs(path)
+        return rows, [EvaluationSet(path.name, "pairs", lambda context: rows)]
+    sets = pm.evaluation_sets(domain)
+    rows = [r for s in sets if s.kind == "pairs" for r in s.load(EvaluationContext(domain, holdout=prepared)) or []]
+    return rows, sets
+
+
+def assemble(pm, domain, prepared, args, eval_sets, human: bool, llm, margin: float, out: Path, model) -> Path:
+    from cachetune.core.train.signal import assemble_training_data
+
+    if out.exists():
+        return out  # assembling mines with the base model: reuse across variants and reruns
+    sets = pm.training_sets(domain) if human else []
+    sources = {s.split(":", 1)[1]: f for s, f in args.sources.items() if s.split(":", 1)[0] == domain}
+    started = time.time()
+    summary = assemble_training_data(pm.get_domain(domain), out, triplets=[llm] if llm else [], training_sets=sets,
+                                     set_sources=sources, data_dir=prepared, evaluation_sets=eval_sets, model=model,
+                                     relative_margin=margin, seed=args.seed, log=lambda m: None)
+    print(f"assembled {out.name}: {summary['triplets']} triplets {json.dumps(summary['sources'])} "
+          f"in {time.time() - started:.0f} s", flush=True)
+    return out
+
+
+def train_adapter(domain: str, data: Path, output: Path, args, **options) -> dict:
+    from cachetune.core.adapters import CARD_FILE
+    from cachetune.core.train.config import DEFAULT_LR, TrainConfig
     from cachetune.core.train.loop import train
 
-    data = output.parent / f"{output.name}-train.jsonl"
-    with open(data, "w", encoding="utf-8") as out:
-        for path in triplet_files:
-            for line in Path(path).read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                row["domain"] = domain  # the trainer keeps only rows of the adapter's domain
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    from cachetune.core.pipeline.config import DEFAULTS
-    from cachetune.core.train.config import DEFAULT_LR
+    if (output / CARD_FILE).exists() and not args.retrain:
+        return json.loads((output / CARD_FILE).read_text(encoding="utf-8"))  # a finished run of an earlier call
 
-    config = TrainConfig(domain=domain, train_data=data, output=output,
-                         epochs=args.epochs or DEFAULTS["train"]["epochs"],
-                         batch_size=args.batch_size or DEFAULTS["train"]["batch_size"],
-                         lr=args.lr or DEFAULT_LR, overwrite=True, seed=args.seed,
-                         drop_inverted=not args.keep_inverted)
+    config = TrainConfig(domain=domain, train_data=data, output=output, batch_size=args.batch_size,
+                         lr=args.lr or DEFAULT_LR, min_steps=args.min_steps, overwrite=True, seed=args.seed,
+                         checkpoint_every=0, **options)
     started = time.time()
     card = train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
                  log=lambda m: None, show_progress=False)
-    dropped = card["data"]["skipped_by_reason"].get("inverted", 0)
-    print(f"trained {output.name}: {card['data']['triplets']} triplets ({dropped} inverted ones dropped) "
+    print(f"trained {output.name}: {card['data']['triplets']} triplets, {card['results']['steps']} steps "
           f"in {time.time() - started:.0f} s", flush=True)
     return card
 
 
-def evaluate_on(pm, domain: str, workdir: Path, adapter: Path, output: Path) -> dict:
-    from cachetune.core.evaluate.runner import evaluate
+def scores_of(model, rows) -> np.ndarray:
+    from cachetune.core.models import encode
 
-    return evaluate(pm.get_domain(domain), output, triplets=[workdir / "triplets" / "holdout.jsonl"],
-                    holdout=workdir / "data", evaluation_sets=pm.evaluation_sets(domain),
-                    adapter=str(adapter), plots=False, n_bootstrap=200)
-
-
-def rows_of(result: dict, trained_on: str, evaluated_on: str) -> list:
-    rows = []
-    for name, entry in result["sets"].items():
-        for model in ("base", "adapter"):
-            metrics = entry.get(model, {})
-            t, p = metrics.get("triplets") or {}, metrics.get("pairs") or {}
-            rows.append({"adapter": trained_on, "eval": evaluated_on, "set": name, "model": model,
-                         "margin": t.get("margin"), "accuracy": t.get("accuracy"), "ap": p.get("ap"),
-                         "hit_rate": p.get("hit_rate"), "threshold": p.get("calibrated_threshold")})
-    return rows
+    texts = list(dict.fromkeys(t for r in rows for t in (r["sentence1"], r["sentence2"])))
+    where = {t: i for i, t in enumerate(texts)}
+    emb = encode(model, texts, batch_size=64)
+    return np.array([float(emb[where[r["sentence1"]]] @ emb[where[r["sentence2"]]]) for r in rows])
 
 
-def fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def paired_bootstrap(base: np.ndarray, adapter: np.ndarray, labels: np.ndarray, n: int, seed: int) -> dict:
+    """Point values and 95% intervals of AP and hit rate (P 0.95) for base, adapter and their gain."""
+    from cachetune.core.evaluate.metrics import average_precision, calibrate, rank_pairs
+
+    def stats(scores, idx):
+        ranked = rank_pairs(scores[idx], labels[idx])
+        return average_precision(ranked), calibrate(ranked, 0.95)["hit_rate"]
+
+    everything = np.arange(labels.size)
+    point = {"base": stats(base, everything), "adapter": stats(adapter, everything)}
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    draws = {"base": [], "adapter": [], "gain": []}
+    for _ in range(n):  # stratified: the class balance precision depends on stays the set's
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        b, a = stats(base, idx), stats(adapter, idx)
+        draws["base"].append(b)
+        draws["adapter"].append(a)
+        draws["gain"].append((a[0] - b[0], a[1] - b[1]))
+    point["gain"] = (point["adapter"][0] - point["base"][0], point["adapter"][1] - point["base"][1])
+    out = {}
+    for key, values in draws.items():
+        values = np.array(values)
+        lo, hi = np.percentile(values, [2.5, 97.5], axis=0)
+        out[key] = {"ap": point[key][0], "ap_ci": [lo[0], hi[0]], "hit_rate": point[key][1],
+                    "hit_rate_ci": [lo[1], hi[1]]}
+    return out
+
+
+def fmt(value, ci) -> str:
+    return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def fmt_gain(value, ci) -> str:
+    return f"{value:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", action="append", required=True, help="DOMAIN=FOLDER (repeat per domain)")
+    parser.add_argument("--domain", action="append", required=True, help="NAME=PREPARED_FOLDER (repeat)")
+    parser.add_argument("--training-source", action="append", default=[], help="NAME:SET=FILE")
+    parser.add_argument("--llm", action="append", default=[], help="NAME=LLM_TRIPLETS.jsonl")
+    parser.add_argument("--eval-pairs", action="append", default=[], help="NAME=FILE (JSONL pairs or RQE XML)")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--output", type=Path, default=Path("runs/quality"))
-    parser.add_argument("--epochs", type=int, default=None, help="default: cachetune run's (1)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: cachetune run's (64)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--min-steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=None, help="default: the trainer's measured default")
+    parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep-inverted", action="store_true",
-                        help="train on the triplets the base model ranks backwards too")
-    parser.add_argument("--no-multi", action="store_true", help="skip the multi-domain adapter")
+    parser.add_argument("--retrain", action="store_true", help="train adapters already in --output again")
     args = parser.parse_args()
+    args.sources = named(args.training_source, "--training-source")
 
+    from cachetune.core.adapters import load_adapter_model
+    from cachetune.core.models import load_sentence_transformer
     from cachetune.core.plugin_manager import get_plugin_manager
 
     pm = get_plugin_manager()
-    workdirs = {d: Path(f) for d, f in (w.split("=", 1) for w in args.workdir)}
+    domains = {d: Path(f) for d, f in named(args.domain, "--domain").items()}
+    llm = {d: Path(f) for d, f in named(args.llm, "--llm").items()}
+    overrides = named(args.eval_pairs, "--eval-pairs")
+    wanted = [v for v in args.variants.split(",") if v]
     args.output.mkdir(parents=True, exist_ok=True)
-    adapters = {}
-    for domain, folder in workdirs.items():
-        train_adapter(domain, [folder / "triplets" / "train.jsonl"], args.output / f"adapter-{domain}", args)
-        adapters[domain] = args.output / f"adapter-{domain}"
-    if not args.no_multi and len(workdirs) > 1:
-        files = [f / "triplets" / "train.jsonl" for f in workdirs.values()]
-        train_adapter(next(iter(workdirs)), files, args.output / "adapter-multi", args)
-        adapters["multi"] = args.output / "adapter-multi"
+    base = load_sentence_transformer(None, device="cpu")
+    evals = {d: eval_rows(pm, d, folder, overrides.get(d)) for d, folder in domains.items()}
+    base_scores = {d: scores_of(base, rows) for d, (rows, _) in evals.items()}
 
-    rows = []
-    for trained_on, adapter in adapters.items():
-        for domain, folder in workdirs.items():
-            result = evaluate_on(pm, domain, folder, adapter, args.output / f"eval-{trained_on}-on-{domain}")
-            rows += rows_of(result, trained_on, domain)
-    (args.output / "quality.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    files, adapters = {}, {}
+    for domain, prepared in domains.items():
+        _, guard = evals[domain]
+        data = {}
+        for key, human, use_llm, margin in (("human", True, False, 0.05), ("llm", False, True, 0.05),
+                                            ("human+llm", True, True, 0.05), ("margin0", True, False, 0.0)):
+            if (key in wanted or (key == "human" and set(wanted) & {"guide", "symmetric", "lora16", "multi"})
+                    or (key == "human+llm" and "multi" in wanted and domain in llm)) \
+                    and (not use_llm or domain in llm):
+                data[key] = assemble(pm, domain, prepared, args, guard, human, llm.get(domain) if use_llm else None,
+                                     margin, args.output / f"data-{domain}-{key}.jsonl", base)
+        files[domain] = data
+        for variant in wanted:
+            source = {"guide": "human", "symmetric": "human", "lora16": "human"}.get(variant, variant)
+            if variant == "multi" or source not in data:
+                continue
+            out = args.output / f"adapter-{domain}-{variant}"
+            train_adapter(domain, data[source], out, args, **OPTIONS.get(variant, {}))
+            adapters[(domain, variant)] = out
+    if "multi" in wanted and len(domains) > 1:
+        combined = args.output / "data-multi.jsonl"
+        first = next(iter(domains))
+        with open(combined, "w", encoding="utf-8") as fh:
+            for domain, data in files.items():
+                for line in data.get("human+llm", data.get("human")).read_text(encoding="utf-8").splitlines():
+                    fh.write(json.dumps({**json.loads(line), "domain": first}, ensure_ascii=False) + "\n")
+        out = args.output / "adapter-multi"
+        train_adapter(first, combined, out, args)
+        adapters[("all", "multi")] = out
 
-    print("| adapter | evaluated on | set | model | margin | triplet acc | AP | hit rate @P0.95 |")
+    results = []
+    for (trained_on, variant), folder in adapters.items():
+        model = load_adapter_model(folder, device="cpu")
+        for domain, (rows, _) in evals.items():
+            labels = np.array([r["label"] for r in rows])
+            stats = paired_bootstrap(base_scores[domain], scores_of(model, rows), labels, args.bootstrap, args.seed)
+            results.append({"adapter": f"{trained_on}/{variant}", "trained_on": trained_on, "variant": variant,
+                            "evaluated_on": domain, "pairs": len(rows), **stats})
+    (args.output / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+    print("| adapter | evaluated on | AP base | AP adapter | AP gain | hit rate base | hit rate adapter | "
+          "hit-rate gain |")
     print("|---|---|---|---|---|---|---|---|")
-    seen = set()
-    for r in rows:
-        if r["model"] == "base":
-            key = (r["eval"], r["set"])
-            if key in seen:
-                continue  # the base row is the same whichever adapter was evaluated beside it
-            seen.add(key)
-            label = "—"
-        else:
-            label = r["adapter"]
-        print(f"| {label} | {r['eval']} | {r['set']} | {r['model']} | {fmt(r['margin'])} | {fmt(r['accuracy'])} "
-              f"| {fmt(r['ap'])} | {fmt(r['hit_rate'])} |")
-    # The cross-domain check: an adapter must not lose more than 1% AP on the other domain's sets.
-    base_ap = {(r["eval"], r["set"]): r["ap"] for r in rows if r["model"] == "base" and r["ap"] is not None}
-    for r in rows:
-        if r["model"] == "adapter" and r["ap"] is not None:
-            change = (r["ap"] - base_ap[(r["eval"], r["set"])]) / base_ap[(r["eval"], r["set"])]
-            print(f"AP change: adapter {r['adapter']} on {r['eval']}/{r['set']}: {change * 100:+.2f}%")
+    for r in results:
+        print(f"| {r['adapter']} | {r['evaluated_on']} ({r['pairs']} pairs) | {fmt(r['base']['ap'], r['base']['ap_ci'])} "
+              f"| {fmt(r['adapter']['ap'], r['adapter']['ap_ci'])} | {fmt_gain(r['gain']['ap'], r['gain']['ap_ci'])} "
+              f"| {fmt(r['base']['hit_rate'], r['base']['hit_rate_ci'])} "
+              f"| {fmt(r['adapter']['hit_rate'], r['adapter']['hit_rate_ci'])} "
+              f"| {fmt_gain(r['gain']['hit_rate'], r['gain']['hit_rate_ci'])} |")
 
 
 if __name__ == "__main__":

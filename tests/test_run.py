@@ -108,6 +108,22 @@ def test_print_config(run_cli, tmp_path):
         assert result.exit_code == 0 and yaml.safe_load(result.stdout)["generate"]["limit"] == limit
 
 
+def test_training_signal_flags_reach_the_config(run_cli, tmp_path):
+    import yaml
+
+    result = run_cli(["run", "--domain", "medical", "--print-config"])
+    train = yaml.safe_load(result.stdout)["train"]
+    assert (train["training_sets"], train["pairs"], train["training_sources"]) == ("all", [], {})
+    assert train["min_steps"] >= 30  # a default run trains, not 3 batches
+    result = run_cli(["run", "--domain", "medical", "--print-config", "--training-sets", "none", "--pairs", "a.csv",
+                      "--pairs", "b.jsonl", "--training-source", "rqe-train=r.xml"])
+    train = yaml.safe_load(result.stdout)["train"]
+    assert (train["training_sets"], train["pairs"], train["training_sources"]) == \
+        ("none", ["a.csv", "b.jsonl"], {"rqe-train": "r.xml"})
+    result = run_cli(["run", "--domain", "medical", "--print-config", "--training-source", "rqe-train"])
+    assert result.exit_code != 0 and "expected NAME=FILE, got 'rqe-train'" in result.stderr
+
+
 @pytest.mark.slow
 def test_run_end_to_end_then_resume(run_cli, tmp_path, smollm_gguf, tiny_model):
     """Every stage for real (SmolLM GGUF generator, tiny base), then a rerun that skips them all."""

@@ -59,7 +59,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "training_sources": {},
         "pairs": [],
         "relative_margin": 0.05,
-        "min_steps": None,
+        # At least this many optimizer steps (more epochs over a small file): one pass over the
+        # default run's data at batch 64 was 3 steps, too few to move the adapter.
+        "min_steps": 60,
         "loss": "mnrl",
         "guide_filter": False,
     },

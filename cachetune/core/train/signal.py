@@ -10,7 +10,8 @@ Sources, each counted in the file's ``.sources.json`` and in the adapter card:
 A label-1 pair ``(s1, s2)`` becomes the triplet anchor = ``s1`` (the incoming query), positive =
 ``s2`` (the cached wording); its negative is a label-0 partner of ``s1`` from the same source
 when there is one (``negative_source: "human"``, handed out round-robin), else one mined from
-the domain's query pool (every source's ``sentence2`` texts and the prepared training queries)
+the domain's query pool (every source's ``sentence2`` texts and the prepared training queries,
+less any evaluated text)
 with the base model: the most similar candidate scoring at most ``positive * (1 -
 relative_margin)`` against the anchor (:class:`cachetune.core.mining.HardNegativeMiner`, the
 rule of sentence-transformers' ``mine_hard_negatives(..., relative_margin=...)``), never a
@@ -225,8 +226,10 @@ def assemble_training_data(domain: Domain, output: Path, triplets: Sequence[Path
             summary[name] = {"pairs": len(pair_rows), "positives": sum(r["label"] == 1 for r in kept),
                              "dropped": dropped}
             cleaned.append((name, kept))
-        pool = list(dict.fromkeys([r["sentence2"] for _, kept in cleaned for r in kept]
-                                  + _prepared_queries(data_dir, "train")))
+        # An evaluated text is no negative either.
+        pool = [t for t in dict.fromkeys([r["sentence2"] for _, kept in cleaned for r in kept]
+                                         + _prepared_queries(data_dir, "train"))
+                if near_key(t, domain.filler_words) not in eval_keys]
         if model is None:
             from cachetune.core.models import load_sentence_transformer
 
