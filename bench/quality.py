@@ -89,7 +89,8 @@ def train_adapter(domain: str, data: Path, output: Path, args, **options) -> dic
         return json.loads((output / CARD_FILE).read_text(encoding="utf-8"))  # a finished run of an earlier call
 
     config = TrainConfig(domain=domain, train_data=data, output=output, batch_size=args.batch_size,
-                         lr=args.lr or DEFAULT_LR, min_steps=args.min_steps, overwrite=True, seed=args.seed,
+                         lr=args.lr or DEFAULT_LR, min_steps=args.steps, max_steps=args.steps, overwrite=True,
+                         seed=args.seed,
                          checkpoint_every=0, **options)
     started = time.time()
     card = train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
@@ -154,7 +155,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--output", type=Path, default=Path("runs/quality"))
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--min-steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per adapter (epochs as needed)")
     parser.add_argument("--lr", type=float, default=None, help="default: the trainer's measured default")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)

@@ -89,7 +89,7 @@ def test_pairs_touching_evaluation_or_held_out_data_are_dropped(tmp_path, pm, ba
     summary = assemble_training_data(pm.get_domain("programming"), out, pairs=[pairs], data_dir=prepared,
                                      evaluation_sets=[evaluation], model=base, log=lambda m: None)
     dropped = summary["sources"]["pairs:p.csv.jsonl"]["dropped"]
-    assert dropped == {"same_text": 0, "overlaps_evaluation": 3, "held_out": 1}
+    assert dropped == {"same_text": 0, "overlaps_evaluation": 3, "held_out": 1, "no_negative": 0}
     texts = {t for line in out.read_text().splitlines() for t in json.loads(line).values() if isinstance(t, str)}
     assert not any(near_key(t) in {near_key("merge two dictionaries"), near_key("read a file line by line")}
                    for t in texts)
@@ -152,3 +152,23 @@ def test_training_source_errors_are_one_line(run_cli, tmp_path, tiny_model):
         assert needle in res.stderr, (extra, res.stderr)
         assert len([line for line in res.stderr.splitlines() if line.strip()]) <= 3, res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_train_with_pairs_and_triplets_records_every_source(run_cli, tmp_path, tiny_model):
+    pairs = write_jsonl(tmp_path / "mine.jsonl", pair_rows())
+    llm = write_jsonl(tmp_path / "llm.jsonl", [
+        {"anchor": f"how to {verb} a string", "positive": f"{verb} a string", "negative": f"{verb} a list",
+         "domain": "medical", "negative_source": "llm"} for verb in ("reverse", "split", "strip", "join")])
+    out = tmp_path / "adapter"
+    # medical: no RQE text is near these (the programming evaluation pairs hold some of them)
+    res = run_cli(["train", "--domain", "medical", "--train-data", llm, "--pairs", pairs, "--base-model",
+                   tiny_model, "--output", out, "--batch-size", "4", "--keep-inverted", "--quiet"])
+    assert res.exit_code == 0, res.stderr
+    card = json.loads((out / "cachetune.json").read_text())
+    assert card["data"]["path"] == str(tmp_path / "adapter-training-data.jsonl")
+    mine = card["data"]["assembled"]["sources"]["pairs:mine.jsonl"]
+    # a random tiny model scores most candidates above the margin: some positives find no negative
+    assert mine["human_negatives"] == 1 and mine["triplets"] + mine["dropped"]["no_negative"] == 8
+    assert f"training source pairs:mine.jsonl: {mine['triplets']} triplets from 8 positive pairs" in res.stdout
+    assert card["data"]["sources"] == {"llm": 4, "pairs:mine.jsonl": mine["triplets"]}
+    assert card["data"]["assembled"]["sources"]["llm"] == {"triplets": 4}

@@ -265,6 +265,7 @@ class Pipeline:
                                                 "version": info.version},
                          log=self.log, show_progress=self.progress)
             return {"results": card.get("results", {}), "trainable_parameters": card.get("trainable_parameters"),
+                    "sources": card.get("data", {}).get("sources", {}),
                     "adapter_bytes": adapter_size(self.adapter_dir)}
 
         return self._stage(number, "train", fp, [self.adapter_dir / CARD_FILE], work, folder=self.adapter_dir)

@@ -236,6 +236,8 @@ def assemble_training_data(domain: Domain, output: Path, triplets: Sequence[Path
             model = load_sentence_transformer(base_model)
         for name, made in _pair_triplets(domain, cleaned, pool, model, relative_margin, seed).items():
             summary[name]["triplets"] = len(made)
+            # a positive no candidate of the pool qualified for (all above the margin, or its own group)
+            summary[name]["dropped"]["no_negative"] = summary[name]["positives"] - len(made)
             summary[name]["human_negatives"] = sum(r["negative_source"] == "human" for r in made)
             rows.extend(made)
     if not rows:
