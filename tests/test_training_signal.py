@@ -132,6 +132,29 @@ def test_select_training_sets(pm):
         select_training_sets(sets, ["nope"])
 
 
+def test_packaged_training_pairs_are_disjoint_from_the_evaluation_pairs(pm):
+    """What the package ships for training never shares a question or a text with what it evaluates on."""
+    from cachetune.core.evaluate.inputs import read_pairs
+    from cachetune.core.types import EvaluationContext, TrainingContext
+    from cachetune.domains.medical.training import PACKAGED_TRAINING_PAIRS as RQE_TRAIN
+    from cachetune.domains.programming.training_pairs import PACKAGED_TRAINING_PAIRS as CONALA_TRAIN
+
+    for domain, path in (("programming", CONALA_TRAIN), ("medical", RQE_TRAIN)):
+        filler = pm.get_domain(domain).filler_words
+        train = read_pairs(path, both_labels=False)
+        assert len(train) >= 300 and all(r["label"] == 1 for r in train)
+        (loaded,) = [s.load(TrainingContext(domain)) for s in pm.training_sets(domain)]
+        assert loaded == train
+        evaluation = [r for s in pm.evaluation_sets(domain) for r in s.load(EvaluationContext(domain)) or []]
+        assert len(evaluation) >= 300, domain
+        eval_keys = {near_key(r[f], filler) for r in evaluation for f in ("sentence1", "sentence2")}
+        eval_ids = {str(r["meta"][k]) for r in evaluation for k in ("question_id", "negative_question_id")
+                    if (r.get("meta") or {}).get(k) is not None}
+        assert not [r for r in train if {near_key(r["sentence1"], filler), near_key(r["sentence2"], filler)} & eval_keys]
+        if domain == "programming":
+            assert not {r["group"] for r in train} & eval_ids
+
+
 def test_training_source_errors_are_one_line(run_cli, tmp_path, tiny_model):
     base = ["train", "--domain", "medical", "--base-model", tiny_model, "--output", tmp_path / "out", "--quiet"]
     bad = tmp_path / "bad.jsonl"

@@ -204,6 +204,8 @@ def assemble_training_data(domain: Domain, output: Path, triplets: Sequence[Path
                            relative_margin: float = 0.05, seed: int = 0, model=None,
                            log: Callable[[str], None] = print) -> dict:
     """Write the combined training file ``output``; returns (and writes beside it) the counts per source."""
+    if not 0.0 <= relative_margin < 1.0:
+        raise CachetuneError(f"--relative-margin must be in [0, 1), got {relative_margin}")
     output = Path(output)
     rows: List[dict] = []
     summary: Dict[str, dict] = {}
