@@ -173,6 +173,8 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retrain", action="store_true", help="train adapters already in --output again")
+    parser.add_argument("--adapter", action="append", default=[], metavar="LABEL=FOLDER",
+                        help="also evaluate an adapter trained elsewhere, e.g. a default run's (repeatable)")
     args = parser.parse_args()
     args.sources = named(args.training_source, "--training-source")
 
@@ -184,7 +186,7 @@ def main() -> None:
     domains = {d: Path(f) for d, f in named(args.domain, "--domain").items()}
     llm = {d: Path(f) for d, f in named(args.llm, "--llm").items()}
     overrides = named(args.eval_pairs, "--eval-pairs")
-    wanted = [v for v in args.variants.split(",") if v]
+    wanted = [v for v in args.variants.split(",") if v and v != "none"]
     args.output.mkdir(parents=True, exist_ok=True)
     base = load_sentence_transformer(None, device="cpu")
     evals = {d: eval_rows(pm, d, folder, overrides.get(d)) for d, folder in domains.items()}
@@ -220,6 +222,8 @@ def main() -> None:
         train_adapter(first, combined, out, args)
         adapters[("all", "multi")] = out
 
+    for label, folder in named(args.adapter, "--adapter").items():
+        adapters[(label, "given")] = Path(folder)
     results = []
     for (trained_on, variant), folder in adapters.items():
         model = load_adapter_model(folder, device="cpu")

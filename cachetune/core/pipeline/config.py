@@ -155,7 +155,7 @@ def check_value(key: str, value: Any, where: str) -> Any:
 
 
 # Training queries generated for when the run reads the domain's built-in sample (no source).
-SAMPLE_GENERATE_LIMIT = 120
+SAMPLE_GENERATE_LIMIT = 60
 
 
 def _coerce(text: str) -> Any:
