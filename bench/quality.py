@@ -156,7 +156,9 @@ def fmt(value, ci) -> str:
 
 
 def fmt_gain(value, ci) -> str:
-    return f"{value:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+    """A gain with its interval; "no change" when the interval covers zero."""
+    verdict = " no change" if ci[0] <= 0 <= ci[1] else ""
+    return f"{value:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]{verdict}"
 
 
 def main() -> None:
@@ -230,7 +232,7 @@ def main() -> None:
         for domain, (rows, _) in evals.items():
             labels = np.array([r["label"] for r in rows])
             stats = paired_bootstrap(base_scores[domain], scores_of(model, rows), labels, args.bootstrap, args.seed)
-            results.append({"adapter": f"{trained_on}/{variant}", "trained_on": trained_on, "variant": variant,
+            results.append({"name": f"{trained_on}/{variant}", "trained_on": trained_on, "variant": variant,
                             "evaluated_on": domain, "pairs": len(rows), **stats})
     (args.output / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
 
@@ -238,7 +240,7 @@ def main() -> None:
           "hit-rate gain | out-of-sample hit rate base -> adapter |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['adapter']} | {r['evaluated_on']} ({r['pairs']} pairs) | {fmt(r['base']['ap'], r['base']['ap_ci'])} "
+        print(f"| {r['name']} | {r['evaluated_on']} ({r['pairs']} pairs) | {fmt(r['base']['ap'], r['base']['ap_ci'])} "
               f"| {fmt(r['adapter']['ap'], r['adapter']['ap_ci'])} | {fmt_gain(r['gain']['ap'], r['gain']['ap_ci'])} "
               f"| {fmt(r['base']['hit_rate'], r['base']['hit_rate_ci'])} "
               f"| {fmt(r['adapter']['hit_rate'], r['adapter']['hit_rate_ci'])} "
@@ -246,7 +248,7 @@ def main() -> None:
               f"| {r['base']['hit_rate_oos']:.3f} -> {r['adapter']['hit_rate_oos']:.3f} |")
     for r in results:
         change = (r["adapter"]["ap"] - r["base"]["ap"]) / r["base"]["ap"]
-        print(f"AP change: {r['adapter']} on {r['evaluated_on']}: {change * 100:+.2f}%")
+        print(f"AP change: {r['name']} on {r['evaluated_on']}: {change * 100:+.2f}%")
 
 
 if __name__ == "__main__":
