@@ -1,21 +1,22 @@
-"""Benchmark: queries/s of the llama-cpp backend, batched/concurrent vs one request at a time.
+"""Benchmark: the llama-cpp backend's default (batched decoding) vs the previous default, through `generate`.
 
-llama-cpp-python has no batched generation across prompts (and its server has one model lock,
-no parallel slots), so "batching" here can only mean what this measures in one run, on the
-same real CoNaLa queries, the same GGUF and the same seeds:
+Each configuration runs the whole generate stage (``generate_triplets``: the same prompts, reply
+validation, embedding filter and per-request seeds as ``cachetune generate``) on the same real
+CoNaLa queries with the same GGUF, after an untimed warm-up that loads the model and evaluates
+the shared few-shot prefix:
 
-  one-at-a-time     one request per generate() call, one Llama, default threads (the baseline)
-  batched           the whole batch in one generate() call, one Llama (what --batch-size does)
-  2 instances       two Llama instances in two threads, 1 thread each (-o concurrency 2)
-  1x2 threads       one Llama with 2 threads (-o n_threads 2)
-  no prefix reuse   the KV cache reset before every request (what the shared few-shot prefix saves)
-  no grammar        replies not constrained by the JSON-schema grammar (-o json_schema false)
+  instances (previous default)  one single-threaded Llama per core, each answering one request
+                                at a time through create_chat_completion (-o parallel 1)
+  batched (default)             one single-threaded Llama per core, each decoding 4 requests
+                                together in one llama.cpp batch (-o parallel 4)
+  batched 1x8                   one Llama on all cores decoding 8 requests together
+                                (-o concurrency 1 -o parallel 8)
 
-Ratios are against the baseline. Other jobs on the machine change absolute numbers a lot (and
-hurt configurations with more threads than free cores most), so the configurations run in
-interleaved rounds and each keeps its best round; the load average is printed.
+Queries/s and triplets per query are printed per round; the configurations run in interleaved
+rounds and each keeps its best round, so load from other jobs lands on one round of one
+configuration, not on the ratio. The load average is printed.
 
-    .venv/bin/python bench/generate.py [--queries 6] [--rounds 2] [--model PATH.gguf] [--only NAME ...]
+    .venv/bin/python bench/generate.py [--queries 16] [--rounds 2] [--model PATH.gguf] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -30,91 +31,96 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CONALA = REPO.parent / "shared" / "data" / "conala" / "conala-train.json"
 
 
-def load_queries(n: int):
-    from cachetune.core.plugin_manager import get_plugin_manager
+def prepare_queries(n: int, folder: Path) -> Path:
+    """``n`` real CoNaLa queries prepared as `cachetune prepare` would (train.jsonl)."""
     from cachetune.core.data.prepare import prepare
+    from cachetune.core.plugin_manager import get_plugin_manager
 
     pm = get_plugin_manager(load_entrypoints=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(pm.get_domain("programming"), Path(tmp), source=str(CONALA), limit=max(n * 2, 20), holdout=0.0)
-        rows = [json.loads(line) for line in (Path(tmp) / "train.jsonl").read_text().splitlines()]
-    return rows[:n], pm.prompt_templates("programming")
+    prepare(pm.get_domain("programming"), folder, source=str(CONALA), limit=n, holdout=0.0)
+    return folder / "train.jsonl"
 
 
-def build_requests(rows, templates):
-    from cachetune.core.generate.pipeline import request_seed
+def warm_up(generator, templates) -> None:
+    """Load the model(s) and put each kind's few-shot prefix in every instance's cache, untimed."""
     from cachetune.core.generate.prompting import NEGATIVES, PARAPHRASES, Request, build_conversation
 
-    return [Request(build_conversation(templates, kind, row["query"], n), request_seed(0, row["id"], kind), kind, n)
-            for row in rows for kind, n in ((PARAPHRASES, 3), (NEGATIVES, 2))]
+    requests = [Request(build_conversation(templates, kind, "reverse a list in python", n), 0, kind, n)
+                for kind, n in ((PARAPHRASES, 3), (NEGATIVES, 2))]
+    max_tokens, generator.max_tokens = generator.max_tokens, 1
+    try:
+        generator.generate(requests * generator.workers)
+    finally:
+        generator.max_tokens = max_tokens
 
 
-def measure(name, options, requests, n_queries, one_at_a_time=False, reset_each=False):
+def run_generate(options: dict, queries: Path, output: Path, base_model) -> dict:
+    """One timed generate stage with a warmed-up backend; its summary."""
+    from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets
+    from cachetune.core.generate.prompting import DomainRules
+    from cachetune.core.plugin_manager import get_plugin_manager
     from cachetune.plugins.llama_cpp_generator import LlamaCppGenerator
 
-    gen = LlamaCppGenerator(options)
-    gen.generate(requests[:1] * gen.workers)  # load and evaluate the shared prefix once, untimed
+    pm = get_plugin_manager(load_entrypoints=False)
+    templates = pm.prompt_templates("programming")
+    generator = LlamaCppGenerator(options)
+    warm_up(generator, templates)
+    config = GenerateConfig(domain="programming", input=queries, output=output, resume=False)
     started = time.perf_counter()
-    if one_at_a_time or reset_each:
-        results = []
-        for request in requests:
-            if reset_each:
-                gen._llamas[0].reset()  # forget the KV cache: the next prompt is evaluated in full
-            results.extend(gen.generate([request]))
-    else:
-        results = gen.generate(requests)
-    wall = time.perf_counter() - started
-    gen.close()
-    prompt = sum(r.prompt_tokens for r in results)
-    completion = sum(r.completion_tokens for r in results)
-    return {"name": name, "wall_s": wall, "queries_per_s": n_queries / wall, "completion_tokens": completion,
-            "prompt_tokens": prompt, "tokens_per_s": completion / wall}
+    summary = generate_triplets(config, templates, lambda: generator, load_model=lambda _name: base_model,
+                                rules=DomainRules.of(pm.get_domain("programming")), generator_options=options)
+    summary["bench_wall_s"] = time.perf_counter() - started
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=6)
+    parser.add_argument("--queries", type=int, default=16)
     parser.add_argument("--model", default=None, help="GGUF (default: the get-gguf qwen file)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each keeps its best")
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     args = parser.parse_args()
 
+    from cachetune.core.models import load_sentence_transformer
     from cachetune.plugins.llama_cpp_generator import default_threads, resolve_model
 
     model = str(resolve_model(args.model))
-    rows, templates = load_queries(args.queries)
-    requests = build_requests(rows, templates)
     base = {"model": model, "temperature": 0.7, "max_tokens": 256}
+    cores = default_threads()
     configs = [
-        ("one-at-a-time", dict(base, concurrency=1, n_threads=1), dict(one_at_a_time=True)),
-        ("batched", dict(base, concurrency=1, n_threads=1), {}),
-        ("2 instances", dict(base, concurrency=2, n_threads=2), {}),
-        ("1x2 threads", dict(base, concurrency=1, n_threads=2), {}),
-        ("no prefix reuse", dict(base, concurrency=1, n_threads=1), dict(reset_each=True)),
-        ("no grammar", dict(base, concurrency=1, n_threads=1, json_schema=False), {}),
+        ("instances (previous default)", dict(base, parallel=1)),
+        ("batched (default)", dict(base)),
+        ("batched 1x8", dict(base, concurrency=1, parallel=8)),
     ]
-    print(f"model {Path(model).name}; {args.queries} CoNaLa queries ({len(requests)} requests); "
-          f"{os.cpu_count()} CPUs; default n_threads {default_threads()} (one instance per core); "
-          f"load average {os.getloadavg()[0]:.2f}")
-    configs = [c for c in configs if not args.only or c[0] in args.only]
+    configs = [c for c in configs if not args.only or c[0].split(" (")[0] in args.only or c[0] in args.only]
+    base_model = load_sentence_transformer(None, device="cpu")
     best = {}
-    for round_no in range(1, args.rounds + 1):
-        for name, options, how in configs:
-            result = measure(name, options, requests, args.queries, **how)
-            print(f"  round {round_no} {name:16s} {result['queries_per_s']:.3f} queries/s  "
-                  f"{result['tokens_per_s']:5.1f} completion tok/s  ({result['completion_tokens']} completion, "
-                  f"{result['prompt_tokens']} prompt tokens, {result['wall_s']:.1f} s)", flush=True)
-            if name not in best or result["queries_per_s"] > best[name]["queries_per_s"]:
-                best[name] = result
-    results = [best[name] for name, _, _ in configs]
-    baseline = next((r for r in results if r["name"] == "one-at-a-time"), None)
-    if baseline:
-        print(f"ratios vs one-at-a-time, best of {args.rounds} rounds (load average now {os.getloadavg()[0]:.2f}):")
-        for result in results[1:]:
-            print(f"  {result['name']:16s} x{result['queries_per_s'] / baseline['queries_per_s']:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        queries = prepare_queries(args.queries, Path(tmp) / "prepared")
+        n = sum(1 for _ in queries.open())
+        print(f"model {Path(model).name}; {n} CoNaLa queries; {os.cpu_count()} CPUs, {cores} physical cores; "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        for round_no in range(1, args.rounds + 1):
+            for name, options in configs:
+                summary = run_generate(options, queries, Path(tmp) / f"out-{round_no}-{len(best)}.jsonl", base_model)
+                qps = summary["queries_done"] / summary["bench_wall_s"]
+                print(f"  round {round_no} {name:30s} {qps:.3f} queries/s  {summary['triplets_per_query']:.2f} "
+                      f"triplets/query  ({summary['tokens']['completion']} completion tokens, "
+                      f"{summary['bench_wall_s']:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+                if name not in best or qps > best[name][0]:
+                    best[name] = (qps, summary["triplets_per_query"], summary["triplets_written"])
+    previous = best.get(configs[0][0])
+    print(f"best of {args.rounds} interleaved rounds (load average now {os.getloadavg()[0]:.2f}):")
+    for name, (qps, tpq, written) in best.items():
+        ratio = f"x{qps / previous[0]:.2f} queries/s, triplets/query {tpq / previous[1]:.2f}x" \
+            if previous and previous[1] else ""
+        print(f"  {name:30s} {qps:.3f} queries/s  {tpq:.2f} triplets/query ({written})  {ratio}")
+    print(json.dumps({name: {"queries_per_s": round(v[0], 4), "triplets_per_query": v[1]} for name, v in best.items()}))
 
 
 if __name__ == "__main__":

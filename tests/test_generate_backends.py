@@ -377,11 +377,16 @@ def test_llama_cpp_defaults_one_instance_per_core(tmp_path):
         gen = LlamaCppGenerator({"model": str(gguf), **opts})
         return gen.workers, gen.threads_per_worker, gen.batch_size
 
-    assert shape(n_threads=1) == (1, 1, 1)
-    assert shape(n_threads=2) == (2, 1, 1)  # two single-threaded instances, one query's two requests
-    assert shape(n_threads=3) == (3, 1, 2)
-    assert shape(n_threads=8) == (4, 2, 2)  # at most 4 instances; the other cores become their threads
-    assert shape(n_threads=2, concurrency=1) == (1, 2, 1)
+    # batched (the default: 4 requests decoded together per instance): queries enough to fill the slots twice
+    assert shape(n_threads=1) == (1, 1, 4)
+    assert shape(n_threads=2) == (2, 1, 8)
+    assert shape(n_threads=8) == (4, 2, 16)  # at most 4 instances; the other cores become their threads
+    assert shape(n_threads=2, concurrency=1, parallel=8) == (1, 2, 8)
+    # one request at a time per instance
+    assert shape(n_threads=1, parallel=1) == (1, 1, 1)
+    assert shape(n_threads=2, parallel=1) == (2, 1, 1)  # two single-threaded instances, one query's two requests
+    assert shape(n_threads=3, parallel=1) == (3, 1, 2)
+    assert shape(n_threads=2, concurrency=1, parallel=1) == (1, 2, 1)
     cores = physical_cores()
     assert shape()[0] == min(cores, 4) and shape()[0] * shape()[1] <= cores
 

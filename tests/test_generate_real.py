@@ -205,6 +205,41 @@ def read_rows_tolerant(path):
 
 
 @pytest.mark.slow
+def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
+    """Several requests in one llama.cpp batch: the prompts create_chat_completion sends, replies
+    fixed by each request's seed, every reply held to the JSON-schema grammar."""
+    import json as json_
+
+    from cachetune.core.generate.pipeline import request_seed
+    from cachetune.core.generate.prompting import NEGATIVES, PARAPHRASES, Request, build_conversation
+    from cachetune.core.plugin_manager import get_plugin_manager
+    from cachetune.plugins.llama_cpp_generator import LlamaCppGenerator
+
+    templates = get_plugin_manager(load_entrypoints=False).prompt_templates("programming")
+    queries = ["sort a list of dicts by a key", "read a csv file with pandas", "reverse a string"]
+    requests = [Request(build_conversation(templates, kind, q, n), request_seed(0, q, kind), kind, n)
+                for q in queries for kind, n in ((PARAPHRASES, 3), (NEGATIVES, 2))]
+    options = {"model": smollm_gguf, "temperature": 0.7, "max_tokens": 48, "n_threads": 1}
+    batched = LlamaCppGenerator({**options, "parallel": 4})
+    single = LlamaCppGenerator({**options, "parallel": 1})
+    try:
+        first = batched.generate(requests)
+        again = batched.generate(requests[::-1])[::-1]  # other slots, other neighbours, cached prefixes
+        one = single.generate(requests[:2])
+    finally:
+        batched.close()
+        single.close()
+    assert [r.text for r in first] == [r.text for r in again]
+    assert [r.prompt_tokens for r in first[:2]] == [r.prompt_tokens for r in one]  # the very same prompts
+    assert all(r.error is None and 0 < r.completion_tokens <= 48 for r in first)
+    finished = [r for r in first if r.completion_tokens < 48]  # not cut by max_tokens
+    assert finished, [r.text for r in first]
+    for r in finished:
+        assert isinstance(json_.loads(r.text), dict), r.text
+    assert len({r.text for r in first}) > len(first) // 2  # seeds differ: replies differ
+
+
+@pytest.mark.slow
 def test_transformers_backend_on_a_real_gguf_model(smollm_gguf):
     pytest.importorskip("gguf", reason="transformers reads GGUF files with the gguf package (test extra)")
     from cachetune.core.generate.prompting import PARAPHRASES, Request, build_conversation, parse_reply

@@ -1,13 +1,18 @@
 """The ``llama-cpp`` generator backend: a local GGUF chat model through llama-cpp-python, on CPU.
 
-The offline default. llama-cpp-python has no batched generation across prompts (and its server
-has one model lock, no parallel slots), so a batch is answered request by request. What makes
-it fast is measured in ``bench/generate.py``:
+The offline default. What makes it fast is measured in ``bench/generate.py`` (this default
+against the previous one, through the whole generate stage) and ``bench/generate_options.py``
+(the options one by one):
 
+- batched decoding (``parallel``, default 4): each instance decodes several requests together
+  in one llama.cpp batch, one sequence per request in one context, as llama.cpp's own server
+  does with parallel slots (:mod:`cachetune.plugins.llama_cpp_batch`); decoding a small model on
+  a CPU is bound by reading its weights, which one step then reads once for every sequence.
+  Each request keeps its own sampler and seed; ``-o parallel 1`` answers one request at a time
+  through ``create_chat_completion``;
 - every request of a run shares one long few-shot prefix (see
-  :func:`cachetune.core.generate.prompting.build_conversation`), and a ``Llama`` instance reuses the
-  KV cache of the longest common prefix of consecutive prompts, so only the query and the
-  reply are evaluated per request;
+  :func:`cachetune.core.generate.prompting.build_conversation`), whose KV cache is reused, so
+  only the query and the reply are evaluated per request;
 - replies are constrained by a JSON-schema grammar (exactly ``n`` non-empty strings), so
   the model neither rambles past the object nor returns something unparseable;
 - threads: llama.cpp's threads spin at barriers, so more threads than free cores (SMT
@@ -15,10 +20,8 @@ it fast is measured in ``bench/generate.py``:
   physical cores.
 - instances: ``concurrency`` ``Llama`` instances answer requests in threads (llama.cpp
   releases the GIL; the weights are one shared mmap), each with ``n_threads / concurrency``
-  threads. A 0.5B model does not keep several threads of one instance busy: on 2 idle cores
-  two single-threaded instances answer ×2.1 as many queries as one, one instance with two
-  threads ×1.5. The default is one instance per physical core, at most 4, and a batch of
-  enough queries (two requests each) to give every instance one.
+  threads. The default is one instance per physical core, at most 4, and a batch of enough
+  queries (two requests each) to fill every instance's slots twice.
 
 ``model`` is a .gguf path (default: the Qwen2.5-Coder-0.5B GGUF in ``~/.cache/cachetune/gguf``,
 fetched there from the model hub on first use where the hub is reachable); the options it
@@ -30,6 +33,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from functools import partial
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -78,11 +82,14 @@ def fetch_default_model(path: Path) -> None:
 
 
 MAX_DEFAULT_INSTANCES = 4
+DEFAULT_PARALLEL = 4
 
 OPTIONS = (
     BackendOption("n_threads", int, None, "CPU threads in all (default: the physical cores)."),
     BackendOption("concurrency", int, None, "model instances answering in threads (default: one per "
                                             "physical core, at most 4)."),
+    BackendOption("parallel", int, DEFAULT_PARALLEL, "requests each instance decodes together in one llama.cpp "
+                                                     "batch (1: one at a time, through create_chat_completion)."),
     BackendOption("n_ctx", int, 2048, "context window in tokens."),
     BackendOption("json_schema", bool, True, "constrain replies with a JSON-schema grammar."),
     # 1.1 is llama.cpp server's default; with it the model copies the query (the last tokens it
@@ -111,13 +118,18 @@ class LlamaCppGenerator:
         self.repeat_penalty = float(opts["repeat_penalty"])
         # Here concurrency counts model instances (see the module docstring).
         threads = int(opts["n_threads"] or default_threads())
+        self.parallel = max(1, int(opts["parallel"]))
         self.workers = max(1, int(opts["concurrency"] or min(threads, MAX_DEFAULT_INSTANCES)))
         self.threads_per_worker = max(1, threads // self.workers)
-        # Queries per batch: two requests each, enough for every instance; a small batch writes
-        # each query soon after it is done.
-        self.batch_size = max(1, (self.workers + 1) // 2)
+        # Queries per batch (two requests each): enough for every instance's slots (twice over when
+        # batched, so slots refill while long replies finish); a small batch writes each query soon
+        # after it is done.
+        slots = self.workers * self.parallel
+        self.batch_size = max(1, slots if self.parallel > 1 else (slots + 1) // 2)
         self.n_ctx = int(opts["n_ctx"])
         self._llamas: List[object] = []
+        self._decoders: List[object] = []  # one BatchDecoder per instance when parallel > 1
+        self._formatter = None
         self._grammars: dict = {}
         self._grammar_lock = threading.Lock()
         self._running: List[threading.Event] = []  # one per worker of the generate() in progress
@@ -137,6 +149,17 @@ class LlamaCppGenerator:
                                           n_threads_batch=self.threads_per_worker))
             except Exception as exc:  # llama.cpp says little more than "failed to load"
                 raise CachetuneError(f"llama.cpp could not load the model: {exc}", self.path) from None
+        if self.parallel > 1:
+            from cachetune.plugins.llama_cpp_batch import BatchDecoder
+
+            self._formatter = chat_formatter(self._llamas[0], self.path)
+            try:
+                self._decoders = [BatchDecoder(llama, self.parallel, self.n_ctx, self.threads_per_worker,
+                                               self.temperature, self.repeat_penalty) for llama in self._llamas]
+            except ValueError as exc:  # "Failed to create llama_context": out of memory for the KV cache
+                raise CachetuneError(f"llama.cpp could not make a context for {self.parallel} parallel "
+                                     f"sequences of {self.n_ctx} tokens: {exc} (lower -o parallel or -o n_ctx)",
+                                     self.path) from None
 
     def _grammar(self, request: Request):
         key = (request.kind, request.n)
@@ -162,49 +185,85 @@ class LlamaCppGenerator:
         return GenerationResult(reply["choices"][0]["message"].get("content"),
                                 usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
+    def _jobs(self, requests: Sequence[Request]) -> list:
+        from cachetune.plugins.llama_cpp_batch import Job
+
+        llama = self._llamas[0]
+        jobs = []
+        for request in requests:
+            chat = self._formatter(messages=request.conversation)
+            prompt = llama.tokenize(chat.prompt.encode("utf-8"), add_bos=not chat.added_special, special=True)
+            jobs.append(Job(prompt, request.seed, self._grammar(request) if self.json_schema else None,
+                            self.max_tokens))
+        return jobs
+
+    def _generate_batched(self, requests: Sequence[Request]) -> List[GenerationResult]:
+        jobs = self._jobs(requests)
+        todo = iter(jobs)
+        lock = threading.Lock()
+
+        def next_job():
+            with lock:
+                return next(todo, None)
+
+        self._run_workers([lambda stop, d=d: d.run(next_job, stop.is_set) for d in self._decoders])
+        return [GenerationResult(job.text, len(job.prompt), job.completion_tokens, job.error) for job in jobs]
+
     def generate(self, requests: Sequence[Request]) -> List[GenerationResult]:
         self._load()
+        if self.parallel > 1:
+            return self._generate_batched(requests)
         if self.workers == 1:
             return [self._answer(self._llamas[0], r) for r in requests]
         results: List[Optional[GenerationResult]] = [None] * len(requests)
         todo: "queue.Queue[int]" = queue.Queue()
         for index in range(len(requests)):
             todo.put(index)
+
+        def answer(llama, stop: threading.Event) -> None:
+            while not stop.is_set():
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[index] = self._answer(llama, requests[index])
+
+        self._run_workers([partial(answer, llama) for llama in self._llamas])
+        return results  # type: ignore[return-value]
+
+    def _run_workers(self, tasks) -> None:
+        """Run each ``task(stop)`` in a thread of its own until all return.
+
+        Ctrl-C sets ``stop``, which tasks check between requests (or decoding steps), waits for
+        them and hands the interrupt on; a task's exception is raised here once all have stopped.
+        """
         failures: list = []
         stop = threading.Event()
 
-        def work(llama, finished: threading.Event):
+        def work(task, finished: threading.Event):
             try:
-                while not stop.is_set():
-                    try:
-                        index = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    try:
-                        results[index] = self._answer(llama, requests[index])
-                    except BaseException as exc:  # surfaced in the calling thread below
-                        failures.append(exc)
-                        stop.set()
+                task(stop)
+            except BaseException as exc:  # surfaced in the calling thread below
+                failures.append(exc)
+                stop.set()
             finally:
                 finished.set()
 
         # Completion is tracked with events, not Thread.join: a join interrupted by Ctrl-C can
         # leave the thread marked finished while it still runs (CPython 3.11), and close() would
         # then free a model in use (llama.cpp aborts with GGML_ASSERT(backend) or segfaults).
-        self._running = [threading.Event() for _ in self._llamas]
-        for llama, finished in zip(self._llamas, self._running):
-            threading.Thread(target=work, args=(llama, finished), daemon=True).start()
+        self._running = [threading.Event() for _ in tasks]
+        for task, finished in zip(tasks, self._running):
+            threading.Thread(target=work, args=(task, finished), daemon=True).start()
         try:
             for finished in self._running:
                 finished.wait()
         except BaseException:
-            # Ctrl-C: let each worker finish its current request, then hand the interrupt on.
             stop.set()
             self._wait_idle()
             raise
         if failures:
             raise failures[0]
-        return results  # type: ignore[return-value]
 
     def _wait_idle(self) -> None:
         """Block until no worker is answering a request (a further Ctrl-C only restarts the wait)."""
@@ -218,11 +277,28 @@ class LlamaCppGenerator:
 
     def close(self) -> None:
         self._wait_idle()
+        for decoder in self._decoders:
+            decoder.close()
+        self._decoders = []
         for llama in self._llamas:
             close = getattr(llama, "close", None)
             if close is not None:
                 close()
         self._llamas = []
+
+
+def chat_formatter(llama, path: Path):
+    """The GGUF's own chat template, as ``Llama.create_chat_completion`` applies it."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise CachetuneError("batched decoding needs a GGUF with a chat template (tokenizer.chat_template); "
+                             "use -o parallel 1", path)
+    eos, bos = llama.token_eos(), llama.token_bos()
+    return Jinja2ChatFormatter(template=template, stop_token_ids=[eos],
+                               eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+                               bos_token=llama._model.token_get_text(bos) if bos != -1 else "")
 
 
 def create(options: dict) -> LlamaCppGenerator:

@@ -1,0 +1,204 @@
+"""Batched decoding for the ``llama-cpp`` backend: several requests in one llama.cpp context.
+
+One context holds up to ``slots`` sequences (``n_seq_max``), as llama.cpp's own server does with
+parallel slots. Every step decodes one llama.cpp batch holding, for each busy slot, either the
+next chunk of its prompt or the token it sampled last; each slot then samples its next token
+from its own logits with its own sampler chain (repeat penalty, the JSON-schema grammar,
+top-k/typical/top-p/min-p, temperature, and the request's own seed), the chain
+``Llama.create_chat_completion`` builds. A finished slot takes the next waiting request at
+once, so slots do not idle while a long reply finishes.
+
+CPU decoding of a small model is bound by reading its weights once per step, whatever the number
+of sequences in the batch, so each step yields one token per busy slot for little more than
+the cost of one.
+
+The KV cache is unified: a new request's prompt reuses the longest prefix any slot already
+holds (every request of a run shares a long few-shot prefix), copied by reference with
+``llama_memory_seq_cp``, so only the query and the reply are evaluated per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+# llama-cpp-python's create_completion defaults, which the unbatched path uses.
+TOP_K, TOP_P, MIN_P, TYPICAL_P, PENALTY_LAST_N = 40, 0.95, 0.05, 1.0, 64
+# A prompt with more tokens than this left to evaluate holds back the next requests (see run()).
+PREFIX_WAIT = 64
+
+
+@dataclass
+class Job:
+    """One request: prompt tokens in, reply text and token counts out."""
+
+    prompt: List[int]
+    seed: int
+    grammar: object  # a LlamaGrammar, or None
+    max_tokens: int
+    text: Optional[str] = None
+    completion_tokens: int = 0
+    error: Optional[str] = None
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cached: List[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    job: Optional[Job] = None
+    pending: List[int] = field(default_factory=list)  # tokens to decode next
+    sampler: object = None
+    generated: List[int] = field(default_factory=list)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class BatchDecoder:
+    """Decodes jobs ``slots`` at a time in one context of ``llama``'s model (a ``llama_cpp.Llama``)."""
+
+    def __init__(self, llama, slots: int, n_ctx: int, n_threads: int, temperature: float,
+                 repeat_penalty: float, n_batch: int = 512):
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self.llama = llama
+        self.slots = [_Slot(seq) for seq in range(slots)]
+        self.temperature = temperature
+        self.repeat_penalty = repeat_penalty
+        self.n_batch = n_batch
+        params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
+        # The cache is shared by all sequences: room for each one's own context window.
+        params.n_ctx = n_ctx * slots
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = slots
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = n_threads
+        self.n_ctx = n_ctx
+        self.ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=slots, verbose=False)
+        self.vocab = llama._model.vocab
+        self._llama_cpp = llama_cpp
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.sampler = None
+        self.batch.close()
+        self.ctx.close()
+
+    # -- sampling --------------------------------------------------------------------
+    def _sampler(self, job: Job):
+        from llama_cpp import _internals
+
+        sampler = _internals.LlamaSampler()
+        sampler.add_penalties(self.llama.n_vocab(), PENALTY_LAST_N, self.repeat_penalty, 0.0, 0.0)
+        if job.grammar is not None:
+            sampler.add_grammar(self.llama._model, job.grammar)
+        if self.temperature == 0.0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(TOP_K)
+            sampler.add_typical(TYPICAL_P, 1)
+            sampler.add_top_p(TOP_P, 1)
+            sampler.add_min_p(MIN_P, 1)
+            sampler.add_temp(self.temperature)
+            sampler.add_dist(job.seed & 0xFFFFFFFF)
+        return sampler
+
+    # -- scheduling ------------------------------------------------------------------
+    def _start(self, slot: _Slot, job: Job) -> None:
+        """Give ``job`` to ``slot``, reusing the longest prompt prefix any slot holds."""
+        prompt = job.prompt
+        source = max(self.slots, key=lambda s: (_common_prefix(s.cached, prompt), s is slot))
+        keep = min(_common_prefix(source.cached, prompt), len(prompt) - 1)  # one token left for logits
+        memory = self.ctx.memory
+        if source is slot:
+            self._llama_cpp.llama_memory_seq_rm(memory, slot.seq, keep, -1)
+        else:
+            self._llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
+            if keep:
+                self._llama_cpp.llama_memory_seq_cp(memory, source.seq, slot.seq, 0, keep)
+        slot.cached = list(prompt[:keep])
+        slot.job, slot.pending, slot.generated = job, list(prompt[keep:]), []
+        slot.sampler = self._sampler(job)
+
+    def _finish(self, slot: _Slot, error: Optional[str] = None) -> None:
+        job = slot.job
+        job.completion_tokens = len(slot.generated)
+        if error:
+            job.error = error
+            # what a failed decode left in this sequence's cache is unknown: forget it
+            self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot.seq, -1, -1)
+            slot.cached = []
+        else:
+            job.text = self.llama.detokenize(slot.generated).decode("utf-8", errors="ignore")
+        slot.job, slot.sampler, slot.pending = None, None, []
+
+    def run(self, next_job: Callable[[], Optional[Job]], stop: Callable[[], bool] = lambda: False) -> None:
+        """Decode jobs taken from ``next_job()`` (None: no more) until all are done or ``stop()`` is true.
+
+        Results land on the jobs. Several decoders may share one ``next_job``.
+        """
+        more = True
+        while not stop():
+            # A slot still evaluating a long prompt holds the prefix the next prompts share: they
+            # start once it is in the cache, and copy it instead of evaluating it again.
+            prefilling = any(len(slot.pending) > PREFIX_WAIT for slot in self.slots)
+            for slot in self.slots:
+                while more and slot.job is None and not prefilling:
+                    job = next_job()
+                    if job is None:
+                        more = False
+                    elif len(job.prompt) + 1 > self.n_ctx:
+                        job.error = f"request_failed: the prompt is {len(job.prompt)} tokens, n_ctx is {self.n_ctx}"
+                    else:
+                        self._start(slot, job)
+                        prefilling = len(slot.pending) > PREFIX_WAIT
+            busy = [slot for slot in self.slots if slot.job is not None]
+            if not busy:
+                return
+            self._step(busy)
+
+    def _step(self, busy: List[_Slot]) -> None:
+        """One llama_decode over every busy slot's next tokens, then one sample per slot that is due."""
+        batch = self.batch.batch
+        n, due = 0, []  # due: (slot, index of its logits in the batch)
+        for slot in busy:
+            room = self.n_batch - n
+            if room <= 0:
+                break
+            chunk = slot.pending[:room]
+            for i, token in enumerate(chunk):
+                batch.token[n] = token
+                batch.pos[n] = len(slot.cached) + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq
+                batch.logits[n] = False
+                n += 1
+            slot.cached.extend(chunk)
+            del slot.pending[:len(chunk)]
+            if not slot.pending:
+                batch.logits[n - 1] = True
+                due.append((slot, n - 1))
+        batch.n_tokens = n
+        code = self._llama_cpp.llama_decode(self.ctx.ctx, batch)
+        if code != 0:  # 1: no room in the KV cache; others: a failed compute
+            for slot in busy:
+                self._finish(slot, error=f"request_failed: llama_decode returned {code}")
+            return
+        for slot, index in due:
+            token = slot.sampler.sample(self.ctx, index)  # also accepts it (penalties, grammar)
+            if self._llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                self._finish(slot)
+                continue
+            slot.generated.append(token)
+            if len(slot.generated) >= slot.job.max_tokens or len(slot.cached) + 1 >= self.n_ctx:
+                self._finish(slot)
+            else:
+                slot.pending = [token]
