@@ -151,7 +151,8 @@ def test_ctrl_c_then_sigkill_mid_run_then_rerun_has_no_duplicate_and_no_torn_lin
     out = tmp_path / "triplets.jsonl"
     cmd = [sys.executable, "-c", "from cachetune.core.cli import entry; entry()",
            "generate", "--domain", "programming", "--input", str(conala_train), "--output", str(out),
-           "--model", smollm_gguf, "--max-tokens", "48", "--limit", "8", "--no-embedding-filter", "--seed", "3"]
+           "--model", smollm_gguf, "--max-tokens", "48", "--limit", "8", "--no-embedding-filter", "--seed", "3",
+           "--batch-size", "2"]  # several batches: the first is written while the next ones still run
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
     # Ctrl-C: a clean stop, a summary, exit 130
