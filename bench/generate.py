@@ -78,13 +78,18 @@ def run_generate(options: dict, queries: Path, output: Path, base_model) -> dict
     return summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=16)
+def bench_arguments(description: str, queries: int) -> argparse.Namespace:
+    """The options of both generation benchmarks (this one and bench/generate_options.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--queries", type=int, default=queries)
     parser.add_argument("--model", default=None, help="GGUF (default: the get-gguf qwen file)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each keeps its best")
     parser.add_argument("--only", nargs="*", help="run only these configurations")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = bench_arguments(__doc__.split("\n")[0], queries=16)
 
     from cachetune.core.models import load_sentence_transformer
     from cachetune.plugins.llama_cpp_generator import default_threads, resolve_model

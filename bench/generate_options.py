@@ -20,7 +20,6 @@ interleaved rounds and each keeps its best round; the load average is printed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 CONALA = REPO.parent / "shared" / "data" / "conala" / "conala-train.json"
+
+from generate import bench_arguments  # noqa: E402  (bench/generate.py)
 
 
 def load_queries(n: int):
@@ -75,12 +76,7 @@ def measure(name, options, requests, n_queries, one_at_a_time=False, reset_each=
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=6)
-    parser.add_argument("--model", default=None, help="GGUF (default: the get-gguf qwen file)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each keeps its best")
-    parser.add_argument("--only", nargs="*", help="run only these configurations")
-    args = parser.parse_args()
+    args = bench_arguments(__doc__.split("\n")[0], queries=6)
 
     from cachetune.plugins.llama_cpp_generator import default_threads, resolve_model
 
