@@ -54,6 +54,44 @@ def test_bound_is_honest_across_resamples():
     assert misses / draws <= 0.1
 
 
+def _near_miss_traffic(rng, n):
+    """Half same-question pairs ~ N(0.72, 0.08); 1% of the others are near misses scoring 0.9-1.0 (above
+    almost every right pair), the rest ~ N(0.45, 0.1)."""
+    labels = rng.random(n) < 0.5
+    near = ~labels & (rng.random(n) < 0.01)
+    scores = np.where(labels, rng.normal(0.72, 0.08, n), rng.normal(0.45, 0.1, n))
+    scores[near] = rng.uniform(0.9, 1.0, near.sum())
+    return scores, labels.astype(int)
+
+
+def _near_miss_precision(t):
+    from scipy.stats import norm
+
+    right = 0.5 * norm.sf(t, 0.72, 0.08)
+    wrong = 0.5 * 0.01 * np.clip((1.0 - t) / 0.1, 0, 1) + 0.5 * 0.99 * norm.sf(t, 0.45, 0.1)
+    return right / (right + wrong)
+
+
+def test_near_misses_at_the_top_do_not_stop_the_search():
+    """A few wrong pairs score highest; precision is on target lower down: a threshold is certified,
+    and its true (analytic) precision is below target in at most 10% of draws."""
+    rng = np.random.default_rng(1)
+    target, draws, certified, misses, wrong_on_top = 0.9, 300, 0, 0, 0
+    for _ in range(draws):
+        scores, labels = _near_miss_traffic(rng, 1000)
+        wrong_on_top += labels[np.argsort(-scores)[:22]].min() == 0
+        cal = calibrate_with_bound(scores, labels, target, 0.9)
+        if cal.threshold is None:
+            continue
+        certified += 1
+        misses += _near_miss_precision(cal.threshold) < target
+        assert cal.precision_lower_bound == target  # the guarantee is the target, not the bound at one threshold
+    assert _near_miss_precision(0.95) < 0.5 and _near_miss_precision(0.65) > 0.92  # the traffic is as described
+    assert wrong_on_top >= 0.95 * draws  # a search from the top would stop at once
+    assert certified >= 0.5 * draws
+    assert misses <= 0.1 * draws
+
+
 def test_informative_pairs_sit_around_the_threshold():
     scores = np.linspace(0, 1, 1001)
     picked = informative_pairs(scores, 0.6, 50)

@@ -15,12 +15,13 @@ def _print_calibration(result: dict) -> None:
                f"({result['positives']} same-question)")
     click.echo(f"threshold          {result['threshold']:.4f} (cosine similarity; stored and selected)")
     click.echo(f"expected hit rate  {result['hit_rate']:.3f} of same-question pairs served")
-    click.echo(f"precision          {result['precision_observed']:.4f} observed, >= "
-               f"{result['precision_lower_bound']:.4f} with {result['confidence']:g} confidence "
-               f"(target {result['target_precision']:g})")
-    for row in result["tightening"]:
-        click.echo(f"label {row['more_pairs']} more pairs like these (x{row['factor']}): lower bound about "
-                   f"{row['precision_lower_bound']:.4f}")
+    click.echo(f"precision          >= {result['precision_lower_bound']:g} with {result['confidence']:g} confidence "
+               f"(the guarantee); {result['precision_observed']:.4f} observed on the {result['served']} pairs "
+               "at or above the threshold")
+    from cachetune.core.evaluate.calibrate_report import tightening_lines
+
+    for line in tightening_lines(result):
+        click.echo(line)
 
 
 def register(cli, pm) -> None:

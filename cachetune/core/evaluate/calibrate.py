@@ -43,14 +43,16 @@ def calibrate_adapter(registry, record: dict, model, pairs, *, columns=None, tar
     labels = np.array([r["label"] for r in rows])
     cal = calibrate_with_bound(scores, labels, target_precision, confidence)
     name = name or f"calibration-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    result = {"adapter": record["ref"], "name": name, **cal.to_dict(), "tightening": tightening(cal),
+    result = {"adapter": record["ref"], "name": name, **cal.to_dict(), "tightening": tightening(scores, labels, cal),
               "pairs_file": str(Path(pairs).resolve()), "pairs_sha256": sha256_file(pairs)}
     if report_dir is not None:
         from cachetune.core.evaluate.calibrate_report import write_report
 
         result["report"] = str(write_report(report_dir, result, curve_with_band(scores, labels, confidence)))
     if cal.threshold is None:
-        raise CachetuneError(cal.reason + "; nothing stored", pairs)
+        more = [row for row in result["tightening"] if row["threshold"] is not None]
+        hint = f"; about {more[0]['more_pairs']} more pairs like these would support it" if more else ""
+        raise CachetuneError(f"{cal.reason}; nothing stored{hint}", pairs)
     stored = {k: result[k] for k in ("name", "threshold", "target_precision", "confidence", "precision_lower_bound",
                                      "precision_observed", "hit_rate", "served", "pairs", "positives",
                                      "pairs_file", "pairs_sha256")}

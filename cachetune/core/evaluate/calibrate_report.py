@@ -16,7 +16,7 @@ def _plot(path: Path, curve: dict, threshold, confidence: float) -> None:
     t = curve["threshold"]
     ax.plot(t, curve["precision"], label="precision (observed)")
     ax.fill_between(t, curve["lower_bound"], curve["precision"], alpha=0.25,
-                    label=f"precision lower bound ({confidence:g} confidence)")
+                    label=f"lower bound of each threshold alone ({confidence:g} confidence)")
     ax.plot(t, curve["hit_rate"], label="hit rate (same-question pairs served)")
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", label=f"stored threshold {threshold:.3f}")
@@ -26,6 +26,19 @@ def _plot(path: Path, curve: dict, threshold, confidence: float) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def tightening_lines(result: dict) -> list:
+    """What more labels would buy, one sentence per row of ``result['tightening']``."""
+    lines = []
+    for row in result["tightening"]:
+        head = f"label {row['more_pairs']} more pairs like these (x{row['factor']}):"
+        if row["threshold"] is None:
+            lines.append(f"{head} the target would still not be supported")
+        else:
+            lines.append(f"{head} threshold about {row['threshold']:.4f}, hit rate about {row['hit_rate']:.3f}, "
+                         "same guarantee")
+    return lines
 
 
 def write_report(folder, result: dict, curve: dict) -> Path:
@@ -40,13 +53,11 @@ def write_report(folder, result: dict, curve: dict) -> Path:
     else:
         lines += [f"**Stored threshold: {result['threshold']:.4f}** (cosine similarity)", "",
                   "| | value |", "|---|---|",
-                  f"| precision lower bound | {result['precision_lower_bound']:.4f} |",
+                  f"| precision lower bound (the guarantee) | {result['precision_lower_bound']:g} |",
                   f"| precision observed | {result['precision_observed']:.4f} |",
                   f"| expected hit rate | {result['hit_rate']:.4f} |",
                   f"| pairs at or above the threshold | {result['served']} |", ""]
-        for row in result["tightening"]:
-            lines.append(f"- {row['more_pairs']} more labelled pairs like these (x{row['factor']}): bound "
-                         f"about {row['precision_lower_bound']:.4f}")
+    lines += [f"- {line}" for line in tightening_lines(result)]
     lines += ["", "![precision and hit rate against the threshold](calibration.png)", ""]
     (folder / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return folder / "report.md"
