@@ -9,12 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from cachetune.core.evaluate.threshold_bound import (
-    calibrate_with_bound,
-    informative_pairs,
-    min_served_for,
-    precision_lower_bound,
-)
+from cachetune.core.evaluate.label_sampling import inclusion_probabilities, precision_threshold, systematic_sample
+from cachetune.core.evaluate.threshold_bound import calibrate_with_bound, min_served_for, precision_lower_bound
 
 
 def test_clopper_pearson_matches_known_values():
@@ -92,9 +88,45 @@ def test_near_misses_at_the_top_do_not_stop_the_search():
     assert misses <= 0.1 * draws
 
 
-def test_informative_pairs_sit_around_the_threshold():
-    scores = np.linspace(0, 1, 1001)
-    picked = informative_pairs(scores, 0.6, 50)
-    assert len(picked) == 50
-    chosen = scores[picked]
-    assert chosen.min() < 0.6 < chosen.max() and np.abs(chosen - 0.6).max() <= 0.051
+def test_suggested_sample_has_the_stated_inclusion_probabilities():
+    """Each candidate is drawn as often as its stated probability; most mass sits near the threshold."""
+    rng = np.random.default_rng(3)
+    scores = np.sort(rng.uniform(0, 1, 300))
+    p = inclusion_probabilities(scores, 0.6, 30)
+    assert p.sum() == pytest.approx(30) and p.max() <= 1.0 and p.min() > 0
+    assert np.abs(scores[np.argmax(p)] - 0.6) < 0.01 and p[np.abs(scores - 0.6) < 0.1].sum() > 0.4 * 30
+    drawn = np.zeros(len(scores))
+    for seed in range(3000):
+        picked = systematic_sample(scores, p, seed)
+        assert len(picked) == 30 and len(set(picked.tolist())) == 30
+        drawn[picked] += 1
+    assert np.abs(drawn / 3000 - p).max() < 0.03
+
+
+def test_weighting_labels_by_inverse_probability_removes_the_bias():
+    """Precision above a threshold, estimated from suggested pairs: weighted by 1/p it matches the pool's
+    (counted directly); unweighted it is far too low (near misses over-represented)."""
+    rng = np.random.default_rng(4)
+    labels = rng.random(4000) < 0.5
+    scores = np.where(labels, rng.normal(0.75, 0.1, 4000), rng.normal(0.5, 0.1, 4000))
+    t = 0.62
+    truth = labels[scores >= t].mean()
+    p = inclusion_probabilities(scores, t, 200)
+    weighted, plain = [], []
+    for seed in range(300):
+        picked = systematic_sample(scores, p, seed)
+        above = picked[scores[picked] >= t]
+        w = 1 / p[above]
+        weighted.append((w * labels[above]).sum() / w.sum())
+        plain.append(labels[above].mean())
+    assert abs(np.mean(weighted) - truth) < 0.01
+    assert truth - np.mean(plain) > 0.03
+
+
+def test_precision_threshold_matches_a_direct_scan():
+    rng = np.random.default_rng(5)
+    scores = rng.random(300).round(2)
+    labels = (rng.random(300) < scores).astype(int)
+    w = rng.uniform(0.5, 3, 300)
+    ok = [t for t in np.unique(scores) if (w * labels)[scores >= t].sum() / w[scores >= t].sum() >= 0.7]
+    assert precision_threshold(scores, labels, 0.7, w) == pytest.approx(min(ok))

@@ -18,6 +18,9 @@ def _print_calibration(result: dict) -> None:
     click.echo(f"precision          >= {result['precision_lower_bound']:g} with {result['confidence']:g} confidence "
                f"(the guarantee); {result['precision_observed']:.4f} observed on the {result['served']} pairs "
                "at or above the threshold")
+    if result.get("weighted"):
+        click.echo("                   (labels weighted by 1 / inclusion_probability: the bound uses the weighted "
+                   "pairs' effective number, an approximation)")
     from cachetune.core.evaluate.calibrate_report import tightening_lines
 
     for line in tightening_lines(result):
@@ -41,7 +44,10 @@ def register(cli, pm) -> None:
                   help="Write report.md and calibration.png here.")
     @click.option("--select", "select", metavar="NAME", help="Serve at calibration NAME's threshold ('evaluation' "
                                                              "for the evaluated one) and exit.")
-    @click.option("--suggest", type=int, metavar="N", help="Pick N unlabelled pairs worth labelling from --queries.")
+    @click.option("--suggest", type=int, metavar="N", help="Sample N pairs to label from --queries, mostly around "
+                                                           "the threshold; each carries its inclusion_probability, "
+                                                           "which --pairs then weights the labels by.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="With --suggest: the sample's seed.")
     @click.option("--queries", type=click.Path(path_type=Path), help="With --suggest: a log of queries (JSONL with "
                                                                        "'query'/'text', or one per line).")
     @click.option("--output", type=click.Path(path_type=Path), help="With --suggest: the pairs file to write "
@@ -50,15 +56,15 @@ def register(cli, pm) -> None:
     @click.option("--threshold", type=float, help="With --suggest: the threshold to aim at (default: the stored one).")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @registry_option
-    def calibrate(ref, pairs, columns, target_precision, confidence, name, report_dir, select, suggest, queries,
-                  output, overwrite, threshold, as_json, registry):
+    def calibrate(ref, pairs, columns, target_precision, confidence, name, report_dir, select, suggest, seed,
+                  queries, output, overwrite, threshold, as_json, registry):
         """Choose REF's cache threshold from your own labelled pairs, with a precision guarantee.
 
         The threshold is the lowest whose precision on traffic like your pairs is at least
         --target-precision with --confidence (exact binomial bound, thresholds tested in a fixed
         sequence so choosing it does not spend the guarantee). It is stored on the registry record
-        and served and exported from then on. With --suggest N, writes the N pairs from --queries
-        whose labels would tell the most about the threshold.
+        and served and exported from then on. With --suggest N, writes N pairs from --queries to
+        label, sampled mostly around the threshold, with the probability each had of being picked.
         """
         from cachetune.core.evaluate import calibrate as stage
         from cachetune.core.evaluate.inputs import parse_columns
@@ -80,7 +86,7 @@ def register(cli, pm) -> None:
             texts = read_texts(queries)
             record = reg.get(ref)
             result = stage.suggest_pairs(record, load_model(adapter=record["ref"], registry=reg), texts, suggest,
-                                         output, where=queries, threshold=threshold)
+                                         output, where=queries, threshold=threshold, seed=seed)
             click.echo(json.dumps(result) if as_json else
                        f"{result['written']} pairs to label (of {result['candidates']} candidates from "
                        f"{result['queries']} queries, around threshold {result['threshold']:.4f}) -> {output}")

@@ -17,6 +17,7 @@ from cachetune.core.textfiles import iter_csv
 from cachetune.core.text import near_key, normalize_query
 
 PAIR_FIELDS = ("sentence1", "sentence2", "label")
+INCLUSION = "inclusion_probability"  # optional: how likely `calibrate --suggest` was to pick the pair
 TRIPLET_FIELDS = ("anchor", "positive", "negative")
 HOLDOUT_QUERIES = "holdout.jsonl"
 TRAIN_QUERIES = "train.jsonl"
@@ -87,7 +88,19 @@ def _pair_row(raw: dict, columns, path, line) -> dict:
         raise CachetuneError(f"'{cl}': {exc}", path, line) from None
     if raw.get("group") not in (None, ""):  # training pairs: rows of one question (see TrainingSet)
         row["group"] = str(raw["group"])
+    if raw.get(INCLUSION) not in (None, ""):  # pairs sampled by `calibrate --suggest`
+        row[INCLUSION] = _probability(raw[INCLUSION], path, line)
     return row
+
+
+def _probability(value, path, line) -> float:
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        p = float("nan")
+    if not 0.0 < p <= 1.0:
+        raise CachetuneError(f"'{INCLUSION}': expected a probability in (0, 1], got {value!r}", path, line)
+    return p
 
 
 def _iter_csv(path: Path, delimiter: str, columns) -> Iterable[Tuple[int, dict]]:

@@ -16,8 +16,8 @@ tested threshold whose true precision is below target to pass its own test: prob
 ``1 - confidence``.
 
 Where the walk starts is decided by the pairs' *scores only*, never their labels: at the highest grid
-threshold serving ``start_count`` pairs (a tenth of them, and at least the fewest whose bound could
-reach the target). Starting at the very top would stop at once on near-miss traffic, where one of
+threshold serving a tenth of the pairs (``START_SHARE``, by weight when weighted) and at least the
+fewest whose bound could reach the target. Starting at the very top would stop at once on near-miss traffic, where one of
 the few highest-scoring pairs is wrong (RQE: the third), and certify nothing although precision is
 on target lower down. The textbook proof fixes the sequence before any data is seen and does not
 cover a start read off the scores exactly (scores and labels are not independent), so the guarantee
@@ -55,11 +55,6 @@ def min_served_for(target: float, confidence: float) -> int:
     return max(1, math.ceil(math.log(1.0 - confidence) / math.log(target)))
 
 
-def start_count(pairs: int, target: float, confidence: float) -> int:
-    """How many of the top-scoring pairs the first tested threshold serves (see the module docstring)."""
-    return min(pairs, max(min_served_for(target, confidence), math.ceil(START_SHARE * pairs)))
-
-
 @dataclass(frozen=True)
 class Calibration:
     """The chosen threshold and what it promises (``threshold`` None: the target is not supported).
@@ -84,20 +79,23 @@ class Calibration:
         return asdict(self)
 
 
-def _check(scores, labels, target_precision: float, confidence: float):
+def _check(scores, labels, weights, target_precision: float, confidence: float):
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel()
-    if scores.shape != labels.shape or scores.size == 0:
-        raise ValueError(f"{scores.size} scores but {labels.size} labels")
+    weights = np.ones(scores.size) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if scores.shape != labels.shape or scores.shape != weights.shape or scores.size == 0:
+        raise ValueError(f"{scores.size} scores, {labels.size} labels, {weights.size} weights")
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores must be finite")
     if not np.all((labels == 0) | (labels == 1)):
         raise ValueError("labels must be 0 or 1")
+    if not np.all(np.isfinite(weights) & (weights > 0)):
+        raise ValueError("weights must be positive")
     if not 0.0 < target_precision < 1.0:
         raise ValueError("target precision must lie strictly between 0 and 1")
     if not 0.0 < confidence < 1.0:
         raise ValueError("confidence must lie strictly between 0 and 1")
-    return np.clip(scores, -1.0, 1.0), labels.astype(np.int64)
+    return np.clip(scores, -1.0, 1.0), labels.astype(np.int64), weights
 
 
 def threshold_grid(step: float = GRID_STEP) -> np.ndarray:
@@ -105,75 +103,71 @@ def threshold_grid(step: float = GRID_STEP) -> np.ndarray:
     return np.round(np.arange(1.0, -1.0 - step / 2, -step), 6)
 
 
-def calibrate_with_bound(scores: Sequence[float], labels: Sequence[int], target_precision: float = 0.95,
-                         confidence: float = 0.9, step: float = GRID_STEP) -> Calibration:
-    """The lowest grid threshold reached by the fixed-sequence test (see the module docstring)."""
-    scores, labels = _check(scores, labels, target_precision, confidence)
-    n, positives = len(scores), int(labels.sum())
+def _counts_at(scores, labels, weights, grid):
+    """Per grid threshold: pairs at or above it, their (weighted) precision, and the effective number of
+    pairs behind that precision (Kish: (sum w)^2 / sum w^2; the count itself when unweighted)."""
     order = np.argsort(-scores, kind="mergesort")
-    desc, cum_hits = scores[order], np.r_[0, np.cumsum(labels[order])]
-    grid = threshold_grid(step)
-    grid = grid[: int((grid >= desc[-1]).sum()) + 1]  # down to the first serving every pair, no lower
+    desc, w = scores[order], weights[order]
+    cw, cw2, cwy = (np.r_[0.0, np.cumsum(v)] for v in (w, w * w, w * labels[order]))
     served = np.searchsorted(-desc, -grid, side="right")
-    first = start_count(n, target_precision, confidence)
-    walk = np.flatnonzero(served >= first)
-    if walk.size:  # always, unless no grid point lies at or below the scores
-        bounds = precision_lower_bound(cum_hits[served[walk]], served[walk], confidence)
-        failed = np.flatnonzero(bounds < target_precision)
-        passed = walk[: failed[0]] if failed.size else walk
-    else:
-        bounds, failed, passed = np.zeros(0), np.zeros(0, dtype=int), walk
-    tested = int(min(walk.size, failed[0] + 1 if failed.size else walk.size))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(served > 0, cwy[served] / cw[served], 0.0)
+        effective = np.where(served > 0, cw[served] ** 2 / cw2[served], 0.0)
+    return served, precision, effective, cw[served] / cw[-1], cwy[served] / max(cwy[-1], 1e-300)
+
+
+def calibrate_with_bound(scores: Sequence[float], labels: Sequence[int], target_precision: float = 0.95,
+                         confidence: float = 0.9, step: float = GRID_STEP,
+                         weights: Optional[Sequence[float]] = None) -> Calibration:
+    """The lowest grid threshold reached by the fixed-sequence test (see the module docstring).
+
+    ``weights`` (``1 / inclusion probability`` of pairs sampled by ``calibrate --suggest``): each test
+    uses the weighted precision and the effective number of pairs in the binomial bound, an
+    approximation (exact only with equal weights).
+    """
+    scores, labels, weights = _check(scores, labels, weights, target_precision, confidence)
+    n, positives = len(scores), int(labels.sum())
+    grid = threshold_grid(step)
+    grid = grid[: int((grid >= scores.min()).sum()) + 1]  # down to the first serving every pair, no lower
+    served, precision, effective, share, hit_rate = _counts_at(scores, labels, weights, grid)
+    needed = min_served_for(target_precision, confidence)
+    eligible = ((share >= START_SHARE) & (effective >= needed)) | (served == n)
+    walk = np.arange(int(np.argmax(eligible)), len(grid))
+    bounds = precision_lower_bound(precision[walk] * effective[walk], effective[walk], confidence)
+    failed = np.flatnonzero(bounds < target_precision)
+    passed = walk[: failed[0]] if failed.size else walk
+    tested = int(failed[0] + 1) if failed.size else len(walk)
     if passed.size == 0:
-        k = int(served[walk[0]]) if walk.size else n
-        seen = cum_hits[k] / k if k else 0.0
         reason = (f"{n} pairs ({positives} same-question) cannot support precision {target_precision:g} at "
-                  f"confidence {confidence:g}: the first threshold tested serves the top {k} pairs, "
-                  f"{seen:.3f} of them right, lower bound {bounds[0] if bounds.size else 0.0:.3f}")
+                  f"confidence {confidence:g}: the first threshold tested serves the top {served[walk[0]]} pairs, "
+                  f"{precision[walk[0]]:.3f} of them right, lower bound {bounds[0]:.3f}")
         return Calibration(None, target_precision, confidence, None, None, None, 0, n, positives, tested, reason)
     g = int(passed[-1])
-    k, hits = int(served[g]), int(cum_hits[served[g]])
-    return Calibration(float(grid[g]), target_precision, confidence, target_precision, hits / k,
-                       hits / positives if positives else 0.0, k, n, positives, tested)
+    return Calibration(float(grid[g]), target_precision, confidence, target_precision, float(precision[g]),
+                       float(hit_rate[g]), int(served[g]), n, positives, tested)
 
 
 def tightening(scores: Sequence[float], labels: Sequence[int], calibration: Calibration,
-               factors: Sequence[int] = (2, 4)) -> List[dict]:
+               factors: Sequence[int] = (2, 4), weights: Optional[Sequence[float]] = None) -> List[dict]:
     """What ``factor`` times the pairs would buy, if the new ones looked like these: the threshold and
     hit rate the same guarantee would then allow (None: still not supported)."""
     out = []
     for factor in factors:
         more = calibrate_with_bound(np.repeat(scores, factor), np.repeat(labels, factor),
-                                    calibration.target_precision, calibration.confidence)
+                                    calibration.target_precision, calibration.confidence,
+                                    weights=None if weights is None else np.repeat(weights, factor))
         out.append({"factor": factor, "more_pairs": calibration.pairs * (factor - 1),
                     "threshold": more.threshold, "hit_rate": more.hit_rate})
     return out
 
 
-def curve_with_band(scores: Sequence[float], labels: Sequence[int], confidence: float,
-                    points: int = 200) -> dict:
+def curve_with_band(scores: Sequence[float], labels: Sequence[int], confidence: float, points: int = 200,
+                    weights: Optional[Sequence[float]] = None) -> dict:
     """Precision (with its pointwise lower bound) and hit rate against the threshold, for the report."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    positives = max(int(labels.sum()), 1)
-    grid = np.linspace(float(scores.min()), float(scores.max()), points)
-    above = scores[None, :] >= grid[:, None]
-    served = above.sum(axis=1)
-    hits = (above & (labels[None, :] == 1)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(served > 0, hits / np.maximum(served, 1), np.nan)
-    lower = np.where(served > 0, precision_lower_bound(hits, served, confidence), np.nan)
-    return {"threshold": grid.tolist(), "precision": precision.tolist(), "lower_bound": lower.tolist(),
-            "hit_rate": (hits / positives).tolist()}
-
-
-def informative_pairs(scores: Sequence[float], threshold: float, n: int) -> List[int]:
-    """Indices of ``n`` candidate pairs to label: the ``2n`` scoring nearest ``threshold``, thinned
-    to ``n`` spread evenly over the score range they span (both sides of the threshold)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if n >= len(scores):
-        return list(range(len(scores)))
-    near = np.argsort(np.abs(scores - threshold), kind="stable")[: min(len(scores), 2 * n)]
-    near = near[np.argsort(scores[near], kind="stable")]
-    picks = np.unique(np.round(np.linspace(0, len(near) - 1, n)).astype(int))
-    return [int(i) for i in near[picks]]
+    scores, labels, weights = _check(scores, labels, weights, 0.5, confidence)
+    grid = np.linspace(float(scores.max()), float(scores.min()), points)
+    served, precision, effective, _, hit_rate = _counts_at(scores, labels, weights, grid)
+    lower = precision_lower_bound(precision * effective, effective, confidence)
+    keep = served > 0
+    return {"threshold": grid[keep].tolist(), "precision": precision[keep].tolist(),
+            "lower_bound": lower[keep].tolist(), "hit_rate": hit_rate[keep].tolist()}
