@@ -14,11 +14,13 @@ that prepared folder). Training pairs touching the evaluation pairs are dropped 
         --training-source medical:rqe-train=../shared/data/rqe/RQE_Train_8588_AMIA2016.xml
 
 Variants (``--variants``, default: all that apply): ``llm`` (LLM triplets only), ``human``
-(the training sets, negatives mined with relative margin 0.05), ``human+llm``, ``margin0``
+(the training sets, negatives mined with relative margin 0.05), ``human+llm`` (both in one file),
+``inbatch`` (human pairs, in-batch negatives only: what the mined negatives add), ``margin0``
 (negatives mined with no margin: the nearest candidate below the positive, what dropping
 inverted triplets keeps), ``guide`` (human + the guide filter), ``symmetric`` (human +
 symmetric loss), ``lora16`` (human + LoRA r=16 alpha=32 on query,key,value,dense) and
-``multi`` (one adapter on every domain's human (+LLM) data). Every adapter is evaluated on
+``multi`` (one adapter on every domain's human (+LLM) data, trained for ``--steps`` times the
+number of domains, so it sees as many triplets of each domain as a single-domain adapter). Every adapter is evaluated on
 every domain: AP and hit rate at precision 0.95 (in-sample calibration) with bootstrap 95%
 intervals, their gains over the base model with paired bootstrap 95% intervals (the same
 resampled pairs for base and adapter), and the hit rate the out-of-sample stored threshold
@@ -34,10 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("llm", "human", "human+llm", "margin0", "guide", "symmetric", "lora16", "multi")
+VARIANTS = ("llm", "human", "human+llm", "inbatch", "margin0", "guide", "symmetric", "lora16", "multi")
 # Training options per variant (on top of the common ones below).
-OPTIONS = {"guide": {"guide_filter": True}, "symmetric": {"loss": "symmetric"},
+OPTIONS = {"guide": {"guide_filter": True}, "symmetric": {"loss": "symmetric"}, "inbatch": {"hard_negatives": False},
            "lora16": {"lora_r": 16, "lora_alpha": 32, "target_modules": ("query", "key", "value", "dense")}}
+ON_HUMAN = ("inbatch", "guide", "symmetric", "lora16")  # variants trained on the human-only file
 
 
 def named(items, what):
@@ -71,7 +74,7 @@ def assemble(pm, domain, prepared, args, eval_sets, human: bool, llm, margin: fl
     if out.exists():
         return out  # assembling mines with the base model: reuse across variants and reruns
     sets = pm.training_sets(domain) if human else []
-    sources = {s.split(":", 1)[1]: f for s, f in args.sources.items() if s.split(":", 1)[0] == domain}
+    sources = {s.split(":", 1)[1]: f for s, f in args.sources.items() if human and s.split(":", 1)[0] == domain}
     started = time.time()
     summary = assemble_training_data(pm.get_domain(domain), out, triplets=[llm] if llm else [], training_sets=sets,
                                      set_sources=sources, data_dir=prepared, evaluation_sets=eval_sets, model=model,
@@ -81,7 +84,25 @@ def assemble(pm, domain, prepared, args, eval_sets, human: bool, llm, margin: fl
     return out
 
 
-def train_adapter(domain: str, data: Path, output: Path, args, **options) -> dict:
+def with_llm(human: Path, llm: Path, out: Path) -> Path:
+    """The human file plus the LLM triplets: mining never looks at LLM rows, so no second mining."""
+    if out.exists():
+        return out
+    from cachetune.core.jsonl import iter_jsonl
+    from cachetune.core.train.signal import LLM_SOURCE, sources_file
+
+    rows = [{**row, "source": row.get("source") or LLM_SOURCE} for _, row in iter_jsonl(llm)]
+    summary = json.loads(sources_file(human).read_text(encoding="utf-8"))
+    summary["sources"][LLM_SOURCE] = {"triplets": len(rows)}
+    summary["triplets"] += len(rows)
+    sources_file(out).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    with open(out, "w", encoding="utf-8") as fh:
+        for line in [json.dumps(r, ensure_ascii=False) for r in rows] + human.read_text(encoding="utf-8").splitlines():
+            fh.write(line + "\n")
+    return out
+
+
+def train_adapter(domain: str, data: Path, output: Path, args, steps: int = 0, **options) -> dict:
     from cachetune.core.adapters import CARD_FILE
     from cachetune.core.train.config import DEFAULT_LR, TrainConfig
     from cachetune.core.train.loop import train
@@ -90,7 +111,8 @@ def train_adapter(domain: str, data: Path, output: Path, args, **options) -> dic
         return json.loads((output / CARD_FILE).read_text(encoding="utf-8"))  # a finished run of an earlier call
 
     config = TrainConfig(domain=domain, train_data=data, output=output, batch_size=args.batch_size,
-                         lr=args.lr or DEFAULT_LR, min_steps=args.steps, max_steps=args.steps, overwrite=True,
+                         lr=args.lr or DEFAULT_LR, min_steps=steps or args.steps, max_steps=steps or args.steps,
+                         overwrite=True,
                          seed=args.seed,
                          checkpoint_every=0, **options)
     started = time.time()
@@ -167,7 +189,8 @@ def main() -> None:
     parser.add_argument("--training-source", action="append", default=[], help="NAME:SET=FILE")
     parser.add_argument("--llm", action="append", default=[], help="NAME=LLM_TRIPLETS.jsonl")
     parser.add_argument("--eval-pairs", action="append", default=[], help="NAME=FILE (JSONL pairs or RQE XML)")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated; DOMAIN:VARIANT trains that variant for one domain only")
     parser.add_argument("--output", type=Path, default=Path("runs/quality"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per adapter (epochs as needed)")
@@ -188,7 +211,7 @@ def main() -> None:
     domains = {d: Path(f) for d, f in named(args.domain, "--domain").items()}
     llm = {d: Path(f) for d, f in named(args.llm, "--llm").items()}
     overrides = named(args.eval_pairs, "--eval-pairs")
-    wanted = [v for v in args.variants.split(",") if v and v != "none"]
+    variants = [v for v in args.variants.split(",") if v and v != "none"]
     args.output.mkdir(parents=True, exist_ok=True)
     base = load_sentence_transformer(None, device="cpu")
     evals = {d: eval_rows(pm, d, folder, overrides.get(d)) for d, folder in domains.items()}
@@ -197,23 +220,25 @@ def main() -> None:
     files, adapters = {}, {}
     for domain, prepared in domains.items():
         _, guard = evals[domain]
+        wanted = [v.split(":", 1)[-1] for v in variants if ":" not in v or v.startswith(f"{domain}:")]
         data = {}
         for key, human, use_llm, margin in (("human", True, False, 0.05), ("llm", False, True, 0.05),
-                                            ("human+llm", True, True, 0.05), ("margin0", True, False, 0.0)):
-            if (key in wanted or (key == "human" and set(wanted) & {"guide", "symmetric", "lora16", "multi"})
-                    or (key == "human+llm" and "multi" in wanted and domain in llm)) \
+                                            ("margin0", True, False, 0.0)):
+            if (key in wanted or (key == "human" and set(wanted) & {*ON_HUMAN, "human+llm", "multi"})) \
                     and (not use_llm or domain in llm):
                 data[key] = assemble(pm, domain, prepared, args, guard, human, llm.get(domain) if use_llm else None,
                                      margin, args.output / f"data-{domain}-{key}.jsonl", base)
+        if domain in llm and {"human+llm", "multi"} & set(wanted):
+            data["human+llm"] = with_llm(data["human"], llm[domain], args.output / f"data-{domain}-human+llm.jsonl")
         files[domain] = data
         for variant in wanted:
-            source = {"guide": "human", "symmetric": "human", "lora16": "human"}.get(variant, variant)
+            source = "human" if variant in ON_HUMAN else variant
             if variant == "multi" or source not in data:
                 continue
             out = args.output / f"adapter-{domain}-{variant}"
             train_adapter(domain, data[source], out, args, **OPTIONS.get(variant, {}))
             adapters[(domain, variant)] = out
-    if "multi" in wanted and len(domains) > 1:
+    if "multi" in variants and len(domains) > 1:
         combined = args.output / "data-multi.jsonl"
         first = next(iter(domains))
         with open(combined, "w", encoding="utf-8") as fh:
@@ -221,7 +246,7 @@ def main() -> None:
                 for line in data.get("human+llm", data.get("human")).read_text(encoding="utf-8").splitlines():
                     fh.write(json.dumps({**json.loads(line), "domain": first}, ensure_ascii=False) + "\n")
         out = args.output / "adapter-multi"
-        train_adapter(first, combined, out, args)
+        train_adapter(first, combined, out, args, steps=args.steps * len(domains))
         adapters[("all", "multi")] = out
 
     for label, folder in named(args.adapter, "--adapter").items():
