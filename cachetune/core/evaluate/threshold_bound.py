@@ -16,8 +16,8 @@ tested threshold whose true precision is below target to pass its own test: prob
 ``1 - confidence``.
 
 Where the walk starts is decided by the pairs' *scores only*, never their labels: at the highest grid
-threshold serving a tenth of the pairs (``START_SHARE``, by weight when weighted) and at least the
-fewest whose bound could reach the target. Starting at the very top would stop at once on near-miss traffic, where one of
+threshold serving a tenth of the pairs (``START_SHARE``; when weighted, a tenth by count and by
+weight) and at least the fewest whose bound could reach the target. Starting at the very top would stop at once on near-miss traffic, where one of
 the few highest-scoring pairs is wrong (RQE: the third), and certify nothing although precision is
 on target lower down. The textbook proof fixes the sequence before any data is seen and does not
 cover a start read off the scores exactly (scores and labels are not independent), so the guarantee
@@ -131,7 +131,7 @@ def calibrate_with_bound(scores: Sequence[float], labels: Sequence[int], target_
     grid = grid[: int((grid >= scores.min()).sum()) + 1]  # down to the first serving every pair, no lower
     served, precision, effective, share, hit_rate = _counts_at(scores, labels, weights, grid)
     needed = min_served_for(target_precision, confidence)
-    eligible = ((share >= START_SHARE) & (effective >= needed)) | (served == n)
+    eligible = ((share >= START_SHARE) & (served >= START_SHARE * n) & (effective >= needed)) | (served == n)
     walk = np.arange(int(np.argmax(eligible)), len(grid))
     bounds = precision_lower_bound(precision[walk] * effective[walk], effective[walk], confidence)
     failed = np.flatnonzero(bounds < target_precision)
