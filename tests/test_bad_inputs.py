@@ -30,6 +30,7 @@ from make_adapter import make_adapter
 
 NOT_UTF8 = b"sort a list\nread a \xff\xfe file\n"
 QUERY = json.dumps({"id": "q1", "query": "sort a list in python", "domain": "programming"}) + "\n"
+PAIR = '{{"sentence1": "sort a list", "sentence2": "order a list", "label": 1, "inclusion_probability": {p}}}\n'
 TRIPLET = json.dumps({"anchor": "order a list", "positive": "sort a list", "negative": "reverse a string"}) + "\n"
 
 
@@ -244,6 +245,12 @@ ROWS = [
     # -- embed / similarity ---------------------------------------------------------------
     Row("similarity-empty", ["similarity", "--adapter", "programming", *REG, "", ""], "A is empty"),
     Row("calibrate-no-mode", ["calibrate", "programming", *REG], "--pairs"),
+    Row("calibrate-bad-inclusion-probability", ["calibrate", "programming", *REG, "--pairs", "{tmp}/p.jsonl"],
+        "{tmp}/p.jsonl:2", "'inclusion_probability': expected a probability in (0, 1], got 2",
+        {"p.jsonl": PAIR.format(p=0.5) + PAIR.format(p=2)}),
+    Row("calibrate-inclusion-probability-on-some", ["calibrate", "programming", *REG, "--pairs", "{tmp}/p.jsonl"],
+        "{tmp}/p.jsonl", "inclusion_probability is given for 1 of 2 pairs",
+        {"p.jsonl": PAIR.format(p=0.5) + '{"sentence1": "a", "sentence2": "c", "label": 0}\n'}),
     Row("embed-empty-argument", ["embed", "--adapter", "programming", *REG, "sort a list", " "], "TEXT 2 is empty"),
     Row("embed-input-empty-text", ["embed", "--adapter", "programming", *REG, "--input", "{tmp}/in.jsonl"],
         "{tmp}/in.jsonl:2", "'query' is empty", {"in.jsonl": QUERY + '{"query": ""}\n'}),

@@ -94,8 +94,7 @@ def register(cli, pm) -> None:
         if report_dir is not None:
             check_output(report_dir, "--report", folder=True, overwrite=True)
         record = reg.get(ref)
-        model = load_model(adapter=record["ref"], registry=reg)
-        result = stage.calibrate_adapter(reg, record, model, pairs,
+        result = stage.calibrate_adapter(reg, record, lambda: load_model(adapter=record["ref"], registry=reg), pairs,
                                          columns=parse_columns(columns) if columns else None,
                                          target_precision=target_precision, confidence=confidence, name=name,
                                          report_dir=report_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -31,14 +31,16 @@ def pair_scores(model, rows: Sequence[dict]) -> np.ndarray:
     return scores_of_pairs(rows, encode(model, texts), {t: i for i, t in enumerate(texts)})
 
 
-def calibrate_adapter(registry, record: dict, model, pairs, *, columns=None, target_precision: float = 0.95,
-                      confidence: float = 0.9, name: Optional[str] = None, report_dir=None) -> dict:
-    """Calibrate ``record``'s adapter (loaded as ``model``) on the labelled ``pairs`` file and store the
-    calibration on ``registry`` — unless the target is unsupported, which is an error storing nothing."""
+def calibrate_adapter(registry, record: dict, load_model: Callable, pairs, *, columns=None,
+                      target_precision: float = 0.95, confidence: float = 0.9, name: Optional[str] = None,
+                      report_dir=None) -> dict:
+    """Calibrate ``record``'s adapter (``load_model()`` loads it, once the pairs have been read and
+    checked) on the labelled ``pairs`` file and store the calibration on ``registry`` — unless the
+    target is unsupported, which is an error storing nothing."""
     rows = read_pairs(pairs, columns)
-    scores = pair_scores(model, rows)
-    labels = np.array([r["label"] for r in rows])
     weights = _weights(rows, pairs)
+    scores = pair_scores(load_model(), rows)
+    labels = np.array([r["label"] for r in rows])
     cal = calibrate_with_bound(scores, labels, target_precision, confidence, weights=weights)
     name = name or f"calibration-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     result = {"adapter": record["ref"], "name": name, **cal.to_dict(), "weighted": weights is not None,
