@@ -73,7 +73,7 @@ def _expected_threshold(scores, labels, target, confidence):
     return chosen
 
 
-def test_calibrate_stores_a_named_calibration_and_select_switches(setup, run_cli):
+def test_calibrate_stores_a_named_calibration_and_select_switches(setup, run_cli, tmp_path):
     from cachetune import load_model
 
     reg, _, (scores, labels) = setup
@@ -81,9 +81,12 @@ def test_calibrate_stores_a_named_calibration_and_select_switches(setup, run_cli
     assert expected[0.9] is not None and expected[0.8] < expected[0.9]
 
     args = ["calibrate", "programming", "--pairs", PAIRS, "--confidence", "0.9", "--registry", reg.root]
-    first = run_cli([*args, "--target-precision", "0.9", "--name", "strict", "--json"])
+    first = run_cli([*args, "--target-precision", "0.9", "--name", "strict", "--json", "--report", tmp_path / "r"])
     assert first.exit_code == 0, first.stderr
     result = json.loads(first.stdout)
+    report = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert f"**Stored threshold: {expected[0.9]:.4f}**" in report and "x2" in report
+    assert (tmp_path / "r" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
     assert result["threshold"] == pytest.approx(expected[0.9])
     served = scores >= expected[0.9]
     assert result["hit_rate"] == pytest.approx(labels[served].sum() / labels.sum())
