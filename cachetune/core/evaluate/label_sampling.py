@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 BANDWIDTH = 0.5  # of the candidates' score standard deviation
-FLOOR = 0.1  # relative weight far from the threshold: no pair is out of reach
+FLOOR = 0.3  # relative weight far from the threshold: no pair is out of reach, weights stay within 1:4
 
 
 def inclusion_probabilities(scores: Sequence[float], threshold: float, n: int, *, bandwidth: float = BANDWIDTH,
