@@ -76,7 +76,8 @@ def _evaluation_guard(domain: Domain, evaluation_sets, data_dir, log) -> Tuple[s
     """Near keys of every text, and every group (``meta.question_id``), of the domain's evaluation
     pairs as ``evaluate`` would load them for this prepared folder."""
     keys, groups = set(), set()
-    context = EvaluationContext(domain=domain.name, holdout=Path(data_dir) if data_dir else None)
+    prepared = Path(data_dir) if data_dir and Path(data_dir).is_dir() else None  # a bare triplets run has none
+    context = EvaluationContext(domain=domain.name, holdout=prepared)
     for eval_set in evaluation_sets:
         rows = eval_set.load(context) or []
         for row in rows:
