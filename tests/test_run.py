@@ -153,6 +153,17 @@ def test_run_end_to_end_then_resume(run_cli, tmp_path, smollm_gguf, tiny_model):
     records = json.loads(run_cli(["adapters", "list", "--registry", registry, "--json"]).stdout)
     assert len(records) == 1  # not registered twice
 
+    # A re-split that stops after prepare: the adapter and evaluation of the old split are moved
+    # aside and no longer reported (no "registered as programming@1" for a split it never saw).
+    third = run_cli(args + ["--set", "prepare.holdout=0.5", "--stop-after", "prepare"])
+    assert third.exit_code == 0, third.stderr
+    assert "registered as" not in third.stdout and "adapter:" not in third.stdout
+    assert not (work / "adapter").exists() and not (work / "eval").exists()
+    assert sorted(p.name.split("-")[0] for p in (work / "stale").iterdir()) == [
+        "evaluate", "generate", "prepare", "train"]
+    state = json.loads((work / "run.json").read_text(encoding="utf-8"))["stages"]
+    assert list(state) == ["prepare"]
+
 
 def _sides(work):
     """(query ids, near keys of the query text) per side, from the split and the triplet files."""

@@ -150,6 +150,8 @@ class Pipeline:
             self.timings[stage] = self.state.data[stage].get("wall_time_s", 0.0)
             self.log(f"{label}: up to date, skipped")
             return self.state.data[stage]["summary"]
+        products = self._products(stage)
+        made_before = [_file_digest(p) for p in products]
         previous = self.state.start(stage, fingerprint)
         if folder is not None and folder.exists() and any(folder.iterdir()):
             if previous == fingerprint:
@@ -163,9 +165,31 @@ class Pipeline:
         summary = work()
         wall = time.time() - started
         self.state.record(stage, fingerprint, wall, summary)
+        if [_file_digest(p) for p in products] != made_before:
+            self._drop_later_stages(stage)
         self.timings[stage], self.skipped[stage] = wall, False
         self.log(f"{label}: done in {wall:.1f} s")
         return summary
+
+    def _products(self, stage: str) -> list:
+        """The files of ``stage`` that the later stages read (and fingerprint)."""
+        return {"prepare": [self.data_dir / "train.jsonl", self.data_dir / "holdout.jsonl"],
+                "generate": [self.triplets("train"), self.triplets("holdout")],
+                "train": [self.adapter_dir / "adapter_model.safetensors"],
+                "evaluate": [self.eval_dir / "metrics.json"]}.get(stage, [])
+
+    def _drop_later_stages(self, stage: str) -> None:
+        """``stage`` changed its products: what the later stages made from the old ones is stale.
+        Their records go (a `--stop-after` run does not report another run's adapter) and their
+        folders are moved aside now, so the work folder never holds an adapter of other data."""
+        folders = {"generate": self.triplets("train").parent, "train": self.adapter_dir, "evaluate": self.eval_dir}
+        for later in STAGES[STAGES.index(stage) + 1:]:
+            self.state.data.pop(later, None)
+            folder = folders.get(later)
+            if folder is not None and folder.exists() and any(folder.iterdir()):
+                moved = self._move_aside(later, folder)
+                self.log(f"{stage} changed its outputs: {folder.name}/ was made from the old ones: moved it to {moved}")
+        write_json(self.state.path, {"stages": self.state.data})
 
     def _move_aside(self, stage: str, folder: Path) -> Path:
         stale = self.workdir / STALE_DIR
