@@ -34,6 +34,26 @@ def pair_scores(domain: str, adapter, rows) -> np.ndarray:
     return np.array([float(emb[at[r["sentence1"]]] @ emb[at[r["sentence2"]]]) for r in rows])
 
 
+def texts_trained_on(adapter, rows) -> str:
+    """How many of the pairs' texts the adapter's training file holds (its card names the file):
+    an adapter evaluated on its own training texts would flatter both thresholds."""
+    import json
+    from pathlib import Path
+
+    from cachetune.core.adapters import read_card
+    from cachetune.core.text import near_key
+
+    data = (read_card(adapter).get("data") or {}).get("path")
+    if not data or not Path(data).is_file():
+        return "training file unknown"
+    trained = set()
+    for line in Path(data).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        trained |= {near_key(row[k]) for k in ("anchor", "positive", "negative", "sentence1", "sentence2") if k in row}
+    texts = {near_key(r[k]) for r in rows for k in ("sentence1", "sentence2")}
+    return f"{len(texts & trained)} of the {len(texts)} pair texts in its training file"
+
+
 def kept_on(scores, labels, threshold):
     """(precision, hit rate) at ``threshold`` on these pairs; no threshold serves nothing."""
     if threshold is None:
@@ -80,6 +100,8 @@ def main() -> None:
         for model, adapter in (("base", None), ("adapter", adapters.get(domain))):
             if model == "adapter" and not adapter:
                 continue
+            if adapter:
+                print(f"    adapter {adapter}: {texts_trained_on(adapter, rows)}")
             scores = pair_scores(domain, adapter, rows)
             full = out_of_sample_threshold(scores, labels, target, seed=args.seed)
             cv = (full["retention"] or {}).get("precision")
