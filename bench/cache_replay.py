@@ -15,6 +15,8 @@ served, misses, lookups/s. Redis is started as the tests start it (tests/redis_s
     python bench/cache_replay.py --domain programming --train --work runs/replay-programming
     python bench/cache_replay.py --domain medical --train --work runs/replay-medical
     python bench/cache_replay.py --domain D --registry REG --adapter NAME --work DIR  # an evaluated adapter
+    python bench/cache_replay.py --domain medical --registry runs/replay-medical/reg --adapter medical@1 \
+        --work runs/replay-medical --recalibrate --target-precision 0.9   # the trained adapter, another target
 
 `--train` first builds triplets from the domain's human training pairs (CoNaLa train split;
 RQE train positives whose two sides differ and that share no text with RQE test), trains a LoRA
@@ -87,7 +89,6 @@ def training_triplets(domain: str, data: Path, work: Path, base_model: str) -> d
 
 
 def train_and_register(args, base_model: str) -> str:
-    from cachetune.core.cli import main
     from cachetune.core.train.loop import TrainConfig, train
     from cachetune.registry import AdapterRegistry
 
@@ -98,14 +99,23 @@ def train_and_register(args, base_model: str) -> str:
                  show_progress=False)
     print(f"trained {card['results']['steps']} steps in {time.perf_counter() - started:.0f} s")
     record = AdapterRegistry(args.registry).add(args.work / "adapter")
-    held = (["--triplets", str(paths["holdout"]), "--no-domain-sets"] if "holdout" in paths
+    store_thresholds(args, record["ref"])
+    return record["ref"]
+
+
+def store_thresholds(args, ref: str) -> None:
+    """`cachetune evaluate --register-metrics` on the replayed questions: both stored thresholds."""
+    from cachetune.core.cli import main
+
+    holdout = args.work / "data" / "holdout_triplets.jsonl"
+    held = (["--triplets", str(holdout), "--no-domain-sets"] if args.domain == "programming"
             else ["--eval-data", str(next((args.data / "rqe").glob("RQE_Test*.xml")))])
-    code = main(["evaluate", "--domain", args.domain, "--adapter", record["ref"], "--registry", str(args.registry),
+    code = main(["evaluate", "--domain", args.domain, "--adapter", ref, "--registry", str(args.registry),
                  *held, "--bootstrap", "0", "--no-plots", "--register-metrics",
-                 "--target-precision", str(args.target_precision), "--output", str(args.work / "eval")])
+                 "--target-precision", str(args.target_precision),
+                 "--output", str(args.work / f"eval-p{args.target_precision:g}")])
     if code:
         raise SystemExit(code)
-    return record["ref"]
 
 
 def replay(name: str, folder: str, cosine, cached, lookups, redis_url: str) -> dict:
@@ -136,6 +146,9 @@ def main() -> None:
     parser.add_argument("--registry", type=Path, help="Registry (default with --train: WORK/reg).")
     parser.add_argument("--adapter", help="A registered adapter evaluated with --register-metrics.")
     parser.add_argument("--train", action="store_true", help="Train, register and evaluate an adapter first.")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="Evaluate --adapter again with --register-metrics at --target-precision first "
+                             "(a trained adapter's thresholds for another target).")
     parser.add_argument("--work", type=Path, default=Path("runs/replay"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--target-precision", type=float, default=0.95)
@@ -156,6 +169,8 @@ def main() -> None:
     ref = train_and_register(args, base_model) if args.train else args.adapter
     if not ref:
         parser.error("--adapter NAME or --train")
+    if args.recalibrate and not args.train:
+        store_thresholds(args, ref)
     reg = AdapterRegistry(args.registry)
     record = reg.get(ref)
     merged = args.work / "merged" / record["ref"].replace("@", "-")

@@ -1,8 +1,11 @@
 """Does the stored threshold keep its precision on pairs it has never seen? In-sample vs out-of-sample.
 
     python bench/threshold_retention.py                                   # base model, both domains
-    python bench/threshold_retention.py --adapter programming=runs/programming/adapter \
-        --adapter medical=runs/medical/adapter
+    python bench/threshold_retention.py --adapter programming=runs/replay-programming/adapter \
+        --adapter medical=runs/replay-medical/adapter   # adapters trained by bench/cache_replay.py --train
+
+An adapter must not have trained on the pairs it is measured on: each adapter row first says how
+many of the pairs' texts its training file (named in its card) holds.
 
 For each domain's packaged human pairs (CoNaLa held-out questions, RQE test) and each model, the
 pairs are split in half at random (stratified), --splits times. On the calibration half both

@@ -6,7 +6,8 @@ a fresh folder, as a reader copying it would, through a shell (redirections incl
 - `../shared/data` pointing at the real data, and the hub id `neulab/conala:mined` (no network here)
   replaced by the CoNaLa file;
 - small sizes: `run` generates with the SmolLM GGUF for 3 training and 1 held-out query (the
-  similarity filter off, so a 135M generator still leaves triplets), `evaluate` scores 40 pairs;
+  similarity filter off, so a 135M generator still leaves triplets) and trains one pass over its
+  data (no 60-step minimum), `evaluate` scores 40 pairs;
 - the lines of a block that need GPUs or a hub (vLLM, torchrun) replaced by the CPU stand-ins in
   STAND_INS, each checked to still be in the README; other commands (router, calibrate, bench)
   are left to their own tests.
@@ -69,7 +70,7 @@ def small(line: str, shared_data: Path, gguf: str) -> str:
     command, redirect, target = line.partition(" > ")
     if command.startswith("cachetune run "):
         command += (f" --model {shlex.quote(gguf)} --set generate.limit=3 --set generate.holdout_limit=1"
-                    " --set generate.max_tokens=96 --set generate.embedding_filter=false")
+                    " --set generate.max_tokens=96 --set generate.embedding_filter=false --set train.min_steps=1")
     elif command.startswith("cachetune evaluate "):
         command += " --limit 40"
     return command + redirect + target
