@@ -294,6 +294,49 @@ def test_cli_errors_are_one_line(run_cli, registry):
     assert out.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
 
 
+def test_max_wait_merges_a_crowd_split_across_two_batches(catalog, reference):
+    """Two requests encode while two queue: after them, the next batch waits for all four
+    outstanding clients (the first two come back), not only for as many as the last batch had."""
+    from dataclasses import replace
+
+    from cachetune.core.serving.batching import EncodeBatcher
+
+    real = catalog.resolve("programming")
+    started, release, sizes = threading.Event(), threading.Event(), []
+
+    def gated(texts):
+        sizes.append(len(texts))
+        started.set()
+        release.wait(timeout=60)
+        return real.encode(texts)
+
+    encoder = replace(real, encode=gated)
+    texts = [f"flatten a nested list number {i}" for i in range(6)]
+
+    async def scenario():
+        batcher = EncodeBatcher(max_batch_size=8, max_wait_ms=600_000)  # only company ends a wait
+        await batcher.start()
+        batcher._expected = 2  # a crowd was seen: the wait applies
+        first = asyncio.create_task(batcher.encode(encoder, texts[:1]))
+        second = asyncio.create_task(batcher.encode(encoder, texts[1:2]))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 60)
+        queued = [asyncio.create_task(batcher.encode(encoder, [t])) for t in texts[2:4]]
+        await asyncio.sleep(0)
+        release.set()
+        answered = await asyncio.gather(first, second)  # the first batch's clients come back ...
+        for _ in range(20):
+            await asyncio.sleep(0)  # ... while the two queued requests wait for them
+        assert sizes == [2]
+        back = [asyncio.create_task(batcher.encode(encoder, [t])) for t in texts[4:]]
+        more = await asyncio.wait_for(asyncio.gather(*queued, *back), timeout=120)
+        await batcher.stop()
+        return [*answered, *more]
+
+    results = asyncio.run(scenario())
+    assert sizes == [2, 4]
+    np.testing.assert_allclose(np.concatenate(results), reference("programming@1", texts), atol=1e-5)
+
+
 def test_max_wait_holds_a_batch_for_the_last_batchs_clients_only(catalog, reference):
     """After a batch of three, the next batch waits for three requests; after a batch of one, never."""
     from cachetune.core.serving.batching import EncodeBatcher

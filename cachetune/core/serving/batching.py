@@ -6,8 +6,10 @@ call on its own thread, so the event loop keeps accepting requests meanwhile. Wh
 call runs, new requests pile up and form the next batch: batches grow with the load by
 themselves, and a lone client never waits for company. Clients answered together tend to
 come back together, one by one: ``max_wait_ms`` holds the next batch up to that long after its
-oldest request arrived until as many requests as the last batch had are queued (or the batch is
-full), so the first one back does not start an encode alone; after a batch of one it never waits.
+oldest request arrived until as many requests are queued as were outstanding when the last batch
+was answered (its own and those queued during its encode), or the batch is full, so the first one
+back does not start an encode alone and a crowd split across two batches merges again; when a
+lone request was outstanding it never waits.
 """
 
 from __future__ import annotations
@@ -111,7 +113,10 @@ class EncodeBatcher:
                 continue
             self.batches += 1
             self.texts += len(texts)
-            self._expected = len(batch)
+            # Every request of this model outstanding now: the batch's clients, about to come back,
+            # and those that queued meanwhile. Waiting for fewer (the batch alone) keeps a split
+            # crowd split: two halves alternate forever, each waiting only for its own size.
+            self._expected = len(batch) + sum(1 for j in self._pending if j.encoder is batch[0].encoder)
             start = 0
             for job in batch:
                 if not job.future.done():  # a cancelled request (client gone) just drops its rows
