@@ -5,9 +5,10 @@ a fresh folder, as a reader copying it would, through a shell (redirections incl
 
 - `../shared/data` pointing at the real data, and the hub id `neulab/conala:mined` (no network here)
   replaced by the CoNaLa file;
-- small sizes: `run` generates with the SmolLM GGUF for 3 training and 1 held-out query (the
-  similarity filter off, so a 135M generator still leaves triplets) and trains one pass over its
-  data (no 60-step minimum), `evaluate` scores 40 pairs;
+- small sizes: `run` generates with the SmolLM GGUF for 3 training and 1 held-out query and
+  trains one pass (no 60-step minimum) over those triplets and 16 human pairs of the domain
+  (`--pairs`, so a 135M generator that leaves no triplet cannot stop it) instead of the packaged
+  training sets (hundreds of pairs: minutes on 2 cores); `evaluate` scores 40 pairs;
 - the lines of a block that need GPUs or a hub (vLLM, torchrun) replaced by the CPU stand-ins in
   STAND_INS, each checked to still be in the README; other commands (router, calibrate, bench)
   are left to their own tests.
@@ -36,7 +37,7 @@ COMMANDS = ("run", "prepare", "evaluate")
 STAND_INS = {
     "cachetune generate --domain programming --input work/data/train.jsonl --output work/triplets.jsonl": None,
     "torchrun --nproc_per_node 4 -m cachetune.core.cli train --domain programming":
-        "cachetune train --domain programming --pairs pairs.jsonl --output work/adapter --max-steps 2",
+        "cachetune train --domain programming --pairs pairs-programming.jsonl --output work/adapter --max-steps 2",
 }
 
 
@@ -62,6 +63,19 @@ def runnable(block: list) -> list:
     return out
 
 
+def write_pairs(folder: Path, shared_data: Path) -> None:
+    """``pairs-DOMAIN.jsonl``: 16 human positive pairs per domain (CoNaLa rewrites, RQE train)."""
+    from cachetune.domains.medical.evaluation import read_rqe
+
+    conala = json.loads((shared_data / "conala" / "conala-train.json").read_text(encoding="utf-8"))
+    pairs = {"programming": [{"sentence1": r["intent"], "sentence2": r["rewritten_intent"], "label": 1}
+                             for r in conala if r.get("rewritten_intent")][:16],
+             "medical": [r for r in read_rqe(shared_data / "rqe" / "RQE_Train_8588_AMIA2016.xml")
+                         if r["label"] == 1][:16]}
+    for domain, rows in pairs.items():
+        (folder / f"pairs-{domain}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
 def small(line: str, shared_data: Path, gguf: str) -> str:
     """``line`` with the real data paths and a small size (options go before any redirection)."""
     line = line.replace("../shared/data", str(shared_data))
@@ -70,7 +84,8 @@ def small(line: str, shared_data: Path, gguf: str) -> str:
     command, redirect, target = line.partition(" > ")
     if command.startswith("cachetune run "):
         command += (f" --model {shlex.quote(gguf)} --set generate.limit=3 --set generate.holdout_limit=1"
-                    " --set generate.max_tokens=96 --set generate.embedding_filter=false --set train.min_steps=1")
+                    " --set generate.max_tokens=96 --set train.min_steps=1 --set train.training_sets=none"
+                    f" --pairs pairs-{option(command, '--domain')}.jsonl")
     elif command.startswith("cachetune evaluate "):
         command += " --limit 40"
     return command + redirect + target
@@ -124,9 +139,6 @@ def test_readme_commands_run_to_the_end(tmp_path, shared_data, smollm_gguf):
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                CACHETUNE_HOME=str(tmp_path / "home"), PYTHONPATH=os.pathsep.join(
                    p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    conala = json.loads((shared_data / "conala" / "conala-train.json").read_text(encoding="utf-8"))
-    pairs = [{"sentence1": r["intent"], "sentence2": r["rewritten_intent"], "label": 1}
-             for r in conala if r.get("rewritten_intent")][:16]
     ran = 0
     for number, block in enumerate(readme_blocks()):
         commands = runnable(block)
@@ -134,7 +146,7 @@ def test_readme_commands_run_to_the_end(tmp_path, shared_data, smollm_gguf):
             continue
         folder = tmp_path / f"block{number}"
         folder.mkdir()
-        (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+        write_pairs(folder, shared_data)
         for line in commands:
             command = small(line, shared_data, smollm_gguf)
             result = subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True)

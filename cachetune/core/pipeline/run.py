@@ -321,8 +321,13 @@ class Pipeline:
 
         def work():
             sets = self.pm.evaluation_sets(self.domain.name) if opts["domain_sets"] else ()
+            held = self.triplets("holdout")
+            triplets = [held] if held.exists() and held.stat().st_size else []
+            if not triplets:  # a weak generator can leave none: the human sets still say how good it is
+                self.log(f"evaluate: {held} holds no triplets (the generator left none for the held-out "
+                         "queries): evaluating on the other sets only")
             result = evaluate(
-                self.domain, self.eval_dir, triplets=[self.triplets("holdout")], pairs=list(opts["pairs"]),
+                self.domain, self.eval_dir, triplets=triplets, pairs=list(opts["pairs"]),
                 holdout=self.data_dir, evaluation_sets=sets, eval_data=opts["eval_data"],
                 seed=self.seed, base_model=self.base_model, adapter=str(self.adapter_dir),
                 target_precision=opts["target_precision"], log=self.log,
