@@ -184,11 +184,10 @@ def test_many_clients_at_once_get_their_own_vectors(url, reference, shared_data)
     assert len({v.tobytes() for v in vectors}) == len(queries)  # distinct queries, distinct vectors
 
 
-def test_requests_queued_during_an_encode_share_the_next_batch(catalog, reference):
-    """Hold the first encode until ten more requests are queued: they must come back as one batch."""
+def gated_encoder(catalog):
+    """``(encoder, started, release, sizes)``: the programming encoder, whose encodes record their
+    size, set ``started`` and wait for ``release`` (so a test decides what queues meanwhile)."""
     from dataclasses import replace
-
-    from cachetune.core.serving.batching import EncodeBatcher, QueueFull
 
     real = catalog.resolve("programming")
     started, release, sizes = threading.Event(), threading.Event(), []
@@ -199,7 +198,14 @@ def test_requests_queued_during_an_encode_share_the_next_batch(catalog, referenc
         release.wait(timeout=60)
         return real.encode(texts)
 
-    encoder = replace(real, encode=gated)
+    return replace(real, encode=gated), started, release, sizes
+
+
+def test_requests_queued_during_an_encode_share_the_next_batch(catalog, reference):
+    """Hold the first encode until ten more requests are queued: they must come back as one batch."""
+    from cachetune.core.serving.batching import EncodeBatcher, QueueFull
+
+    encoder, started, release, sizes = gated_encoder(catalog)
     texts = [f"reverse the list number {i}" for i in range(11)]
 
     async def scenario():
@@ -297,20 +303,9 @@ def test_cli_errors_are_one_line(run_cli, registry):
 def test_max_wait_merges_a_crowd_split_across_two_batches(catalog, reference):
     """Two requests encode while two queue: after them, the next batch waits for all four
     outstanding clients (the first two come back), not only for as many as the last batch had."""
-    from dataclasses import replace
-
     from cachetune.core.serving.batching import EncodeBatcher
 
-    real = catalog.resolve("programming")
-    started, release, sizes = threading.Event(), threading.Event(), []
-
-    def gated(texts):
-        sizes.append(len(texts))
-        started.set()
-        release.wait(timeout=60)
-        return real.encode(texts)
-
-    encoder = replace(real, encode=gated)
+    encoder, started, release, sizes = gated_encoder(catalog)
     texts = [f"flatten a nested list number {i}" for i in range(6)]
 
     async def scenario():
