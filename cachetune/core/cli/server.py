@@ -41,9 +41,9 @@ def register(cli, pm) -> None:
     @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                   help="Most texts encoded in one call; concurrent requests share it.")
     @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                  help="Hold a batch up to this long until as many requests as the last batch had are "
-                       "queued (0: batch whatever queued while the previous encode ran; a lone client "
-                       "never waits).")
+                  help="Hold a batch up to this long until as many requests are queued as were outstanding "
+                       "when the last batch was answered (0: batch whatever queued while the previous "
+                       "encode ran; a lone client never waits).")
     @click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
                   help="Requests waiting beyond this are answered 503.")
     @click.option("--max-inputs", type=click.IntRange(min=1), default=2048, show_default=True,
