@@ -93,15 +93,15 @@ def plain_loop(rows, base, batch_size, steps, lr, seed):
     return done / wall, done / cpu
 
 
-def cachetune_train(data: Path, base, batch_size, steps, lr, seed, work: Path, threads: int):
-    """(wall, CPU-time) triplets/s of ``cachetune train``: runs of 1 and 1 + ``steps`` steps (after a
-    warm-up run); their difference is ``steps`` steps of training, without loading or saving."""
+def cachetune_train(data: Path, base, batch_size, steps, lr, seed, work: Path, threads: int, extra=()):
+    """(wall, CPU-time) triplets/s of ``cachetune train [extra]``: runs of 1 and 1 + ``steps`` steps
+    (after a warm-up run); their difference is ``steps`` steps of training, without loading or saving."""
     from cachetune.core.cli import main
 
     def run(out, n):
         args = ["train", "--domain", "programming", "--train-data", str(data), "--output", str(out),
                 "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed), "--max-steps", str(n),
-                "--checkpoint-every", "0", "--overwrite", "--quiet", "--threads", str(threads)]
+                "--checkpoint-every", "0", "--overwrite", "--quiet", "--threads", str(threads), *extra]
         if base:
             args += ["--base-model", base]
         c0 = time.process_time()
@@ -153,6 +153,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trainer", action="store_true", help="Also time SentenceTransformerTrainer.")
+    parser.add_argument("--variants", action="store_true",
+                        help="Also time cachetune train with bf16 autocast (--precision bf16) and with one "
+                             "forward per step (--tokens-per-forward 0).")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--threads", type=int, default=None,
                         help="Torch threads for every method (default: physical cores). On a machine shared "
@@ -181,17 +184,22 @@ def main() -> None:
     results = {}
     results["cachetune"] = cachetune_train(data, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work,
                                            threads)
+    if args.variants:
+        for key, extra in (("bf16", ["--precision", "bf16"]), ("one-forward", ["--tokens-per-forward", "0"])):
+            results[key] = cachetune_train(data, args.base_model, args.batch_size, args.steps, args.lr, args.seed,
+                                           work, threads, extra)
     torch.set_num_threads(threads)
     results["plain-128"] = plain_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed)
     if args.trainer:
         results["trainer"] = trainer_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work)
     names = {"cachetune": "cachetune train", "plain-128": "plain ST loop, padded to 128",
-             "trainer": "SentenceTransformerTrainer"}
+             "trainer": "SentenceTransformerTrainer", "bf16": "cachetune train --precision bf16",
+             "one-forward": "cachetune train --tokens-per-forward 0"}
     print("\n| method | triplets/s (wall) | triplets/s (CPU time) |\n| --- | ---: | ---: |")
     for key, (wall, cpu) in results.items():
         print(f"| {names[key]} | {wall:.1f} | {cpu:.1f} |")
     ours = results["cachetune"]
-    for key in ("plain-128", "trainer"):
+    for key in ("plain-128", "trainer", "bf16", "one-forward"):
         if key in results:
             print(f"ratio cachetune / {key}: {ours[0] / results[key][0]:.2f}x wall, "
                   f"{ours[1] / results[key][1]:.2f}x CPU time" + (" (goal >= 2x)" if key == "plain-128" else ""))

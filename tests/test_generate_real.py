@@ -208,8 +208,9 @@ def read_rows_tolerant(path):
 @pytest.mark.slow
 def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
     """Several requests in one llama.cpp batch: the prompts create_chat_completion sends, each
-    request sampled with its own seed, every reply held to the JSON-schema grammar. (Not bit for
-    bit the same reply in another batch: llama.cpp's arithmetic depends on the batch and cache.)"""
+    request sampled with its own seed, every reply held to the JSON-schema grammar, replies
+    handed over as they finish. (Not bit for bit the same reply in another batch: llama.cpp's
+    arithmetic depends on the batch and cache.)"""
     import json as json_
 
     from cachetune.core.generate.pipeline import request_seed
@@ -224,18 +225,25 @@ def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
     options = {"model": smollm_gguf, "temperature": 0.7, "max_tokens": 48, "n_threads": 1}
     batched = LlamaCppGenerator({**options, "parallel": 4})
     single = LlamaCppGenerator({**options, "parallel": 1})
+    grammar_first = LlamaCppGenerator({**options, "parallel": 2, "grammar_first": True})
     try:
-        replies = batched.generate(requests)
+        streamed = list(batched.generate_each(requests))  # each reply as soon as it is done
         one = single.generate(requests[:2])
+        first = grammar_first.generate(requests[:2])
     finally:
         batched.close()
         single.close()
+        grammar_first.close()
+    assert sorted(index for index, _ in streamed) == list(range(len(requests)))
+    replies = [result for _, result in sorted(streamed, key=lambda pair: pair[0])]
     assert [r.prompt_tokens for r in replies[:2]] == [r.prompt_tokens for r in one]  # the very same prompts
-    assert all(r.error is None and 0 < r.completion_tokens <= 48 for r in replies)
-    finished = [r for r in replies if r.completion_tokens < 48]  # not cut by max_tokens
-    assert finished, [r.text for r in replies]
-    for r in finished:
-        assert isinstance(json_.loads(r.text), dict), r.text
+    assert all(r.error is None and 0 < r.completion_tokens <= 48 for r in replies + first)
+    # the grammar holds whether it is checked on the sampled token (default) or applied first
+    finished = [(r, q) for r, q in zip(replies + first, requests + requests[:2]) if r.completion_tokens < 48]
+    assert len(finished) >= 2, [r.text for r in replies]
+    for r, request in finished:
+        items = json_.loads(r.text)[request.kind]
+        assert len(items) == request.n and all(isinstance(item, str) and item for item in items), r.text
     assert len({r.text for r in replies}) > len(replies) // 2  # seeds differ: replies differ
 
 

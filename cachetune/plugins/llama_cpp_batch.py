@@ -3,10 +3,16 @@
 One context holds up to ``slots`` sequences (``n_seq_max``), as llama.cpp's own server does with
 parallel slots. Every step decodes one llama.cpp batch holding, for each busy slot, either the
 next chunk of its prompt or the token it sampled last; each slot then samples its next token
-from its own logits with its own sampler chain (repeat penalty, the JSON-schema grammar,
-top-k/typical/top-p/min-p, temperature, and the request's own seed), the chain
-``Llama.create_chat_completion`` builds. A finished slot takes the next waiting request at
+from its own logits with its own sampler chain (repeat penalty, top-k/typical/top-p/min-p,
+temperature, and the request's own seed), the chain ``Llama.create_chat_completion`` builds,
+held to the request's JSON-schema grammar. A finished slot takes the next waiting request at
 once, so slots do not idle while a long reply finishes.
+
+The grammar is checked on the token the chain samples, and applied to the whole vocabulary
+only when that token breaks it (then the chain samples again from what the grammar allows), as
+llama.cpp's own server does: matching 150k candidate tokens against the grammar at every step
+cost more than the decoding itself (``bench/generate_options.py``, "grammar first").
+``grammar_first=True`` applies it to every candidate first, as ``create_chat_completion`` does.
 
 CPU decoding of a small model is bound by reading its weights once per step, whatever the number
 of sequences in the batch, so each step yields one token per busy slot for little more than
@@ -19,8 +25,11 @@ holds (every request of a run shares a long few-shot prefix), copied by referenc
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
+
+import numpy as np
 
 # llama-cpp-python's create_completion defaults, which the unbatched path uses.
 TOP_K, TOP_P, MIN_P, TYPICAL_P, PENALTY_LAST_N = 40, 0.95, 0.05, 1.0, 64
@@ -36,6 +45,7 @@ class Job:
     seed: int
     grammar: object  # a LlamaGrammar, or None
     max_tokens: int
+    index: int = 0  # the caller's
     text: Optional[str] = None
     completion_tokens: int = 0
     error: Optional[str] = None
@@ -51,6 +61,68 @@ class _Slot:
     generated: List[int] = field(default_factory=list)
 
 
+class Candidates:
+    """A reusable llama_token_data_array over the whole vocabulary, filled from one row of logits."""
+
+    def __init__(self, n_vocab: int):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.n_vocab = n_vocab
+        self.ids = np.arange(n_vocab, dtype=np.int32)
+        self.data = np.zeros(n_vocab, dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        self.one = np.zeros(1, dtype=self.data.dtype)
+
+    def _array(self, data: np.ndarray):
+        pointer = data.ctypes.data_as(self._llama_cpp.llama_token_data_p)
+        return self._llama_cpp.llama_token_data_array(data=pointer, size=len(data), selected=-1, sorted=False)
+
+    def sample(self, ctx, index: int, chain, grammar=None) -> int:
+        """The token ``chain`` (a LlamaSampler) picks from row ``index`` of ``ctx``'s logits,
+        after ``grammar`` (a LlamaSampler) masks the candidates it forbids, when given. Accepts nothing."""
+        logits = self._llama_cpp.llama_get_logits_ith(ctx, index)
+        self.data["id"] = self.ids
+        self.data["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        array = self._array(self.data)
+        if grammar is not None:
+            self._llama_cpp.llama_sampler_apply(grammar.sampler, ctypes.byref(array))
+        self._llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(array))
+        if array.selected < 0:
+            raise RuntimeError("the sampler chain selected no token")
+        return int(array.data[array.selected].id)
+
+    def allows(self, grammar, token: int) -> bool:
+        """Whether ``grammar`` (a LlamaSampler) accepts ``token`` next."""
+        self.one[0] = (token, 1.0, 0.0)
+        array = self._array(self.one)
+        self._llama_cpp.llama_sampler_apply(grammar.sampler, ctypes.byref(array))
+        return bool(np.isfinite(self.one[0]["logit"]))
+
+
+@dataclass
+class RequestSampler:
+    """One request's sampling state: its sampler chain and, when constrained, its grammar."""
+
+    chain: object  # LlamaSampler: penalties, top-k ... temperature, the request's seeded dist
+    grammar: object  # LlamaSampler holding only the grammar, or None
+    grammar_first: bool
+
+    def sample(self, candidates: Candidates, ctx, index: int) -> int:
+        """The next token, accepted by the chain (penalties) and the grammar."""
+        if self.grammar is None:
+            token = candidates.sample(ctx, index, self.chain)
+        elif self.grammar_first:
+            token = candidates.sample(ctx, index, self.chain, self.grammar)
+        else:
+            token = candidates.sample(ctx, index, self.chain)
+            if not candidates.allows(self.grammar, token):
+                token = candidates.sample(ctx, index, self.chain, self.grammar)
+        self.chain.accept(token)
+        if self.grammar is not None:
+            self.grammar.accept(token)
+        return token
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -64,7 +136,7 @@ class BatchDecoder:
     """Decodes jobs ``slots`` at a time in one context of ``llama``'s model (a ``llama_cpp.Llama``)."""
 
     def __init__(self, llama, slots: int, n_ctx: int, n_threads: int, temperature: float,
-                 repeat_penalty: float, n_batch: int = 512):
+                 repeat_penalty: float, n_batch: int = 512, grammar_first: bool = False):
         import llama_cpp
         from llama_cpp import _internals
 
@@ -73,6 +145,9 @@ class BatchDecoder:
         self.temperature = temperature
         self.repeat_penalty = repeat_penalty
         self.n_batch = n_batch
+        self.grammar_first = grammar_first
+        self.candidates = Candidates(llama.n_vocab())
+        self._finished: Callable[[Job], None] = lambda job: None
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
         # The cache is shared by all sequences: room for each one's own context window.
         params.n_ctx = n_ctx * slots
@@ -96,10 +171,12 @@ class BatchDecoder:
     def _sampler(self, job: Job):
         from llama_cpp import _internals
 
+        grammar = None
+        if job.grammar is not None:
+            grammar = _internals.LlamaSampler()
+            grammar.add_grammar(self.llama._model, job.grammar)
         sampler = _internals.LlamaSampler()
         sampler.add_penalties(self.llama.n_vocab(), PENALTY_LAST_N, self.repeat_penalty, 0.0, 0.0)
-        if job.grammar is not None:
-            sampler.add_grammar(self.llama._model, job.grammar)
         if self.temperature == 0.0:
             sampler.add_greedy()
         else:
@@ -109,7 +186,7 @@ class BatchDecoder:
             sampler.add_min_p(MIN_P, 1)
             sampler.add_temp(self.temperature)
             sampler.add_dist(job.seed & 0xFFFFFFFF)
-        return sampler
+        return RequestSampler(sampler, grammar, self.grammar_first)
 
     # -- scheduling ------------------------------------------------------------------
     def _start(self, slot: _Slot, job: Job) -> None:
@@ -139,12 +216,16 @@ class BatchDecoder:
         else:
             job.text = self.llama.detokenize(slot.generated).decode("utf-8", errors="ignore")
         slot.job, slot.sampler, slot.pending = None, None, []
+        self._finished(job)
 
-    def run(self, next_job: Callable[[], Optional[Job]], stop: Callable[[], bool] = lambda: False) -> None:
+    def run(self, next_job: Callable[[], Optional[Job]], stop: Callable[[], bool] = lambda: False,
+            finished: Callable[[Job], None] = lambda job: None) -> None:
         """Decode jobs taken from ``next_job()`` (None: no more) until all are done or ``stop()`` is true.
 
-        Results land on the jobs. Several decoders may share one ``next_job``.
+        Results land on the jobs; ``finished(job)`` is called as each one is done. Several
+        decoders may share one ``next_job``.
         """
+        self._finished = finished
         more = True
         while not stop():
             # A slot still evaluating a long prompt holds the prefix the next prompts share: they
@@ -157,6 +238,7 @@ class BatchDecoder:
                         more = False
                     elif len(job.prompt) + 1 > self.n_ctx:
                         job.error = f"request_failed: the prompt is {len(job.prompt)} tokens, n_ctx is {self.n_ctx}"
+                        finished(job)
                     else:
                         self._start(slot, job)
                         prefilling = len(slot.pending) > PREFIX_WAIT
@@ -193,7 +275,7 @@ class BatchDecoder:
                 self._finish(slot, error=f"request_failed: llama_decode returned {code}")
             return
         for slot, index in due:
-            token = slot.sampler.sample(self.ctx, index)  # also accepts it (penalties, grammar)
+            token = slot.sampler.sample(self.candidates, self.ctx.ctx, index)
             if self._llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 self._finish(slot)
                 continue

@@ -14,14 +14,21 @@ against the previous one, through the whole generate stage) and ``bench/generate
   :func:`cachetune.core.generate.prompting.build_conversation`), whose KV cache is reused, so
   only the query and the reply are evaluated per request;
 - replies are constrained by a JSON-schema grammar (exactly ``n`` non-empty strings), so
-  the model neither rambles past the object nor returns something unparseable;
+  the model neither rambles past the object nor returns something unparseable; batched, the
+  grammar is checked on each sampled token and applied to the whole vocabulary only when that
+  token breaks it, as llama.cpp's server does (``-o grammar_first true``: always applied first);
 - threads: llama.cpp's threads spin at barriers, so more threads than free cores (SMT
   siblings, cores other jobs use) is many times slower; the default ``n_threads`` is the
   physical cores.
 - instances: ``concurrency`` ``Llama`` instances answer requests in threads (llama.cpp
   releases the GIL; the weights are one shared mmap), each with ``n_threads / concurrency``
-  threads. The default is one instance per physical core, at most 4, and a batch of enough
-  queries (two requests each) to fill every instance's slots twice.
+  threads. The default is one single-threaded instance per physical core, at most 4. One
+  instance on both cores decoding 8 sequences answered x1.32 as many queries once its prefix
+  was cached (``bench/generate.py``), but its two threads wait for each other at every barrier:
+  with other jobs on the cores a whole run, prefix included, took x2.2 as long;
+- replies are handed over as they finish (``generate_each``), so each query is written as soon
+  as its two replies are in, and a batch holds 8 requests per slot: slots refill as replies
+  finish instead of waiting at the end of a batch for its longest reply.
 
 ``model`` is a .gguf path (default: the Qwen2.5-Coder-0.5B GGUF in ``~/.cache/cachetune/gguf``,
 fetched there from the model hub on first use where the hub is reachable); the options it
@@ -35,7 +42,7 @@ import queue
 import threading
 from functools import partial
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from cachetune import BackendOption, hookimpl
 from cachetune.core.errors import CachetuneError
@@ -92,6 +99,9 @@ OPTIONS = (
                                                      "batch (1: one at a time, through create_chat_completion)."),
     BackendOption("n_ctx", int, 2048, "context window in tokens."),
     BackendOption("json_schema", bool, True, "constrain replies with a JSON-schema grammar."),
+    BackendOption("grammar_first", bool, False, "batched decoding: match every candidate token against the "
+                                                "grammar before sampling (default: check the sampled token, "
+                                                "as llama.cpp's server does)."),
     # 1.1 is llama.cpp server's default; with it the model copies the query (the last tokens it
     # saw) less: 58 triplets from 30 CoNaLa queries instead of 35 (see the report).
     BackendOption("repeat_penalty", float, 1.1, "penalty for repeating recent tokens."),
@@ -115,17 +125,19 @@ class LlamaCppGenerator:
         self.temperature = float(opts["temperature"])
         self.max_tokens = int(opts["max_tokens"])
         self.json_schema = bool(opts["json_schema"])
+        self.grammar_first = bool(opts["grammar_first"])
         self.repeat_penalty = float(opts["repeat_penalty"])
         # Here concurrency counts model instances (see the module docstring).
         threads = int(opts["n_threads"] or default_threads())
         self.parallel = max(1, int(opts["parallel"]))
         self.workers = max(1, int(opts["concurrency"] or min(threads, MAX_DEFAULT_INSTANCES)))
         self.threads_per_worker = max(1, threads // self.workers)
-        # Queries per batch (two requests each): enough for every instance's slots (twice over when
-        # batched, so slots refill while long replies finish); a small batch writes each query soon
-        # after it is done.
+        # Queries per batch (two requests each). Each query is written once its replies are in
+        # (generate_each), so a batch may be long: batched, 8 requests per slot, so slots refill
+        # while long replies finish and rarely wait at the end of a batch for the last one; one at
+        # a time, one request per instance.
         slots = self.workers * self.parallel
-        self.batch_size = max(1, slots if self.parallel > 1 else (slots + 1) // 2)
+        self.batch_size = max(1, 4 * slots if self.parallel > 1 else (slots + 1) // 2)
         self.n_ctx = int(opts["n_ctx"])
         self._llamas: List[object] = []
         self._decoders: List[object] = []  # one BatchDecoder per instance when parallel > 1
@@ -133,6 +145,7 @@ class LlamaCppGenerator:
         self._grammars: dict = {}
         self._grammar_lock = threading.Lock()
         self._running: List[threading.Event] = []  # one per worker of the generate() in progress
+        self._stop = threading.Event()  # set: that generate()'s workers stop
 
     def _load(self):
         if self._llamas:
@@ -155,7 +168,8 @@ class LlamaCppGenerator:
             self._formatter = chat_formatter(self._llamas[0], self.path)
             try:
                 self._decoders = [BatchDecoder(llama, self.parallel, self.n_ctx, self.threads_per_worker,
-                                               self.temperature, self.repeat_penalty) for llama in self._llamas]
+                                               self.temperature, self.repeat_penalty,
+                                               grammar_first=self.grammar_first) for llama in self._llamas]
             except ValueError as exc:  # "Failed to create llama_context": out of memory for the KV cache
                 raise CachetuneError(f"llama.cpp could not make a context for {self.parallel} parallel "
                                      f"sequences of {self.n_ctx} tokens: {exc} (lower -o parallel or -o n_ctx)",
@@ -190,32 +204,31 @@ class LlamaCppGenerator:
 
         llama = self._llamas[0]
         jobs = []
-        for request in requests:
+        for index, request in enumerate(requests):
             chat = self._formatter(messages=request.conversation)
             prompt = llama.tokenize(chat.prompt.encode("utf-8"), add_bos=not chat.added_special, special=True)
             jobs.append(Job(prompt, request.seed, self._grammar(request) if self.json_schema else None,
-                            self.max_tokens))
+                            self.max_tokens, index=index))
         return jobs
 
-    def _generate_batched(self, requests: Sequence[Request]) -> List[GenerationResult]:
-        jobs = self._jobs(requests)
-        todo = iter(jobs)
+    def _batched_tasks(self, requests: Sequence[Request], answered: "queue.Queue") -> list:
+        """One task per instance: its decoder takes the next job when a slot frees."""
+        from cachetune.plugins.llama_cpp_batch import Job
+
+        todo = iter(self._jobs(requests))
         lock = threading.Lock()
 
         def next_job():
             with lock:
                 return next(todo, None)
 
-        self._run_workers([lambda stop, d=d: d.run(next_job, stop.is_set) for d in self._decoders])
-        return [GenerationResult(job.text, len(job.prompt), job.completion_tokens, job.error) for job in jobs]
+        def finished(job: Job) -> None:
+            answered.put((job.index, GenerationResult(job.text, len(job.prompt), job.completion_tokens, job.error)))
 
-    def generate(self, requests: Sequence[Request]) -> List[GenerationResult]:
-        self._load()
-        if self.parallel > 1:
-            return self._generate_batched(requests)
-        if self.workers == 1:
-            return [self._answer(self._llamas[0], r) for r in requests]
-        results: List[Optional[GenerationResult]] = [None] * len(requests)
+        return [lambda stop, d=d: d.run(next_job, stop.is_set, finished) for d in self._decoders]
+
+    def _single_tasks(self, requests: Sequence[Request], answered: "queue.Queue") -> list:
+        """One task per instance: it answers one request at a time through create_chat_completion."""
         todo: "queue.Queue[int]" = queue.Queue()
         for index in range(len(requests)):
             todo.put(index)
@@ -226,19 +239,34 @@ class LlamaCppGenerator:
                     index = todo.get_nowait()
                 except queue.Empty:
                     return
-                results[index] = self._answer(llama, requests[index])
+                answered.put((index, self._answer(llama, requests[index])))
 
-        self._run_workers([partial(answer, llama) for llama in self._llamas])
+        return [partial(answer, llama) for llama in self._llamas]
+
+    def generate(self, requests: Sequence[Request]) -> List[GenerationResult]:
+        results: List[Optional[GenerationResult]] = [None] * len(requests)
+        for index, result in self.generate_each(requests):
+            results[index] = result
         return results  # type: ignore[return-value]
 
-    def _run_workers(self, tasks) -> None:
-        """Run each ``task(stop)`` in a thread of its own until all return.
+    def generate_each(self, requests: Sequence[Request]) -> Iterator[Tuple[int, GenerationResult]]:
+        """``(index, result)`` for each request as soon as it is answered (the pipeline then
+        writes each query once both its replies are in)."""
+        self._load()
+        answered: "queue.Queue" = queue.Queue()
+        tasks = (self._batched_tasks if self.parallel > 1 else self._single_tasks)(requests, answered)
+        yield from self._run_workers(tasks, answered, len(requests))
 
-        Ctrl-C sets ``stop``, which tasks check between requests (or decoding steps), waits for
-        them and hands the interrupt on; a task's exception is raised here once all have stopped.
+    def _run_workers(self, tasks, answered: "queue.Queue", count: int) -> Iterator[Tuple[int, GenerationResult]]:
+        """Run each ``task(stop)`` in a thread of its own, yielding the ``count`` results they put
+        on ``answered`` as they come.
+
+        Ctrl-C (or the caller dropping this iterator) sets ``stop``, which tasks check between
+        requests (or decoding steps), waits for them and hands the interrupt on; a task's
+        exception is raised here once all have stopped.
         """
         failures: list = []
-        stop = threading.Event()
+        stop = self._stop = threading.Event()
 
         def work(task, finished: threading.Event):
             try:
@@ -256,12 +284,20 @@ class LlamaCppGenerator:
         for task, finished in zip(tasks, self._running):
             threading.Thread(target=work, args=(task, finished), daemon=True).start()
         try:
-            for finished in self._running:
-                finished.wait()
-        except BaseException:
+            while count:
+                try:
+                    item = answered.get(timeout=0.1)
+                except queue.Empty:
+                    if all(finished.is_set() for finished in self._running) and answered.empty():
+                        break  # stopped by a failure
+                    continue
+                count -= 1
+                yield item
+        except BaseException:  # Ctrl-C, or the consumer closed this generator
             stop.set()
             self._wait_idle()
             raise
+        self._wait_idle()
         if failures:
             raise failures[0]
 
@@ -276,6 +312,9 @@ class LlamaCppGenerator:
                     continue
 
     def close(self) -> None:
+        # Ctrl-C may come while the caller writes a query, between two results: the workers
+        # still run and are stopped here.
+        self._stop.set()
         self._wait_idle()
         for decoder in self._decoders:
             decoder.close()
