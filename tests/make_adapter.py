@@ -46,6 +46,7 @@ def make_adapter(base_model: str, out_dir, domain: str = "programming", seed: in
 
     model = SentenceTransformer(base_model, device="cpu")
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), lora_dropout=0.1)
+    torch.manual_seed(seed)  # peft draws lora_A from the global generator: same adapter whatever ran before
     peft_model = get_peft_model(model[0].auto_model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
