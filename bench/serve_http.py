@@ -1,7 +1,7 @@
 """`cachetune serve` under concurrent clients vs in-process encode of the same texts, in one run.
 
     .venv/bin/python bench/serve_http.py [--adapter NAME[@V] --registry DIR] [--requests 256] [--rounds 3]
-                                         [--max-batch-size 64] [--max-wait-ms 0] [--merged]
+                                         [--max-batch-size 64] [--max-wait-ms 10] [--merged]
 
 The server runs as `cachetune serve` in its own process. 1, 8 and 32 clients (asyncio, one
 keep-alive connection each) send one real CoNaLa query per request, each sending its next as
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256, help="Queries answered per measurement.")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-wait-ms", type=float, default=0.0)
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="As cachetune serve's (default 10).")
     parser.add_argument("--merged", action="store_true")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

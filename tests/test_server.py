@@ -358,3 +358,34 @@ def test_max_wait_holds_a_batch_for_the_last_batchs_clients_only(catalog, refere
     results, batches = asyncio.run(scenario())
     assert batches == 3
     np.testing.assert_allclose(np.concatenate(results), reference("programming@1", texts), atol=1e-5)
+
+
+def test_max_wait_counts_from_the_answer_not_from_a_request_queued_during_the_encode(catalog, reference):
+    """A request queued while an encode ran longer than --max-wait-ms still waits for the clients
+    just answered: the wait is measured from the answer (the worker idling), so it does not go alone."""
+    from cachetune.core.serving.batching import EncodeBatcher
+
+    encoder, started, release, sizes = gated_encoder(catalog)
+    texts = [f"sort a dictionary by value number {i}" for i in range(4)]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        batcher = EncodeBatcher(max_batch_size=8, max_wait_ms=3_000)
+        await batcher.start()
+        batcher._expected = 2  # a crowd was seen: the wait applies
+        first = [asyncio.create_task(batcher.encode(encoder, [t])) for t in texts[:2]]
+        await loop.run_in_executor(None, started.wait, 60)
+        queued = asyncio.create_task(batcher.encode(encoder, [texts[2]]))
+        await asyncio.sleep(3.5)  # the encode outlasts the wait counted from this request's arrival
+        release.set()
+        answered = await asyncio.gather(*first)
+        await asyncio.sleep(0.5)  # the first batch's clients take a moment to come back
+        assert sizes == [2]  # the queued request is still waiting for them
+        back = asyncio.create_task(batcher.encode(encoder, [texts[3]]))
+        more = await asyncio.wait_for(asyncio.gather(queued, back), timeout=120)
+        await batcher.stop()
+        return [*answered, *more]
+
+    results = asyncio.run(scenario())
+    assert sizes[:2] == [2, 2]
+    np.testing.assert_allclose(np.concatenate(results), reference("programming@1", texts), atol=1e-5)

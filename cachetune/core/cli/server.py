@@ -40,7 +40,7 @@ def register(cli, pm) -> None:
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
     @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                   help="Most texts encoded in one call; concurrent requests share it.")
-    @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
                   help="Hold a batch up to this long until as many requests are queued as were outstanding "
                        "when the last batch was answered (0: batch whatever queued while the previous "
                        "encode ran; a lone client never waits).")

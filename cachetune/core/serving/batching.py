@@ -5,11 +5,13 @@ queued request for the same model, up to ``max_batch_size`` texts, and encodes t
 call on its own thread, so the event loop keeps accepting requests meanwhile. While that
 call runs, new requests pile up and form the next batch: batches grow with the load by
 themselves, and a lone client never waits for company. Clients answered together tend to
-come back together, one by one: ``max_wait_ms`` holds the next batch up to that long after its
-oldest request arrived until as many requests are queued as were outstanding when the last batch
-was answered (its own and those queued during its encode), or the batch is full, so the first one
-back does not start an encode alone and a crowd split across two batches merges again; when a
-lone request was outstanding it never waits.
+come back together, one by one: ``max_wait_ms`` holds the next batch until as many requests are
+queued as were outstanding when the last batch was answered (its own and those queued during its
+encode), or the batch is full, so the first one back does not start an encode alone and a crowd
+split across two batches merges again. The worker idles at most ``max_wait_ms`` per batch: the
+wait ends that long after the last batch was answered, or after the oldest request arrived if it
+came later (a request queued during an encode would otherwise find its deadline already passed);
+when a lone request was outstanding it never waits.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class EncodeBatcher:
         self.batches = 0
         self.texts = 0
         self._expected = 0  # requests in the last batch: clients likely to come back for the next one
+        self._answered_at = 0.0  # loop time the last batch was answered
         self._pending: Deque[_Job] = deque()
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
@@ -122,9 +125,10 @@ class EncodeBatcher:
                 if not job.future.done():  # a cancelled request (client gone) just drops its rows
                     job.future.set_result(vectors[start:start + len(job.texts)])
                 start += len(job.texts)
+            self._answered_at = loop.time()
 
     async def _wait_for_company(self, loop) -> None:
-        deadline = self._pending[0].queued_at + self.max_wait
+        deadline = max(self._pending[0].queued_at, self._answered_at) + self.max_wait
         first = self._pending[0].encoder
         while sum(1 for j in self._pending if j.encoder is first) < self._expected and \
                 sum(len(j.texts) for j in self._pending if j.encoder is first) < self.max_batch_size:
