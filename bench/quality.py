@@ -114,7 +114,7 @@ def train_adapter(domain: str, data: Path, output: Path, args, steps: int = 0, *
                          lr=args.lr or DEFAULT_LR, min_steps=steps or args.steps, max_steps=steps or args.steps,
                          overwrite=True,
                          seed=args.seed,
-                         checkpoint_every=0, **options)
+                         checkpoint_every=0, threads=args.threads, **options)
     started = time.time()
     card = train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
                  log=lambda m: None, show_progress=False)
@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the trainer's measured default")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every physical core)")
     parser.add_argument("--retrain", action="store_true", help="train adapters already in --output again")
     parser.add_argument("--adapter", action="append", default=[], metavar="LABEL=FOLDER",
                         help="also evaluate an adapter trained elsewhere, e.g. a default run's (repeatable)")
@@ -207,6 +208,10 @@ def main() -> None:
     from cachetune.core.models import load_sentence_transformer
     from cachetune.core.plugin_manager import get_plugin_manager
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     pm = get_plugin_manager()
     domains = {d: Path(f) for d, f in named(args.domain, "--domain").items()}
     llm = {d: Path(f) for d, f in named(args.llm, "--llm").items()}
