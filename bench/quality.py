@@ -24,7 +24,9 @@ number of domains, so it sees as many triplets of each domain as a single-domain
 every domain: AP and hit rate at precision 0.95 (in-sample calibration) with bootstrap 95%
 intervals, their gains over the base model with paired bootstrap 95% intervals (the same
 resampled pairs for base and adapter), and the hit rate the out-of-sample stored threshold
-keeps on unseen pairs (``evaluate``'s calibration; a point figure).
+keeps on unseen pairs (``evaluate``'s calibration; a point figure). Each adapter is scored as soon
+as it is trained and ``OUTPUT/quality.json`` rewritten, so a run stopped halfway keeps what it
+finished; ``--table OUTPUT/quality.json ...`` prints the table of one or several runs again.
 """
 
 from __future__ import annotations
@@ -183,9 +185,26 @@ def fmt_gain(value, ci) -> str:
     return f"{value:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]{verdict}"
 
 
-def main() -> None:
+def print_table(results) -> None:
+    """The README's table, then each AP change in percent (the cross-domain goal's unit)."""
+    print("| adapter | evaluated on | AP base | AP adapter | AP gain | hit rate base | hit rate adapter | "
+          "hit-rate gain | out-of-sample hit rate base -> adapter |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['name']} | {r['evaluated_on']} ({r['pairs']} pairs) | {fmt(r['base']['ap'], r['base']['ap_ci'])} "
+              f"| {fmt(r['adapter']['ap'], r['adapter']['ap_ci'])} | {fmt_gain(r['gain']['ap'], r['gain']['ap_ci'])} "
+              f"| {fmt(r['base']['hit_rate'], r['base']['hit_rate_ci'])} "
+              f"| {fmt(r['adapter']['hit_rate'], r['adapter']['hit_rate_ci'])} "
+              f"| {fmt_gain(r['gain']['hit_rate'], r['gain']['hit_rate_ci'])} "
+              f"| {r['base']['hit_rate_oos']:.3f} -> {r['adapter']['hit_rate_oos']:.3f} |")
+    for r in results:
+        change = (r["adapter"]["ap"] - r["base"]["ap"]) / r["base"]["ap"]
+        print(f"AP change: {r['name']} on {r['evaluated_on']}: {change * 100:+.2f}%")
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--domain", action="append", required=True, help="NAME=PREPARED_FOLDER (repeat)")
+    parser.add_argument("--domain", action="append", default=[], help="NAME=PREPARED_FOLDER (repeat)")
     parser.add_argument("--training-source", action="append", default=[], help="NAME:SET=FILE")
     parser.add_argument("--llm", action="append", default=[], help="NAME=LLM_TRIPLETS.jsonl")
     parser.add_argument("--eval-pairs", action="append", default=[], help="NAME=FILE (JSONL pairs or RQE XML)")
@@ -201,7 +220,14 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="train adapters already in --output again")
     parser.add_argument("--adapter", action="append", default=[], metavar="LABEL=FOLDER",
                         help="also evaluate an adapter trained elsewhere, e.g. a default run's (repeatable)")
-    args = parser.parse_args()
+    parser.add_argument("--table", nargs="+", type=Path, metavar="QUALITY_JSON",
+                        help="only print the table of earlier runs' quality.json files (several runs in one table)")
+    args = parser.parse_args(argv)
+    if args.table:
+        print_table([row for path in args.table for row in json.loads(path.read_text(encoding="utf-8"))])
+        return
+    if not args.domain:
+        parser.error("--domain is required (or --table)")
     args.sources = named(args.training_source, "--training-source")
 
     from cachetune.core.adapters import load_adapter_model
@@ -222,7 +248,24 @@ def main() -> None:
     evals = {d: eval_rows(pm, d, folder, overrides.get(d)) for d, folder in domains.items()}
     base_scores = {d: scores_of(base, rows) for d, (rows, _) in evals.items()}
 
-    files, adapters = {}, {}
+    results = []
+
+    def evaluated(trained_on: str, variant: str, folder: Path) -> None:
+        """Score an adapter on every domain now, and rewrite quality.json: a long run stopped
+        halfway keeps the figures of every adapter it finished."""
+        model = load_adapter_model(folder, device="cpu")
+        for domain, (rows, _) in evals.items():
+            labels = np.array([r["label"] for r in rows])
+            stats = paired_bootstrap(base_scores[domain], scores_of(model, rows), labels, args.bootstrap, args.seed)
+            results.append({"name": f"{trained_on}/{variant}", "trained_on": trained_on, "variant": variant,
+                            "evaluated_on": domain, "pairs": len(rows), **stats})
+            print(f"evaluated {trained_on}/{variant} on {domain}: AP gain "
+                  f"{fmt_gain(stats['gain']['ap'], stats['gain']['ap_ci'])}", flush=True)
+        (args.output / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+    for label, folder in named(args.adapter, "--adapter").items():
+        evaluated(label, "given", Path(folder))
+    files = {}
     for domain, prepared in domains.items():
         _, guard = evals[domain]
         wanted = [v.split(":", 1)[-1] for v in variants if ":" not in v or v.startswith(f"{domain}:")]
@@ -242,7 +285,7 @@ def main() -> None:
                 continue
             out = args.output / f"adapter-{domain}-{variant}"
             train_adapter(domain, data[source], out, args, **OPTIONS.get(variant, {}))
-            adapters[(domain, variant)] = out
+            evaluated(domain, variant, out)
     if "multi" in variants and len(domains) > 1:
         combined = args.output / "data-multi.jsonl"
         first = next(iter(domains))
@@ -252,34 +295,9 @@ def main() -> None:
                     fh.write(json.dumps({**json.loads(line), "domain": first}, ensure_ascii=False) + "\n")
         out = args.output / "adapter-multi"
         train_adapter(first, combined, out, args, steps=args.steps * len(domains))
-        adapters[("all", "multi")] = out
+        evaluated("all", "multi", out)
 
-    for label, folder in named(args.adapter, "--adapter").items():
-        adapters[(label, "given")] = Path(folder)
-    results = []
-    for (trained_on, variant), folder in adapters.items():
-        model = load_adapter_model(folder, device="cpu")
-        for domain, (rows, _) in evals.items():
-            labels = np.array([r["label"] for r in rows])
-            stats = paired_bootstrap(base_scores[domain], scores_of(model, rows), labels, args.bootstrap, args.seed)
-            results.append({"name": f"{trained_on}/{variant}", "trained_on": trained_on, "variant": variant,
-                            "evaluated_on": domain, "pairs": len(rows), **stats})
-    (args.output / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-
-    print("| adapter | evaluated on | AP base | AP adapter | AP gain | hit rate base | hit rate adapter | "
-          "hit-rate gain | out-of-sample hit rate base -> adapter |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['name']} | {r['evaluated_on']} ({r['pairs']} pairs) | {fmt(r['base']['ap'], r['base']['ap_ci'])} "
-              f"| {fmt(r['adapter']['ap'], r['adapter']['ap_ci'])} | {fmt_gain(r['gain']['ap'], r['gain']['ap_ci'])} "
-              f"| {fmt(r['base']['hit_rate'], r['base']['hit_rate_ci'])} "
-              f"| {fmt(r['adapter']['hit_rate'], r['adapter']['hit_rate_ci'])} "
-              f"| {fmt_gain(r['gain']['hit_rate'], r['gain']['hit_rate_ci'])} "
-              f"| {r['base']['hit_rate_oos']:.3f} -> {r['adapter']['hit_rate_oos']:.3f} |")
-    for r in results:
-        change = (r["adapter"]["ap"] - r["base"]["ap"]) / r["base"]["ap"]
-        print(f"AP change: {r['name']} on {r['evaluated_on']}: {change * 100:+.2f}%")
-
+    print_table(results)
 
 if __name__ == "__main__":
     main()
