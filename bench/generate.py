@@ -9,16 +9,19 @@ the shared few-shot prefix:
                                 at a time through create_chat_completion (-o parallel 1)
   batched (default)             one single-threaded Llama per core, each decoding 4 requests
                                 together in one llama.cpp batch (-o parallel 4)
+  batched 2x8                   the same with 8 requests per instance (-o parallel 8)
   batched 1x8                   one Llama on all cores decoding 8 requests together
                                 (-o concurrency 1 -o parallel 8)
 
-Queries/s (wall) and queries per CPU-second (this process's CPU time: the work done, steadier
-than wall time when other jobs share the cores) and triplets per query are printed per round;
-the configurations run in interleaved rounds and each keeps its best round, so load from other
-jobs lands on one round of one configuration, not on the ratio; triplets per query are counted
-over all rounds. The load average is printed.
+The queries are split into ``--rounds`` disjoint chunks; each round runs every configuration on
+its chunk, in an order rotated from round to round, so load from other jobs is spread over all
+of them. Per configuration: queries/s over all rounds (wall), queries per CPU-second (this
+process's CPU time: the work done, steadier than wall time when other jobs share the cores),
+triplets per query, each round's triplets/query (their spread), and, against the previous
+default, the ratio of triplets per query with a 95% bootstrap interval (queries resampled, the
+same queries for both). The load average is printed per run.
 
-    .venv/bin/python bench/generate.py [--queries 16] [--rounds 2] [--model PATH.gguf] [--only NAME ...]
+    .venv/bin/python bench/generate.py [--queries 48] [--rounds 3] [--model PATH.gguf] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -81,18 +84,41 @@ def run_generate(options: dict, queries: Path, output: Path, base_model) -> dict
     return summary
 
 
-def bench_arguments(description: str, queries: int) -> argparse.Namespace:
+def bench_arguments(description: str, queries: int, rounds_help: str) -> argparse.Namespace:
     """The options of both generation benchmarks (this one and bench/generate_options.py)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--queries", type=int, default=queries)
     parser.add_argument("--model", default=None, help="GGUF (default: the get-gguf qwen file)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each keeps its best")
+    parser.add_argument("--rounds", type=int, default=2 if queries < 48 else 3, help=rounds_help)
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     return parser.parse_args()
 
 
+def triplets_per_query_id(output: Path) -> dict:
+    """query id -> triplets written for it in ``output``."""
+    counts: dict = {}
+    if output.exists():
+        for line in output.open(encoding="utf-8"):
+            if line.strip():
+                query_id = json.loads(line)["query_id"]
+                counts[query_id] = counts.get(query_id, 0) + 1
+    return counts
+
+
+def bootstrap_ratio(ours: list, theirs: list, resamples: int = 2000, seed: int = 0) -> tuple:
+    """95% interval of sum(ours) / sum(theirs) over queries resampled with replacement (paired)."""
+    import numpy as np
+
+    a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    sums_b = b[picks].sum(axis=1)
+    ratios = a[picks].sum(axis=1)[sums_b > 0] / sums_b[sums_b > 0]
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
 def main() -> None:
-    args = bench_arguments(__doc__.split("\n")[0], queries=16)
+    args = bench_arguments(__doc__.split("\n")[0], queries=48,
+                           rounds_help="disjoint chunks of the queries; each runs every configuration")
 
     from cachetune.core.models import load_sentence_transformer
     from cachetune.plugins.llama_cpp_generator import default_threads, resolve_model
@@ -103,39 +129,58 @@ def main() -> None:
     configs = [
         ("instances (previous default)", dict(base, parallel=1)),
         ("batched (default)", dict(base)),
+        ("batched 2x8", dict(base, parallel=8)),
         ("batched 1x8", dict(base, concurrency=1, parallel=8)),
     ]
     configs = [c for c in configs if not args.only or c[0].split(" (")[0] in args.only or c[0] in args.only]
     base_model = load_sentence_transformer(None, device="cpu")
-    best: dict = {}  # name: [queries/s, queries per CPU second, triplets, queries] (rates: best round)
+    totals = {name: {"wall": 0.0, "cpu": 0.0, "done": 0, "rounds": [], "per_query": {}} for name, _ in configs}
     with tempfile.TemporaryDirectory() as tmp:
-        queries = prepare_queries(args.queries, Path(tmp) / "prepared")
-        n = sum(1 for _ in queries.open())
-        print(f"model {Path(model).name}; {n} CoNaLa queries; {os.cpu_count()} CPUs, {cores} physical cores; "
-              f"load average {os.getloadavg()[0]:.2f}", flush=True)
-        for round_no in range(1, args.rounds + 1):
-            for name, options in configs:
-                summary = run_generate(options, queries, Path(tmp) / f"out-{round_no}-{name}.jsonl", base_model)
-                done = summary["queries_done"]
-                qps, per_cpu = done / summary["bench_wall_s"], done / summary["bench_cpu_s"]
-                print(f"  round {round_no} {name:30s} {qps:.3f} queries/s  {per_cpu:.3f} queries/CPU-s  "
-                      f"{summary['triplets_per_query']:.2f} triplets/query  ({summary['tokens']['completion']} "
-                      f"completion tokens, {summary['bench_wall_s']:.0f} s, load {os.getloadavg()[0]:.1f})",
-                      flush=True)
-                mine = best.setdefault(name, [0.0, 0.0, 0, 0])
-                mine[0], mine[1] = max(mine[0], qps), max(mine[1], per_cpu)
-                mine[2] += summary["triplets_written"]
-                mine[3] += done
-    previous = best.get(configs[0][0])
-    print(f"best round of {args.rounds} interleaved (load average now {os.getloadavg()[0]:.2f}); "
-          f"triplets/query over all rounds:")
-    for name, (qps, per_cpu, triplets, done) in best.items():
-        ratio = (f"x{qps / previous[0]:.2f} queries/s, x{per_cpu / previous[1]:.2f} per CPU-s, triplets/query "
-                 f"{(triplets / done) / (previous[2] / previous[3]):.2f}x") if previous and previous[2] else ""
-        print(f"  {name:30s} {qps:.3f} queries/s  {per_cpu:.3f} queries/CPU-s  {triplets / done:.2f} "
-              f"triplets/query  {ratio}")
-    print(json.dumps({name: {"queries_per_s": round(v[0], 4), "queries_per_cpu_s": round(v[1], 4),
-                             "triplets_per_query": round(v[2] / v[3], 3)} for name, v in best.items()}))
+        prepared = prepare_queries(args.queries, Path(tmp) / "prepared")
+        rows = prepared.read_text(encoding="utf-8").splitlines()
+        chunks = [rows[i::args.rounds] for i in range(args.rounds)]
+        print(f"model {Path(model).name}; {len(rows)} CoNaLa queries in {args.rounds} rounds; {os.cpu_count()} CPUs, "
+              f"{cores} physical cores; load average {os.getloadavg()[0]:.2f}", flush=True)
+        for round_no, chunk in enumerate(chunks, start=1):
+            queries = Path(tmp) / f"round-{round_no}.jsonl"
+            queries.write_text("\n".join(chunk) + "\n", encoding="utf-8")
+            shift = (round_no - 1) % len(configs)
+            for name, options in configs[shift:] + configs[:shift]:
+                output = Path(tmp) / f"out-{round_no}-{name}.jsonl"
+                summary = run_generate(options, queries, output, base_model)
+                done, mine = summary["queries_done"], totals[name]
+                mine["wall"] += summary["bench_wall_s"]
+                mine["cpu"] += summary["bench_cpu_s"]
+                mine["done"] += done
+                mine["rounds"].append(summary["triplets_per_query"])
+                counts = triplets_per_query_id(output)
+                mine["per_query"].update({json.loads(row)["id"]: counts.get(json.loads(row)["id"], 0)
+                                          for row in chunk})
+                print(f"  round {round_no} {name:30s} {done / summary['bench_wall_s']:.3f} queries/s  "
+                      f"{done / summary['bench_cpu_s']:.3f} queries/CPU-s  {summary['triplets_per_query']:.2f} "
+                      f"triplets/query  ({summary['tokens']['completion']} completion tokens, "
+                      f"{summary['bench_wall_s']:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"all {args.rounds} rounds (load average now {os.getloadavg()[0]:.2f}):")
+    previous = totals[configs[0][0]] if configs[0][0].startswith("instances") else None
+    report = {}
+    for name, mine in totals.items():
+        qps, per_cpu = mine["done"] / mine["wall"], mine["done"] / mine["cpu"]
+        ids = sorted(mine["per_query"])
+        tpq = sum(mine["per_query"].values()) / len(ids)
+        line = (f"  {name:30s} {qps:.3f} queries/s  {per_cpu:.3f} queries/CPU-s  {tpq:.2f} triplets/query "
+                f"(rounds {' '.join(f'{r:.2f}' for r in mine['rounds'])})")
+        report[name] = {"queries_per_s": round(qps, 4), "queries_per_cpu_s": round(per_cpu, 4),
+                        "triplets_per_query": round(tpq, 3), "rounds": [round(r, 3) for r in mine["rounds"]]}
+        if previous is not None and mine is not previous:
+            theirs = [previous["per_query"][i] for i in ids]
+            low, high = bootstrap_ratio([mine["per_query"][i] for i in ids], theirs)
+            ratio = tpq / (sum(theirs) / len(ids))
+            line += (f"  x{qps / (previous['done'] / previous['wall']):.2f} queries/s, "
+                     f"x{per_cpu / (previous['done'] / previous['cpu']):.2f} per CPU-s, triplets/query "
+                     f"x{ratio:.2f} [95% {low:.2f}, {high:.2f}]")
+        print(line)
+    print(json.dumps(report))
+
 
 if __name__ == "__main__":
     main()

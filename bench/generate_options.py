@@ -76,7 +76,7 @@ def measure(name, options, requests, n_queries, one_at_a_time=False, reset_each=
 
 
 def main() -> None:
-    args = bench_arguments(__doc__.split("\n")[0], queries=6)
+    args = bench_arguments(__doc__.split("\n")[0], queries=6, rounds_help="interleaved rounds; each keeps its best")
 
     from cachetune.plugins.llama_cpp_generator import default_threads, resolve_model
 

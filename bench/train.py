@@ -13,8 +13,15 @@ and in this process's CPU time (steadier when other jobs share the machine):
 - ``trainer`` (``--trainer``): ``SentenceTransformerTrainer`` with the no-duplicates sampler
   and its collator's per-batch padding.
 
+Every method trains on the same rows (``cachetune train --keep-inverted``). ``--margin`` also
+scores each method's model after its 1 + N steps on the held-out triplets (CoNaLa questions kept
+out of training): the mean of cos(anchor, positive) - cos(anchor, negative), with a 95% bootstrap
+interval over held-out triplets, and the paired interval of cachetune's margin minus the
+trainer's, so the speed ratio is read at equal held-out margin (or not).
+
     .venv/bin/python bench/train.py                       # batch 128, 3 timed steps
     .venv/bin/python bench/train.py --batch-size 64 --steps 4 --trainer --threads 1
+    .venv/bin/python bench/train.py --batch-size 64 --steps 24 --trainer --margin --no-plain --threads 1
 """
 
 from __future__ import annotations
@@ -59,6 +66,25 @@ def optimizer_for(model, lr, total):
     return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup(max(1, total // 10), total))
 
 
+def margins(model, rows) -> "np.ndarray":
+    """cos(anchor, positive) - cos(anchor, negative) of ``model`` for each held-out row."""
+    import numpy as np
+
+    model.eval()
+    columns = [model.encode([r[c] for r in rows], batch_size=64, normalize_embeddings=True,
+                            convert_to_numpy=True) for c in ("anchor", "positive", "negative")]
+    return np.einsum("ij,ij->i", columns[0], columns[1]) - np.einsum("ij,ij->i", columns[0], columns[2])
+
+
+def interval(values, resamples: int = 2000, seed: int = 0) -> tuple:
+    """The mean of ``values`` and its 95% bootstrap interval."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    means = values[np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def plain_loop(rows, base, batch_size, steps, lr, seed):
     """(wall, CPU-time) triplets/s of a plain loop with fixed padding to 128; step 0 is a warm-up."""
     import torch
@@ -93,15 +119,17 @@ def plain_loop(rows, base, batch_size, steps, lr, seed):
     return done / wall, done / cpu
 
 
-def cachetune_train(data: Path, base, batch_size, steps, lr, seed, work: Path, threads: int, extra=()):
+def cachetune_train(data: Path, base, batch_size, steps, lr, seed, work: Path, threads: int, extra=(), heldout=None):
     """(wall, CPU-time) triplets/s of ``cachetune train [extra]``: runs of 1 and 1 + ``steps`` steps
-    (after a warm-up run); their difference is ``steps`` steps of training, without loading or saving."""
+    (after a warm-up run); their difference is ``steps`` steps of training, without loading or saving.
+    Third: the 1 + ``steps`` adapter's margins on the ``heldout`` rows (None without them)."""
     from cachetune.core.cli import main
 
     def run(out, n):
         args = ["train", "--domain", "programming", "--train-data", str(data), "--output", str(out),
                 "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed), "--max-steps", str(n),
-                "--checkpoint-every", "0", "--overwrite", "--quiet", "--threads", str(threads), *extra]
+                "--checkpoint-every", "0", "--overwrite", "--quiet", "--threads", str(threads), "--keep-inverted",
+                *extra]
         if base:
             args += ["--base-model", base]
         c0 = time.process_time()
@@ -115,11 +143,17 @@ def cachetune_train(data: Path, base, batch_size, steps, lr, seed, work: Path, t
     wall1, cpu1, rows1 = run(work / "one", 1)
     wall2, cpu2, rows2 = run(work / "timed", steps + 1)
     rows = rows2 - rows1
-    return rows / (wall2 - wall1), rows / (cpu2 - cpu1)
+    scored = None
+    if heldout is not None:
+        from cachetune.core.adapters import load_adapter_model
+
+        scored = margins(load_adapter_model(work / "timed", base, device="cpu"), heldout)
+    return rows / (wall2 - wall1), rows / (cpu2 - cpu1), scored
 
 
-def trainer_loop(rows, base, batch_size, steps, lr, seed, work: Path):
-    """(wall, CPU-time) triplets/s of SentenceTransformerTrainer: runs of 1 and 1 + ``steps`` steps."""
+def trainer_loop(rows, base, batch_size, steps, lr, seed, work: Path, heldout=None):
+    """(wall, CPU-time) triplets/s of SentenceTransformerTrainer: runs of 1 and 1 + ``steps`` steps;
+    third: the 1 + ``steps`` model's margins on the ``heldout`` rows (None without them)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
@@ -140,7 +174,14 @@ def trainer_loop(rows, base, batch_size, steps, lr, seed, work: Path):
         out = trainer.train()
         measured.append((out.metrics["train_runtime"], time.process_time() - c0))
     done = steps * batch_size
-    return done / (measured[1][0] - measured[0][0]), done / (measured[1][1] - measured[0][1])
+    return (done / (measured[1][0] - measured[0][0]), done / (measured[1][1] - measured[0][1]),
+            None if heldout is None else margins(model, heldout))
+
+
+def read_rows(path: Path) -> list:
+    if not path.exists():
+        raise SystemExit(f"{path}: no such file")
+    return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
 
 
 def main() -> None:
@@ -156,6 +197,12 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true",
                         help="Also time cachetune train with bf16 autocast (--precision bf16) and with one "
                              "forward per step (--tokens-per-forward 0).")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="Skip the plain loop padded to 128 (slow: about a tenth of cachetune's speed).")
+    parser.add_argument("--margin", action="store_true",
+                        help="Also score cachetune's and the trainer's models on the held-out triplets.")
+    parser.add_argument("--eval-data", default=None,
+                        help="Held-out triplets JSONL for --margin (default: beside the built training data)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--threads", type=int, default=None,
                         help="Torch threads for every method (default: physical cores). On a machine shared "
@@ -170,7 +217,11 @@ def main() -> None:
         from cachetune.domains.programming.training_pairs import conala_triplet_files
 
         data = conala_triplet_files(args.source, work / "data", base_model=args.base_model)["paths"]["train"]
-    rows = [json.loads(line) for line in data.open(encoding="utf-8") if line.strip()]
+    rows = read_rows(data)
+    heldout = None
+    if args.margin:
+        heldout = [r for r in read_rows(Path(args.eval_data) if args.eval_data else data.parent /
+                                        "holdout_triplets.jsonl") if r.get("negative")]
     needed = (args.steps + 1) * args.batch_size
     if len(rows) < needed:
         raise SystemExit(f"{data} has {len(rows)} triplets; {needed} needed for {args.steps}+1 steps")
@@ -181,17 +232,23 @@ def main() -> None:
     torch.set_num_threads(threads)
     print(f"{len(rows)} triplets from {data}; batch {args.batch_size}, {args.steps} timed steps, "
           f"{torch.get_num_threads()} threads", flush=True)
-    results = {}
-    results["cachetune"] = cachetune_train(data, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work,
-                                           threads)
+    results, scored = {}, {}  # method: (wall, CPU-time) triplets/s; method: held-out margins
+    if heldout is not None:
+        from cachetune.core.models import load_sentence_transformer
+
+        scored["base model"] = margins(load_sentence_transformer(args.base_model, device="cpu"), heldout)
+    *results["cachetune"], scored["cachetune"] = cachetune_train(
+        data, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work, threads, heldout=heldout)
     if args.variants:
         for key, extra in (("bf16", ["--precision", "bf16"]), ("one-forward", ["--tokens-per-forward", "0"])):
             results[key] = cachetune_train(data, args.base_model, args.batch_size, args.steps, args.lr, args.seed,
-                                           work, threads, extra)
+                                           work, threads, extra)[:2]
     torch.set_num_threads(threads)
-    results["plain-128"] = plain_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed)
+    if not args.no_plain:
+        results["plain-128"] = plain_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed)
     if args.trainer:
-        results["trainer"] = trainer_loop(rows, args.base_model, args.batch_size, args.steps, args.lr, args.seed, work)
+        *results["trainer"], scored["trainer"] = trainer_loop(rows, args.base_model, args.batch_size, args.steps,
+                                                              args.lr, args.seed, work, heldout=heldout)
     names = {"cachetune": "cachetune train", "plain-128": "plain ST loop, padded to 128",
              "trainer": "SentenceTransformerTrainer", "bf16": "cachetune train --precision bf16",
              "one-forward": "cachetune train --tokens-per-forward 0"}
@@ -204,6 +261,16 @@ def main() -> None:
             print(f"ratio cachetune / {key}: {ours[0] / results[key][0]:.2f}x wall, "
                   f"{ours[1] / results[key][1]:.2f}x CPU time" + (" (goal >= 2x)" if key == "plain-128" else ""))
     print("(CPU time counts only this process's own compute, so it is steadier than wall time on a shared machine)")
+    if heldout is not None:
+        print(f"held-out margin after 1 + {args.steps} steps ({len(heldout)} triplets), mean [95% bootstrap]:")
+        for key, values in scored.items():
+            if values is not None:
+                mean, low, high = interval(values)
+                print(f"  {names.get(key, key)}: {mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+        if scored.get("trainer") is not None:
+            mean, low, high = interval(scored["cachetune"] - scored["trainer"])
+            print(f"  cachetune - trainer (paired): {mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+    print(f"load average {os.getloadavg()[0]:.2f}")
 
 if __name__ == "__main__":
     main()
