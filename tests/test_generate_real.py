@@ -210,7 +210,8 @@ def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
     """Several requests in one llama.cpp batch: the prompts create_chat_completion sends, each
     request sampled with its own seed, every reply held to the JSON-schema grammar, replies
     handed over as they finish. (Not bit for bit the same reply in another batch: llama.cpp's
-    arithmetic depends on the batch and cache.)"""
+    arithmetic depends on the batch and cache.) Alone in its batch, with the grammar applied
+    first, a request gets create_chat_completion's very reply: same prompt, sampler chain and seed."""
     import json as json_
 
     from cachetune.core.generate.pipeline import request_seed
@@ -229,7 +230,7 @@ def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
     try:
         streamed = list(batched.generate_each(requests))  # each reply as soon as it is done
         one = single.generate(requests[:2])
-        first = grammar_first.generate(requests[:2])
+        first = [grammar_first.generate([request])[0] for request in requests[:2]]  # each alone
     finally:
         batched.close()
         single.close()
@@ -237,6 +238,7 @@ def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
     assert sorted(index for index, _ in streamed) == list(range(len(requests)))
     replies = [result for _, result in sorted(streamed, key=lambda pair: pair[0])]
     assert [r.prompt_tokens for r in replies[:2]] == [r.prompt_tokens for r in one]  # the very same prompts
+    assert [r.text for r in first] == [r.text for r in one]  # the very same sampling
     assert all(r.error is None and 0 < r.completion_tokens <= 48 for r in replies + first)
     # the grammar holds whether it is checked on the sampled token (default) or applied first
     finished = [(r, q) for r, q in zip(replies + first, requests + requests[:2]) if r.completion_tokens < 48]
