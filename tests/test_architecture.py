@@ -88,3 +88,55 @@ def test_modules_stay_small_and_documented():
         assert lines <= 450, f"{source.relative_to(ROOT)} has {lines} lines: split it"
         if source.name not in ("__main__.py",):
             assert ast.get_docstring(ast.parse(text)), f"{source.relative_to(ROOT)} has no module docstring"
+
+
+# -- the prose of ARCHITECTURE.md and the README's plugin sections ----------------------------------
+
+PROSE = DOC.split("## How a run flows", 1)[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+PLUGIN_DOCS = README[README.index("## Writing a domain plugin"):]  # and the hook reference after it
+
+
+def prose_paths() -> list:
+    """``core/...``, ``registry/...`` paths named in ARCHITECTURE.md below the tree (the flow of a
+    run, who imports whom, where a plugin plugs in), relative to the package."""
+    found = re.findall(r"(?<![\w/])(?:core|registry|domains|plugins)(?:/\w+)*(?:/\w+\.py|/\w+)", PROSE)
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("path", prose_paths())
+def test_paths_in_the_architecture_prose_exist_and_import(path):
+    assert (PACKAGE / path).exists(), f"ARCHITECTURE.md names {path}, which is not cachetune/{path}"
+    importlib.import_module(module_name(f"cachetune/{path}"))
+
+
+def test_files_named_beside_the_package_exist():
+    for path in re.findall(r"(?<![\w/])(?:tests|tools|bench)/[\w./-]+\w", DOC + PLUGIN_DOCS):
+        assert (ROOT / path).exists(), f"the docs name {path}, which does not exist"
+
+
+def test_readme_plugin_sections_name_real_modules_and_types():
+    import cachetune
+
+    paths = re.findall(r"`(cachetune/[\w/]+\.py)`", PLUGIN_DOCS)
+    names = set(re.findall(r"\bcachetune\.([A-Z]\w+)", PLUGIN_DOCS))
+    assert paths and names
+    for path in paths:
+        assert (ROOT / path).exists(), f"README names {path}, which does not exist"
+        importlib.import_module(module_name(path))
+    for name in sorted(names):
+        assert hasattr(cachetune, name), f"README names cachetune.{name}, which cachetune does not export"
+    for protocol, path in re.findall(r"the `(\w+)` protocol in\s+`(cachetune/[\w/]+\.py)`", PLUGIN_DOCS):
+        assert hasattr(importlib.import_module(module_name(path)), protocol), f"{path} has no {protocol}"
+
+
+def test_readme_lists_every_domain_field():
+    """``register_domains``' paragraph lists what a Domain has: each of its fields, and nothing else."""
+    import dataclasses
+
+    from cachetune import Domain
+
+    paragraph = PLUGIN_DOCS.split("### `register_domains(register)`", 1)[1].split("###", 1)[0]
+    listed = re.search(r"A domain has (.*?)\. Called", paragraph, re.S).group(1)
+    documented = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", listed)))
+    assert documented == {f.name for f in dataclasses.fields(Domain)}
