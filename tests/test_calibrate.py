@@ -130,3 +130,21 @@ def test_precision_threshold_matches_a_direct_scan():
     w = rng.uniform(0.5, 3, 300)
     ok = [t for t in np.unique(scores) if (w * labels)[scores >= t].sum() / w[scores >= t].sum() >= 0.7]
     assert precision_threshold(scores, labels, 0.7, w) == pytest.approx(min(ok))
+
+
+def test_suggest_candidates_are_each_querys_nearest_neighbours_once():
+    """The pairs `--suggest` samples from: every query with its k nearest others (sklearn's exact
+    search as the reference), each unordered pair once, scored by its cosine."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from cachetune.core.evaluate.calibrate import _candidate_pairs
+
+    emb = np.random.default_rng(3).normal(size=(60, 12)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    pairs = _candidate_pairs(emb, 3)
+    keys = [(i, j) for i, j, _ in pairs]
+    _, found = NearestNeighbors(n_neighbors=4, metric="cosine", algorithm="brute").fit(emb).kneighbors(emb)
+    expected = {(min(i, int(j)), max(i, int(j))) for i in range(len(emb)) for j in [j for j in found[i] if j != i][:3]}
+    assert len(keys) == len(set(keys)) and set(keys) == expected
+    for i, j, score in pairs:
+        assert i < j and score == pytest.approx(float(emb[i] @ emb[j]), abs=1e-5)

@@ -19,6 +19,7 @@ from cachetune.core.errors import CachetuneError
 from cachetune.core.evaluate.inputs import INCLUSION, read_pairs
 from cachetune.core.evaluate.label_sampling import inclusion_probabilities, systematic_sample
 from cachetune.core.evaluate.threshold_bound import calibrate_with_bound, curve_with_band, tightening
+from cachetune.core.mining import nearest_neighbours
 from cachetune.core.models import encode, sha256_file
 from cachetune.core.text import exact_key
 
@@ -74,16 +75,15 @@ def _weights(rows, where) -> Optional[np.ndarray]:
 
 
 def _candidate_pairs(emb: np.ndarray, neighbours: int):
-    sims = emb @ emb.T
-    np.fill_diagonal(sims, -np.inf)
+    """``(i, j, cosine)`` for each query's ``neighbours`` nearest other queries, each pair once."""
     k = min(neighbours, len(emb) - 1)
     seen, pairs = set(), []
-    for i in range(len(emb)):
-        for j in np.argpartition(-sims[i], k - 1)[:k]:
-            key = (min(i, int(j)), max(i, int(j)))
+    for i, picked in enumerate(nearest_neighbours(emb, emb, k, skip=lambda i, j: i == j)):
+        for j, score in picked:
+            key = (min(i, j), max(i, j))
             if key not in seen:
                 seen.add(key)
-                pairs.append((key[0], key[1], float(sims[key])))
+                pairs.append((key[0], key[1], score))
     return pairs
 
 
