@@ -9,7 +9,7 @@ random BERT) and ``{triplets}`` (a good triplets file). ``{tmp}`` (with ``{reg}`
 real entry point, and fails before any model loads, so the whole table takes seconds.
 
 A row with ``plugin`` runs with that plugin registered: the disabled plugin is reported by
-name once, as one ``Warning:`` line (``warning=True``) or inside the error line itself.
+name once, as one ``Warning:`` line saying why (``warning``) or inside the error line itself.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Row:
     message: str = ""  # and this
     files: Dict[str, object] = field(default_factory=dict)  # {name: text, bytes, or a callable(path)}
     plugin: Optional[Callable[[], types.ModuleType]] = None
-    warning: bool = False
+    warning: str = ""  # the disabled plugin's warning line must contain this (why it was disabled)
 
 
 def plugin(name, **hooks):
@@ -302,9 +302,9 @@ ROWS = [
     Row("plugin-commands-raise", ["hello"], "plugin 'brokencmd'", "failed in register_commands",
         plugin=broken_commands),
     Row("plugin-domain-not-a-domain", [*PREP[:1], "--domain", "toy", "--output", "{tmp}/o"], "--domain",
-        "unknown domain 'toy'", plugin=domain_that_is_a_string, warning=True),
+        "unknown domain 'toy'", plugin=domain_that_is_a_string, warning="expected a cachetune.Domain, got str"),
     Row("plugin-domains-raise", [*PREP[:1], "--domain", "toy", "--output", "{tmp}/o"], "--domain",
-        "unknown domain 'toy'", plugin=raising_domains, warning=True),
+        "unknown domain 'toy'", plugin=raising_domains, warning="failed in register_domains: RuntimeError('boom')"),
 ]
 
 
@@ -363,6 +363,7 @@ def test_hostile_input(row, shared, tmp_path, run_cli):
     lines = result.stderr.strip().splitlines()
     if row.warning:  # the disabled plugin, reported by name once
         assert len(lines) == 2 and lines[0].startswith("Warning: plugin '") and "disabled" in lines[0], lines
+        assert row.warning in lines[0], lines[0]
         lines = lines[1:]
     assert result.exit_code != 0, result.stdout
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
