@@ -7,9 +7,9 @@ the shared few-shot prefix:
 
   instances (previous default)  one single-threaded Llama per core, each answering one request
                                 at a time through create_chat_completion (-o parallel 1)
-  batched (default)             one single-threaded Llama per core, each decoding 4 requests
+  batched 2x4                   one single-threaded Llama per core, each decoding 4 requests
                                 together in one llama.cpp batch (-o parallel 4)
-  batched 2x8                   the same with 8 requests per instance (-o parallel 8)
+  batched (default)             the same with 8 requests per instance (-o parallel 8)
   batched 1x8                   one Llama on all cores decoding 8 requests together
                                 (-o concurrency 1 -o parallel 8)
 
@@ -128,8 +128,8 @@ def main() -> None:
     cores = default_threads()
     configs = [
         ("instances (previous default)", dict(base, parallel=1)),
+        ("batched 2x4", dict(base, parallel=4)),
         ("batched (default)", dict(base)),
-        ("batched 2x8", dict(base, parallel=8)),
         ("batched 1x8", dict(base, concurrency=1, parallel=8)),
     ]
     configs = [c for c in configs if not args.only or c[0].split(" (")[0] in args.only or c[0] in args.only]

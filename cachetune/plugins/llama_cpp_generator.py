@@ -4,7 +4,7 @@ The offline default. What makes it fast is measured in ``bench/generate.py`` (th
 against the previous one, through the whole generate stage) and ``bench/generate_options.py``
 (the options one by one):
 
-- batched decoding (``parallel``, default 4): each instance decodes several requests together
+- batched decoding (``parallel``, default 8): each instance decodes several requests together
   in one llama.cpp batch, one sequence per request in one context, as llama.cpp's own server
   does with parallel slots (:mod:`cachetune.plugins.llama_cpp_batch`); decoding a small model on
   a CPU is bound by reading its weights, which one step then reads once for every sequence.
@@ -23,9 +23,9 @@ against the previous one, through the whole generate stage) and ``bench/generate
 - instances: ``concurrency`` ``Llama`` instances answer requests in threads (llama.cpp
   releases the GIL; the weights are one shared mmap), each with ``n_threads / concurrency``
   threads. The default is one single-threaded instance per physical core, at most 4. One
-  instance on both cores decoding 8 sequences answered x1.32 as many queries once its prefix
-  was cached (``bench/generate.py``), but its two threads wait for each other at every barrier:
-  with other jobs on the cores a whole run, prefix included, took x2.2 as long;
+  instance on both cores decoding 8 sequences can be faster once its prefix is cached, but its
+  two threads wait for each other at every barrier: with other jobs on the cores a whole run,
+  prefix included, took x2.2 as long (README, How triplets are generated);
 - replies are handed over as they finish (``generate_each``), so each query is written as soon
   as its two replies are in, and a batch holds 8 requests per slot: slots refill as replies
   finish instead of waiting at the end of a batch for its longest reply.
@@ -89,7 +89,7 @@ def fetch_default_model(path: Path) -> None:
 
 
 MAX_DEFAULT_INSTANCES = 4
-DEFAULT_PARALLEL = 4
+DEFAULT_PARALLEL = 8
 
 OPTIONS = (
     BackendOption("n_threads", int, None, "CPU threads in all (default: the physical cores)."),
