@@ -70,9 +70,9 @@ def margins(model, rows) -> "np.ndarray":
     """cos(anchor, positive) - cos(anchor, negative) of ``model`` for each held-out row."""
     import numpy as np
 
-    model.eval()
-    columns = [model.encode([r[c] for r in rows], batch_size=64, normalize_embeddings=True,
-                            convert_to_numpy=True) for c in ("anchor", "positive", "negative")]
+    from cachetune.core.models import encode
+
+    columns = [encode(model, [r[c] for r in rows]) for c in ("anchor", "positive", "negative")]
     return np.einsum("ij,ij->i", columns[0], columns[1]) - np.einsum("ij,ij->i", columns[0], columns[2])
 
 
