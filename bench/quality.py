@@ -217,6 +217,8 @@ def main(argv=None) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every physical core)")
+    parser.add_argument("--tag", default="", help="appended to each trained adapter's name in the table "
+                        "(e.g. ' lr5e-4': runs of one variant with other common options)")
     parser.add_argument("--retrain", action="store_true", help="train adapters already in --output again")
     parser.add_argument("--adapter", action="append", default=[], metavar="LABEL=FOLDER",
                         help="also evaluate an adapter trained elsewhere, e.g. a default run's (repeatable)")
@@ -250,21 +252,21 @@ def main(argv=None) -> None:
 
     results = []
 
-    def evaluated(trained_on: str, variant: str, folder: Path) -> None:
+    def evaluated(trained_on: str, variant: str, folder: Path, tag: str = args.tag) -> None:
         """Score an adapter on every domain now, and rewrite quality.json: a long run stopped
         halfway keeps the figures of every adapter it finished."""
         model = load_adapter_model(folder, device="cpu")
         for domain, (rows, _) in evals.items():
             labels = np.array([r["label"] for r in rows])
             stats = paired_bootstrap(base_scores[domain], scores_of(model, rows), labels, args.bootstrap, args.seed)
-            results.append({"name": f"{trained_on}/{variant}", "trained_on": trained_on, "variant": variant,
+            results.append({"name": f"{trained_on}/{variant}{tag}", "trained_on": trained_on, "variant": variant,
                             "evaluated_on": domain, "pairs": len(rows), **stats})
-            print(f"evaluated {trained_on}/{variant} on {domain}: AP gain "
+            print(f"evaluated {trained_on}/{variant}{tag} on {domain}: AP gain "
                   f"{fmt_gain(stats['gain']['ap'], stats['gain']['ap_ci'])}", flush=True)
         (args.output / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
 
     for label, folder in named(args.adapter, "--adapter").items():
-        evaluated(label, "given", Path(folder))
+        evaluated(label, "given", Path(folder), tag="")
     files = {}
     for domain, prepared in domains.items():
         _, guard = evals[domain]
