@@ -130,6 +130,36 @@ def test_multi_adapter_switching_matches_loading_each_alone(registry, base_vecto
         multi.encode(TEXTS, domain="cooking")
 
 
+def test_mixed_batch_matches_encoding_each_group_alone(registry):
+    """One encode, each text through its own adapter (None: the base model): every row equals the
+    group's own encode. sentence-transformers sorts texts by length inside encode, and the batches
+    here (2 texts) cut across the domains, so a name attached to the wrong row shows up."""
+    from cachetune import load_multi
+
+    multi = load_multi(["programming", "medical"], registry=registry, device="cpu")
+    texts = [TEXTS[0], "x", TEXTS[2] + " and how is it treated in older adults", "sort", TEXTS[1], TEXTS[3],
+             "what is a python list comprehension used for", TEXTS[0]]
+    domains = ["medical", "programming", None, "medical", "programming", None, "medical", "medical"]
+    options = dict(batch_size=2, convert_to_numpy=True, normalize_embeddings=True)
+    mixed = multi.encode_mixed(texts, domains, **options)
+    assert mixed.shape == (len(texts), 32)
+    for domain in ("programming", "medical", None):
+        rows = [i for i, d in enumerate(domains) if d == domain]
+        alone = multi.encode([texts[i] for i in rows], domain=domain, **options)
+        assert max_diff(mixed[rows], alone) < 1e-5, domain
+        other = multi.encode([texts[i] for i in rows], domain="programming" if domain == "medical" else "medical",
+                             **options)
+        assert max_diff(mixed[rows], other) > 1e-2, domain
+    after = multi.encode(TEXTS, domain="medical", **options)  # the mixed call leaves nothing behind
+    assert max_diff(after, multi.encode(TEXTS, domain="medical", batch_size=4, convert_to_numpy=True,
+                                        normalize_embeddings=True)) < 1e-5
+    assert "preprocess" not in vars(multi.model)
+    with pytest.raises(CachetuneError, match="given twice with different domains"):
+        multi.encode_mixed(["a", "a"], ["medical", "programming"])
+    with pytest.raises(CachetuneError, match="domain 'cooking' is not loaded"):
+        multi.encode_mixed(["a"], ["cooking"])
+
+
 def test_multi_refuses_adapters_on_different_bases(registry, tmp_path, tiny_model, embedded_model):
     reg = AdapterRegistry(tmp_path / "reg")
     reg.add(registry.resolve("programming"))

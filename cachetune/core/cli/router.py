@@ -59,6 +59,17 @@ def _collect(pairs: List[Tuple[str, str]], option: str) -> Dict[str, List[str]]:
     return out
 
 
+def _centroid_choices(value: str) -> Tuple[int, ...]:
+    try:
+        choices = tuple(sorted({int(part) for part in value.split(",")}))
+    except ValueError:
+        choices = ()
+    if not choices or choices[0] < 1:
+        raise click.BadParameter(f"expected whole numbers >= 1 separated by commas, not '{value}'",
+                                 param_hint="--centroids")
+    return choices
+
+
 def _percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -95,10 +106,13 @@ def register(cli, pm) -> None:
     @click.option("--base-threshold", type=click.FloatRange(-1.0, 1.0),
                   help="Cache threshold for queries of no domain (default: the strictest base-model threshold "
                        "the adapters' evaluations calibrated).")
+    @click.option("--centroids", "centroids", default="1", show_default=True, metavar="K[,K...]",
+                  help="Centroids per domain for the confidence check; several values: each domain's is chosen "
+                       "on the held-out part (fewest own queries rejected + other domains' queries let in).")
     @click.option("--name", help="Store under this name (default: the domains joined by '+').")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--device", help="torch device (default: sentence-transformers' choice).")
-    def train(registry, queries, runs, heldout, max_rejected, base_threshold, name, seed, device):
+    def train(registry, queries, runs, heldout, max_rejected, base_threshold, centroids, name, seed, device):
         """Train a router for the registry's adapters of the given domains and store it in the registry."""
         from cachetune.core.routing.train import train_router
         from cachetune.core.serving.models import load_multi, open_registry
@@ -109,6 +123,7 @@ def register(cli, pm) -> None:
                 check_router_name(name)
             except CachetuneError as exc:
                 raise click.BadParameter(exc.message, param_hint="--name") from None
+        choices = _centroid_choices(centroids)
         pairs = _pairs(queries, "--queries") + [_run_queries(folder) for folder in runs]
         if len(pairs) < 2:
             raise click.UsageError("give the queries of at least two domains (--queries DOMAIN=FILE or --run DIR)")
@@ -117,13 +132,14 @@ def register(cli, pm) -> None:
         multi = load_multi(sorted(texts), registry=reg, device=device)
         trained = train_router(multi, texts, heldout=heldout, seed=seed, max_rejected=max_rejected,
                                base_threshold=base_threshold, sources=dict(pairs),
-                               log=lambda line: click.echo(line, err=True))
+                               log=lambda line: click.echo(line, err=True), centroid_choices=choices)
         trained.ref = ref = RouterStore(reg).save(trained.to_json(), name)
         held = trained.heldout
         scores = ", ".join(f"{kind} {_percent(acc)}" for kind, acc in held["classifier_accuracy"].items())
         click.echo(f"held-out domain accuracy: {scores}; kept {held['kept']}")
-        click.echo("confidence thresholds (cosine to the domain centroid, adapter space): " +
-                   ", ".join(f"{d} {t:.4f}" for d, t in trained.thresholds.items()) +
+        click.echo("confidence thresholds (cosine to the nearest of the domain's centroids, adapter space): " +
+                   ", ".join(f"{d} {t:.4f} ({len(trained.centroids[d])} centroid"
+                             f"{'s' if len(trained.centroids[d]) > 1 else ''})" for d, t in trained.thresholds.items()) +
                    f"; base threshold {trained.base_threshold if trained.base_threshold is not None else 'none'}")
         _print_report(held)
         click.echo(f"router {ref} -> {RouterStore(reg).path_of(ref)}")

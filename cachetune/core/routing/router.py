@@ -6,11 +6,13 @@ Two steps, both cheap next to the encode they steer:
    queries) on the mean of the base model's input token embeddings over the query's tokens (the
    embedding layer's lookup only, no transformer layer).
 2. **Confidence**: the query is encoded with the chosen domain's adapter (the encode the cache needs
-   anyway), and its cosine to that domain's centroid in the adapter's space must reach the domain's
-   threshold. Below it the query belongs to no registered domain: it is encoded with the base model
-   and compared with the base threshold.
+   anyway), and its cosine to the nearest of that domain's centroids in the adapter's space (one or
+   several per domain: a varied domain is several clusters) must reach the domain's threshold. Below
+   it the query belongs to no registered domain: it is encoded with the base model and compared with
+   the base threshold.
 
 A router is one JSON file (vectors as lists of floats, never a pickle); see :meth:`Router.to_json`.
+Format 1 held one centroid per domain; format 2 a list of centroids per domain. Both load.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from cachetune.core.errors import CachetuneError
 
-ROUTER_FORMAT = 1
+ROUTER_FORMAT = 2
 FEATURES = "base-token-embedding-mean"
 AUTO = "auto"
 
@@ -55,6 +57,14 @@ def token_embedding_means(model, texts: Sequence[str]) -> np.ndarray:
     return unit_rows(means.float().cpu().numpy())
 
 
+def _centroid_rows(value, version: int) -> np.ndarray:
+    """A domain's centroids as (k, dim) rows: format 1 stored one vector, format 2 a list of them."""
+    rows = np.asarray(value, dtype=np.float32)
+    if rows.ndim != (1 if version == 1 else 2) or not rows.size:
+        raise ValueError(f"a domain's centroids must be {'a vector' if version == 1 else 'a list of vectors'}")
+    return rows.reshape(-1, rows.shape[-1])
+
+
 @dataclass
 class Router:
     """Routes texts to ``domains`` (see the module docstring)."""
@@ -64,8 +74,8 @@ class Router:
     center: np.ndarray  # subtracted from the token means before the linear rule
     weights: np.ndarray  # (domains, dim): a score per domain is features @ weights.T + bias
     bias: np.ndarray
-    centroids: Dict[str, np.ndarray]  # per domain, unit length, in its adapter's space
-    thresholds: Dict[str, float]  # per domain: the least cosine to its centroid that stays in the domain
+    centroids: Dict[str, np.ndarray]  # per domain (k, dim): unit rows in its adapter's space
+    thresholds: Dict[str, float]  # per domain: the least cosine to its nearest centroid that stays in it
     base_threshold: Optional[float]  # the cache threshold for queries of no registered domain
     adapters: Dict[str, str]  # domain -> the adapter ``name@version`` the centroids were computed with
     base_model: dict  # {"id", "weights_sha256"}
@@ -83,8 +93,8 @@ class Router:
         return scores.argmax(axis=1)
 
     def confidence(self, domain: str, vectors: np.ndarray) -> np.ndarray:
-        """Cosine of each of ``domain``'s adapter vectors to the domain's centroid."""
-        return unit_rows(np.asarray(vectors, dtype=np.float32)) @ self.centroids[domain]
+        """Cosine of each of ``domain``'s adapter vectors to the nearest of the domain's centroids."""
+        return (unit_rows(np.asarray(vectors, dtype=np.float32)) @ self.centroids[domain].T).max(axis=1)
 
     def threshold_for(self, domain: Optional[str], adapter_threshold: Optional[float]) -> Optional[float]:
         return self.base_threshold if domain is None else adapter_threshold
@@ -102,7 +112,8 @@ class Router:
             "features": FEATURES,
             "classifier": {"kind": self.classifier, "center": floats(self.center),
                            "weights": [floats(row) for row in self.weights], "bias": floats(self.bias)},
-            "confidence": {"space": "adapter", "centroids": {d: floats(c) for d, c in self.centroids.items()},
+            "confidence": {"space": "adapter",
+                           "centroids": {d: [floats(row) for row in c] for d, c in self.centroids.items()},
                            "thresholds": {d: float(t) for d, t in self.thresholds.items()}},
             "base_threshold": self.base_threshold,
             "heldout": self.heldout,
@@ -112,9 +123,10 @@ class Router:
     @classmethod
     def from_json(cls, data: dict, where=None, ref: Optional[str] = None) -> "Router":
         try:
-            if data.get("format", ROUTER_FORMAT) > ROUTER_FORMAT:
-                raise CachetuneError(f"router format {data['format']} is newer than this cachetune understands",
-                                     where)
+            version = data.get("format", ROUTER_FORMAT)
+            if version not in (1, ROUTER_FORMAT):
+                raise CachetuneError(f"router format {version!r} is not one this cachetune reads (1 or "
+                                     f"{ROUTER_FORMAT}): retrain it with `cachetune router train`", where)
             if data["features"] != FEATURES:
                 raise CachetuneError(f"router features '{data['features']}' are not '{FEATURES}'", where)
             domains = list(data["domains"])
@@ -124,7 +136,7 @@ class Router:
                 center=np.asarray(clf["center"], dtype=np.float32),
                 weights=np.asarray(clf["weights"], dtype=np.float32).reshape(len(domains), -1),
                 bias=np.asarray(clf["bias"], dtype=np.float32).reshape(len(domains)),
-                centroids={d: np.asarray(conf["centroids"][d], dtype=np.float32) for d in domains},
+                centroids={d: _centroid_rows(conf["centroids"][d], version) for d in domains},
                 thresholds={d: float(conf["thresholds"][d]) for d in domains},
                 base_threshold=data.get("base_threshold"), adapters=dict(data["adapters"]),
                 base_model=dict(data["base_model"]), heldout=data.get("heldout") or {},
@@ -160,11 +172,15 @@ class RoutedEmbeddings:
 
 
 def routed_encode(router: Router, feature_model, encoders: Dict[str, object], base_encode, texts: Sequence[str],
-                  adapter_thresholds: Optional[Dict[str, Optional[float]]] = None) -> RoutedEmbeddings:
-    """Route each text, encode each domain's texts in one call, re-encode the unsure ones with the base.
+                  adapter_thresholds: Optional[Dict[str, Optional[float]]] = None,
+                  mixed_encode=None) -> RoutedEmbeddings:
+    """Route each text, encode it with its domain's adapter, re-encode the unsure ones with the base.
 
-    ``encoders[domain](texts)`` and ``base_encode(texts)`` return one row per text;
-    ``feature_model`` is the SentenceTransformer whose token embeddings the router reads.
+    ``mixed_encode(texts, domains)``, when given, encodes every text with its own domain's adapter in
+    one pass (peft's mixed-adapter batches: the base computation is shared); without it each domain's
+    texts go through ``encoders[domain](texts)`` in one call. ``base_encode(texts)`` encodes with the
+    base model; all return one row per text. ``feature_model`` is the SentenceTransformer whose token
+    embeddings the router reads. A text given twice is routed and encoded once.
     """
     texts = list(texts)
     if not texts:
@@ -173,23 +189,32 @@ def routed_encode(router: Router, feature_model, encoders: Dict[str, object], ba
     if missing:
         raise CachetuneError(f"{router.label} routes to {', '.join(missing)}, which is not loaded")
     adapter_thresholds = adapter_thresholds or {}
-    choice = router.choose(token_embedding_means(feature_model, texts))
-    rows: List[Optional[np.ndarray]] = [None] * len(texts)
-    chosen: List[Optional[str]] = [None] * len(texts)
-    unsure: List[int] = []
+    unique = list(dict.fromkeys(texts))
+    choice = router.choose(token_embedding_means(feature_model, unique))
+    picked = [router.domains[k] for k in choice]
+    if mixed_encode is not None:
+        vectors = np.asarray(mixed_encode(unique, picked))
+    else:
+        vectors = [None] * len(unique)
+        for domain in router.domains:
+            members = [i for i, d in enumerate(picked) if d == domain]
+            if members:
+                for i, row in zip(members, np.asarray(encoders[domain]([unique[i] for i in members]))):
+                    vectors[i] = row
+        vectors = np.stack(vectors)
+    chosen: List[Optional[str]] = list(picked)
     for k, domain in enumerate(router.domains):
         members = np.flatnonzero(choice == k)
-        if not len(members):
-            continue
-        vectors = np.asarray(encoders[domain]([texts[i] for i in members]))
-        sure = router.confidence(domain, vectors) >= router.thresholds[domain]
-        for i, vector, keep in zip(members, vectors, sure):
-            if keep:
-                rows[i], chosen[i] = vector, domain
-            else:
-                unsure.append(int(i))
+        if len(members):
+            sure = router.confidence(domain, vectors[members]) >= router.thresholds[domain]
+            for i in members[~sure]:
+                chosen[i] = None
+    unsure = [i for i, d in enumerate(chosen) if d is None]
     if unsure:
-        for i, vector in zip(unsure, np.asarray(base_encode([texts[i] for i in unsure]))):
-            rows[i] = vector
-    thresholds = [router.threshold_for(d, adapter_thresholds.get(d)) for d in chosen]
-    return RoutedEmbeddings(np.stack(rows), chosen, thresholds)
+        vectors = vectors.copy()
+        vectors[unsure] = np.asarray(base_encode([unique[i] for i in unsure]))
+    position = {text: i for i, text in enumerate(unique)}
+    rows = [position[text] for text in texts]
+    domains = [chosen[i] for i in rows]
+    thresholds = [router.threshold_for(d, adapter_thresholds.get(d)) for d in domains]
+    return RoutedEmbeddings(vectors[rows], domains, thresholds)

@@ -2,14 +2,22 @@
 
 The queries of every domain are split (seeded, per domain) into a fit part and a held-out part.
 Nearest centroid and logistic regression are both fitted on the fit part's token means and scored
-on the held-out part; the better one is kept (a tie keeps the centroids, the simpler rule). Each
-domain's confidence threshold is the ``max_rejected`` quantile of its fit queries' cosine to its
-centroid in its adapter's space, each cosine taken out of fold (to the centroid of the other folds,
-so no query counts towards its own centroid): about that share of a domain's own queries would be
-sent to the base model, and a query further out than that from every domain it could be routed to
-is taken to belong to none of them. A thousand out-of-fold cosines pin the 1% quantile down better
-than the held-out part's few hundred, and the held-out part then stays unseen by every choice, so
-the accuracy reported on it is not tuned to it.
+on the held-out part; the better one is kept (a tie keeps the centroids, the simpler rule).
+
+Confidence lives in each domain's adapter space: a domain is described by ``k`` centroids (k-means
+on the sphere over its fit queries' adapter vectors; ``k`` = 1 is their mean direction), and a
+query's confidence is its cosine to the nearest of them. Each domain's threshold is the
+``max_rejected`` quantile of its fit queries' confidences, each taken out of fold (to the centroids
+of the other folds, so no query counts towards its own centroid): about that share of a domain's own
+queries would be sent to the base model, and a query further out than that from every domain it
+could be routed to is taken to belong to none of them. A thousand out-of-fold cosines pin the 1%
+quantile down better than the held-out part's few hundred. ``k`` is chosen per domain among
+the ``centroid_choices`` given (default ``CENTROID_CHOICES``: one) on the held-out part
+(:func:`choose_centroids`): the fewest of the domain's own
+held-out queries sent to the base model plus the fewest of the other domains' held-out queries
+(known outsiders, the stand-in for queries of no domain) let in. The accuracy reported on the
+held-out part is therefore measured where ``k`` was chosen; a held-out set the router never saw
+(`cachetune router evaluate`) is the unbiased figure.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ MIN_QUERIES = 10
 # training query with its adapter would cost minutes on a CPU.
 CENTROID_SAMPLE = 1000
 FOLDS = 5
+# Measured (README, routing): several centroids per domain did not route more of a domain's unseen
+# queries right, so one is the default; `router train --centroids 1,4,8,16,32` chooses among these.
+CENTROID_CHOICES = (1,)
 
 
 def split_queries(queries: Dict[str, Sequence[str]], heldout: float, seed: int):
@@ -47,15 +58,61 @@ def split_queries(queries: Dict[str, Sequence[str]], heldout: float, seed: int):
     return split
 
 
-def out_of_fold_cosines(rows: np.ndarray, rng, folds: int = FOLDS) -> np.ndarray:
-    """Each unit row's cosine to the mean of the rows outside its fold (``folds`` seeded folds)."""
-    fold = rng.permutation(len(rows)) % min(folds, len(rows))
-    total = rows.sum(axis=0)
+def spherical_centroids(rows: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """``k`` unit centroids of unit ``rows`` (k-means; ``k`` = 1: the mean direction), as (k, dim) rows."""
+    k = min(k, len(rows))
+    if k <= 1:
+        return unit_rows(rows.mean(axis=0, keepdims=True))
+    from sklearn.cluster import KMeans
+
+    fitted = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(rows)
+    return unit_rows(fitted.cluster_centers_)
+
+
+def nearest_cosines(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each unit row's cosine to the nearest of the unit ``centroids`` rows."""
+    return (rows @ np.atleast_2d(centroids).T).max(axis=1)
+
+
+def fold_of(n: int, rng, folds: int = FOLDS) -> np.ndarray:
+    """A seeded fold number per row, ``folds`` folds (fewer when there are fewer rows)."""
+    return rng.permutation(n) % min(folds, n)
+
+
+def out_of_fold_cosines(rows: np.ndarray, rng=None, folds: int = FOLDS, k: int = 1, seed: int = 0,
+                        fold: Optional[np.ndarray] = None) -> np.ndarray:
+    """Each unit row's cosine to the nearest of the ``k`` centroids of the rows outside its fold
+    (``fold``, else ``folds`` seeded folds drawn from ``rng``)."""
+    fold = fold_of(len(rows), rng, folds) if fold is None else fold
     cosines = np.empty(len(rows))
-    for k in np.unique(fold):
-        inside = fold == k
-        cosines[inside] = rows[inside] @ unit_rows(total - rows[inside].sum(axis=0))
+    for part in np.unique(fold):
+        inside = fold == part
+        cosines[inside] = nearest_cosines(rows[inside], spherical_centroids(rows[~inside], k, seed))
     return cosines
+
+
+def choose_centroids(rows: np.ndarray, held: np.ndarray, foreign: np.ndarray, max_rejected: float, rng,
+                     seed: int, choices: Sequence[int] = CENTROID_CHOICES):
+    """``(centroids, threshold, measured)`` for one domain, all rows unit vectors in its adapter's space.
+
+    For each ``k`` in ``choices``: the threshold from the out-of-fold cosines of the fit ``rows``,
+    the share of the domain's ``held`` out queries below it (sent to the base model: wrong) and the
+    share of ``foreign`` rows (the other domains' held-out queries, which are known not to belong
+    here: the stand-in for queries of no domain) at or above it (kept: wrong). The ``k`` with the
+    fewest of both wins; a tie keeps fewer centroids.
+    """
+    fold = fold_of(len(rows), rng)
+    measured = {}
+    for k in [k for k in choices if k <= max(1, len(rows) // 8)] or [1]:  # a centroid needs queries of its own
+        threshold = float(np.quantile(out_of_fold_cosines(rows, k=k, seed=seed, fold=fold), max_rejected))
+        centroids = spherical_centroids(rows, k, seed)
+        rejected = float((nearest_cosines(held, centroids) < threshold).mean())
+        accepted = float((nearest_cosines(foreign, centroids) >= threshold).mean()) if len(foreign) else 0.0
+        measured[k] = (centroids, threshold, rejected, accepted)
+    best = min(measured, key=lambda k: (measured[k][2] + measured[k][3], k))
+    report = {str(k): {"threshold": round(t, 6), "heldout_rejected": r, "foreign_accepted": a}
+              for k, (_, t, r, a) in measured.items()}
+    return measured[best][0], measured[best][1], {"kept": best, "choices": report}
 
 
 def _labels(domains: List[str], groups: Dict[str, List[str]]):
@@ -90,7 +147,8 @@ def fit_classifiers(fit: np.ndarray, fit_labels: np.ndarray, held: np.ndarray, h
 
 def train_router(multi, queries: Dict[str, Sequence[str]], heldout: float = 0.2, seed: int = 0,
                  max_rejected: float = 0.01, base_threshold: Optional[float] = None,
-                 sources: Optional[Dict[str, str]] = None, log=print) -> Router:
+                 sources: Optional[Dict[str, str]] = None, log=print,
+                 centroid_choices: Sequence[int] = CENTROID_CHOICES) -> Router:
     """A router for ``multi``'s domains (a :class:`MultiAdapterModel` labelled by domain).
 
     ``queries`` maps each loaded domain to its training queries. ``base_threshold`` (the cache
@@ -116,15 +174,23 @@ def train_router(multi, queries: Dict[str, Sequence[str]], heldout: float = 0.2,
     kept = max(rules, key=lambda kind: (rules[kind][3], kind == "centroid"))
     center, weights, bias, _ = rules[kept]
 
-    centroids, thresholds = {}, {}
+    centroids, thresholds, chosen = {}, {}, {}
     rng = np.random.default_rng(seed)
     for domain in domains:
-        fit_part = split[domain][0]
+        fit_part, held_part = split[domain]
         sample = [fit_part[i] for i in sorted(rng.permutation(len(fit_part))[:CENTROID_SAMPLE])]
-        log(f"{domain}: encoding {len(sample)} queries with {multi.adapters[domain].ref}")
-        rows = unit_rows(_encode(multi, sample, domain))
-        centroids[domain] = unit_rows(rows.mean(axis=0))
-        thresholds[domain] = float(np.quantile(out_of_fold_cosines(rows, rng), max_rejected))
+        # the other domains' held-out queries only matter when there is a k to choose
+        foreign = [t for other in domains if other != domain for t in split[other][1]] \
+            if len(centroid_choices) > 1 else []
+        log(f"{domain}: encoding {len(sample)} + {len(held_part)} + {len(foreign)} other domains' queries "
+            f"with {multi.adapters[domain].ref}")
+        rows, held = (unit_rows(_encode(multi, part, domain)) for part in (sample, held_part))
+        foreign_rows = unit_rows(_encode(multi, foreign, domain)) if foreign else np.zeros((0, rows.shape[1]))
+        centroids[domain], thresholds[domain], chosen[domain] = choose_centroids(
+            rows, held, foreign_rows, max_rejected, rng, seed, centroid_choices)
+        log(f"{domain}: {chosen[domain]['kept']} centroid(s); per k, own held-out queries below the threshold / "
+            "other domains' at or above it: " + ", ".join(
+                f"{k} {v['heldout_rejected']:.3f}/{v['foreign_accepted']:.3f}" for k, v in chosen[domain]["choices"].items()))
     if base_threshold is None:
         base_threshold = base_threshold_of(multi)
     router = Router(
@@ -141,6 +207,7 @@ def train_router(multi, queries: Dict[str, Sequence[str]], heldout: float = 0.2,
         "accuracy": report["accuracy"],
         "per_domain": report["per_domain"],
         "max_rejected": max_rejected,
+        "centroids": chosen,
     }
     router.info = {"fit_queries": {d: len(split[d][0]) for d in domains}, "heldout_fraction": heldout,
                    "seed": seed, "sources": dict(sources or {}),
@@ -169,7 +236,9 @@ def evaluate_router(router: Router, multi, queries: Dict[str, Sequence[str]],
 
     def where(texts: Sequence[str]) -> Dict[str, int]:
         routed = routed_encode(router, multi.model, encoders_for(), lambda texts: _encode(multi, texts, None),
-                               texts)
+                               texts, mixed_encode=lambda texts, domains: np.asarray(multi.encode_mixed(
+                                   list(texts), domains, batch_size=64, convert_to_numpy=True,
+                                   show_progress_bar=False)))
         return dict(Counter(domain or "base" for domain in routed.domains))
 
     per_domain, right, total = {}, 0, 0

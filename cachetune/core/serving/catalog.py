@@ -37,6 +37,8 @@ class Encoder:
     model: object  # the SentenceTransformer that encodes (shared by unmerged adapters on one base)
     adapter: Optional[ServedAdapter] = None
     router: Optional[dict] = None  # for "auto": {"ref", "routes": {domain: adapter ref}}; rows carry domains
+    # the base of unmerged adapters: encode_mixed(texts, labels) puts each text through its own adapter
+    mixed: Optional[Callable[[List[str], List[Optional[str]]], "object"]] = None
     backend: str = "torch"
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -85,15 +87,18 @@ def _dimension(model) -> int:
     return getter()
 
 
+ENCODE_OPTIONS = dict(convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+
+
 def _encoder(model_id: str, encode, model, base_model: str, batch_size: int,
-             adapter: Optional[ServedAdapter] = None) -> Encoder:
+             adapter: Optional[ServedAdapter] = None, mixed=None) -> Encoder:
     def run(texts: List[str]):
-        return encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                      show_progress_bar=False)
+        return encode(texts, batch_size=batch_size, **ENCODE_OPTIONS)
 
     # SentenceTransformer.backend is "torch" here; OnnxEncoder.backend says "onnx-fp32" / "onnx-int8"
     return Encoder(model_id, run, copy.deepcopy(model.tokenizer), int(model.max_seq_length),
-                   _dimension(model), base_model, model, adapter, backend=getattr(model, "backend", "torch"))
+                   _dimension(model), base_model, model, adapter, backend=getattr(model, "backend", "torch"),
+                   mixed=mixed and partial(mixed, batch_size=batch_size, **ENCODE_OPTIONS))
 
 
 def _auto_encoder(reg, router_ref: Optional[str], encoders: List[Encoder], bases: Dict[str, dict]) -> Optional[Encoder]:
@@ -122,8 +127,14 @@ def _auto_encoder(reg, router_ref: Optional[str], encoders: List[Encoder], bases
     thresholds = {d: e.adapter.calibrated_threshold for d, e in targets.items()}
     encoders_by_domain = {d: e.encode for d, e in targets.items()}
 
+    mixed = None
+    if base.mixed is not None and all(e.model is base.model for e in targets.values()):  # one shared base
+
+        def mixed(texts, domains):
+            return base.mixed(texts, [None if d is None else targets[d].id for d in domains])
+
     def run(texts: List[str]):
-        return routed_encode(router, base.model, encoders_by_domain, base.encode, texts, thresholds)
+        return routed_encode(router, base.model, encoders_by_domain, base.encode, texts, thresholds, mixed)
 
     return Encoder("auto", run, base.tokenizer, base.max_tokens, base.dimension, base.base_model, base.model,
                    None, {"ref": router.ref, "routes": dict(router.adapters)})
@@ -200,7 +211,8 @@ def load_catalog(registry=None, refs: Sequence[str] = (), merged: bool = False, 
                                          model.cachetune_adapter))
             continue
         multi = load_shared({r["ref"]: r for r in group}, reg, device=device)
-        encoders.append(_encoder(base_id, partial(multi.encode, domain=None), multi.model, base_id, batch_size))
+        encoders.append(_encoder(base_id, partial(multi.encode, domain=None), multi.model, base_id, batch_size,
+                                 mixed=multi.encode_mixed))
         for record in group:
             encoders.append(_encoder(record["ref"], partial(multi.encode, domain=record["ref"]), multi.model,
                                      base_id, batch_size, multi.adapters[record["ref"]]))

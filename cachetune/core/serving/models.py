@@ -38,6 +38,7 @@ from cachetune.core.textfiles import read_json, reading_text
 
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".npy")
 BACKENDS = ("torch", "onnx")
+PEFT_BASE = "__base__"  # peft's adapter name for "no adapter" in a mixed-adapter batch
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,39 @@ class MultiAdapterModel:
             self._adapter(domain)
             self.peft_model.set_adapter(self._peft_names[domain])
             return self.model.encode(texts, **kwargs)
+
+    def encode_mixed(self, texts: Sequence[str], domains: Sequence[Optional[str]], **kwargs):
+        """Each text through its own domain's adapter (None: the base model), all in one ``encode``.
+
+        peft's mixed-adapter batches: every LoRA layer is given one adapter name per row of the batch
+        (``"__base__"``: none), so the base computation is shared and each row gets only its own
+        adapter's low-rank update. sentence-transformers reorders texts by length and batches them
+        inside ``encode``, so the names are attached where each batch is tokenised (``preprocess``
+        sees the batch's own texts, in order) and travel to the peft model's forward with the features.
+        """
+        texts = list(texts)
+        if len(domains) != len(texts):
+            raise CachetuneError(f"{len(texts)} texts but {len(domains)} domains")
+        names: Dict[str, str] = {}
+        for text, domain in zip(texts, domains):
+            if domain is not None:
+                self._adapter(domain)
+            name = PEFT_BASE if domain is None else self._peft_names[domain]
+            if names.setdefault(text, name) != name:
+                raise CachetuneError(f"the text {text[:60]!r} is given twice with different domains")
+        preprocess = self.model.preprocess
+
+        def with_adapter_names(inputs, *args, **kw):
+            features = preprocess(inputs, *args, **kw)
+            features["adapter_names"] = [names[text] for text in inputs]
+            return features
+
+        with self._lock:
+            self.model.preprocess = with_adapter_names
+            try:
+                return self.model.encode(texts, **kwargs)
+            finally:
+                del self.model.preprocess
 
     def similarity(self, a: str, b: str, domain: Optional[str] = None):
         """Cosine of ``a`` and ``b`` under ``domain``'s adapter; ``"auto"``: a :class:`RoutedSimilarity`."""

@@ -114,7 +114,8 @@ def encode_routed(multi, texts, **kwargs) -> RoutedEmbeddings:
     batch = [texts] if single else list(texts)
     encoders = {d: (lambda part, d=d: multi.encode(part, domain=d, **kwargs)) for d in router.domains}
     routed = routed_encode(router, multi.model, encoders, lambda part: multi.encode(part, domain=None, **kwargs),
-                           batch, {d: multi.threshold(d) for d in router.domains})
+                           batch, {d: multi.threshold(d) for d in router.domains},
+                           mixed_encode=lambda part, domains: multi.encode_mixed(part, domains, **kwargs))
     if single:
         routed.embeddings = routed.embeddings[0]
     return routed
