@@ -211,7 +211,6 @@ def routed_encode(router: Router, feature_model, encoders: Dict[str, object], ba
                 chosen[i] = None
     unsure = [i for i, d in enumerate(chosen) if d is None]
     if unsure:
-        vectors = vectors.copy()
         vectors[unsure] = np.asarray(base_encode([unique[i] for i in unsure]))
     position = {text: i for i, text in enumerate(unique)}
     rows = [position[text] for text in texts]

@@ -98,8 +98,8 @@ def choose_centroids(rows: np.ndarray, held: np.ndarray, foreign: np.ndarray, ma
     For each ``k`` in ``choices``: the threshold from the out-of-fold cosines of the fit ``rows``,
     the share of the domain's ``held`` out queries below it (sent to the base model: wrong) and the
     share of ``foreign`` rows (the other domains' held-out queries, which are known not to belong
-    here: the stand-in for queries of no domain) at or above it (kept: wrong). The ``k`` with the
-    fewest of both wins; a tie keeps fewer centroids.
+    here: the stand-in for queries of no domain; None without them) at or above it (kept: wrong).
+    The ``k`` with the fewest of both wins; a tie keeps fewer centroids.
     """
     fold = fold_of(len(rows), rng)
     measured = {}
@@ -107,9 +107,9 @@ def choose_centroids(rows: np.ndarray, held: np.ndarray, foreign: np.ndarray, ma
         threshold = float(np.quantile(out_of_fold_cosines(rows, k=k, seed=seed, fold=fold), max_rejected))
         centroids = spherical_centroids(rows, k, seed)
         rejected = float((nearest_cosines(held, centroids) < threshold).mean())
-        accepted = float((nearest_cosines(foreign, centroids) >= threshold).mean()) if len(foreign) else 0.0
+        accepted = float((nearest_cosines(foreign, centroids) >= threshold).mean()) if len(foreign) else None
         measured[k] = (centroids, threshold, rejected, accepted)
-    best = min(measured, key=lambda k: (measured[k][2] + measured[k][3], k))
+    best = min(measured, key=lambda k: (measured[k][2] + (measured[k][3] or 0.0), k))
     report = {str(k): {"threshold": round(t, 6), "heldout_rejected": r, "foreign_accepted": a}
               for k, (_, t, r, a) in measured.items()}
     return measured[best][0], measured[best][1], {"kept": best, "choices": report}
@@ -190,7 +190,8 @@ def train_router(multi, queries: Dict[str, Sequence[str]], heldout: float = 0.2,
             rows, held, foreign_rows, max_rejected, rng, seed, centroid_choices)
         log(f"{domain}: {chosen[domain]['kept']} centroid(s); per k, own held-out queries below the threshold / "
             "other domains' at or above it: " + ", ".join(
-                f"{k} {v['heldout_rejected']:.3f}/{v['foreign_accepted']:.3f}" for k, v in chosen[domain]["choices"].items()))
+                f"{k} {v['heldout_rejected']:.3f}/{_share(v['foreign_accepted'])}"
+                for k, v in chosen[domain]["choices"].items()))
     if base_threshold is None:
         base_threshold = base_threshold_of(multi)
     router = Router(
@@ -213,6 +214,10 @@ def train_router(multi, queries: Dict[str, Sequence[str]], heldout: float = 0.2,
                    "seed": seed, "sources": dict(sources or {}),
                    "trained": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_time_s": round(time.time() - started, 1)}
     return router
+
+
+def _share(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _encode(multi, texts: Sequence[str], domain: Optional[str]) -> np.ndarray:
