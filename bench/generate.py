@@ -1,17 +1,23 @@
-"""Benchmark: the llama-cpp backend's default (batched decoding) vs the previous default, through `generate`.
+"""Benchmark: the llama-cpp backend's default (batched decoding) vs the old default, through `generate`.
 
 Each configuration runs the whole generate stage (``generate_triplets``: the same prompts, reply
 validation, embedding filter and per-request seeds as ``cachetune generate``) on the same real
 CoNaLa queries with the same GGUF, after an untimed warm-up that loads the model and evaluates
 the shared few-shot prefix:
 
-  instances (previous default)  one single-threaded Llama per core, each answering one request
-                                at a time through create_chat_completion (-o parallel 1)
-  batched 2x4                   one single-threaded Llama per core, each decoding 4 requests
-                                together in one llama.cpp batch (-o parallel 4)
-  batched (default)             the same with 8 requests per instance (-o parallel 8)
+  instances (old default)       one single-threaded Llama per core, each answering one request
+                                at a time through create_chat_completion (-o parallel 1), both
+                                requests of a query sent at once (--ask-together)
+  batched 2x4 together          one single-threaded Llama per core, each decoding 4 requests
+                                together in one llama.cpp batch (-o parallel 4 --ask-together)
+  batched 2x8 together          the same with 8 requests per instance (-o parallel 8
+                                --ask-together): the default before requests went in turn
+  batched (default)             2x8, a query's negatives first and its paraphrases only when a
+                                negative could pass (the generate default)
+  batched 2x16                  the same with 16 requests per instance (-o parallel 16)
   batched 1x8                   one Llama on all cores decoding 8 requests together
                                 (-o concurrency 1 -o parallel 8)
+  batched 1x16                  one Llama on all cores decoding 16 requests together
 
 The queries are split into ``--rounds`` disjoint chunks; each round runs every configuration on
 its chunk, in an order rotated from round to round, so load from other jobs is spread over all
@@ -64,7 +70,7 @@ def warm_up(generator, templates) -> None:
         generator.max_tokens = max_tokens
 
 
-def run_generate(options: dict, queries: Path, output: Path, base_model) -> dict:
+def run_generate(options: dict, queries: Path, output: Path, base_model, ask_together: bool = False) -> dict:
     """One timed generate stage with a warmed-up backend; its summary."""
     from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets
     from cachetune.core.generate.prompting import DomainRules
@@ -75,7 +81,8 @@ def run_generate(options: dict, queries: Path, output: Path, base_model) -> dict
     templates = pm.prompt_templates("programming")
     generator = LlamaCppGenerator(options)
     warm_up(generator, templates)
-    config = GenerateConfig(domain="programming", input=queries, output=output, resume=False)
+    config = GenerateConfig(domain="programming", input=queries, output=output, resume=False,
+                            ask_together=ask_together)
     started, cpu = time.perf_counter(), time.process_time()
     summary = generate_triplets(config, templates, lambda: generator, load_model=lambda _name: base_model,
                                 rules=DomainRules.of(pm.get_domain("programming")), generator_options=options)
@@ -126,15 +133,22 @@ def main() -> None:
     model = str(resolve_model(args.model))
     base = {"model": model, "temperature": 0.7, "max_tokens": 256}
     cores = default_threads()
+    # (name, backend options, ask_together)
     configs = [
-        ("instances (previous default)", dict(base, parallel=1)),
-        ("batched 2x4", dict(base, parallel=4)),
-        ("batched (default)", dict(base)),
-        ("batched 1x8", dict(base, concurrency=1, parallel=8)),
+        ("instances (old default)", dict(base, parallel=1), True),
+        ("batched 2x4 together", dict(base, parallel=4), True),
+        ("batched 2x8 together", dict(base, parallel=8, prefill=False), True),
+        ("batched 2x8 in turn", dict(base, parallel=8, prefill=False), False),
+        ("batched 2x16 in turn", dict(base, parallel=16, prefill=False), False),
+        ("batched 2x16 prefill", dict(base, parallel=16, prefill=True), False),
+        ("batched (default)", dict(base), False),
+        ("batched 1x8", dict(base, concurrency=1, parallel=8), False),
+        ("batched 1x16", dict(base, concurrency=1, parallel=16), False),
     ]
     configs = [c for c in configs if not args.only or c[0].split(" (")[0] in args.only or c[0] in args.only]
     base_model = load_sentence_transformer(None, device="cpu")
-    totals = {name: {"wall": 0.0, "cpu": 0.0, "done": 0, "rounds": [], "per_query": {}} for name, _ in configs}
+    totals = {name: {"wall": 0.0, "cpu": 0.0, "done": 0, "rounds": [], "per_query": {}, "requests": 0}
+              for name, _, _ in configs}
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepare_queries(args.queries, Path(tmp) / "prepared")
         rows = prepared.read_text(encoding="utf-8").splitlines()
@@ -145,31 +159,35 @@ def main() -> None:
             queries = Path(tmp) / f"round-{round_no}.jsonl"
             queries.write_text("\n".join(chunk) + "\n", encoding="utf-8")
             shift = (round_no - 1) % len(configs)
-            for name, options in configs[shift:] + configs[:shift]:
+            for name, options, together in configs[shift:] + configs[:shift]:
                 output = Path(tmp) / f"out-{round_no}-{name}.jsonl"
-                summary = run_generate(options, queries, output, base_model)
+                summary = run_generate(options, queries, output, base_model, together)
                 done, mine = summary["queries_done"], totals[name]
                 mine["wall"] += summary["bench_wall_s"]
                 mine["cpu"] += summary["bench_cpu_s"]
                 mine["done"] += done
+                mine["requests"] += summary["llm_requests"]
                 mine["rounds"].append(summary["triplets_per_query"])
                 counts = triplets_per_query_id(output)
                 mine["per_query"].update({json.loads(row)["id"]: counts.get(json.loads(row)["id"], 0)
                                           for row in chunk})
                 print(f"  round {round_no} {name:30s} {done / summary['bench_wall_s']:.3f} queries/s  "
                       f"{done / summary['bench_cpu_s']:.3f} queries/CPU-s  {summary['triplets_per_query']:.2f} "
-                      f"triplets/query  ({summary['tokens']['completion']} completion tokens, "
+                      f"triplets/query  ({summary['llm_requests']} requests, "
+                      f"{summary['tokens']['completion']} completion tokens, "
                       f"{summary['bench_wall_s']:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"all {args.rounds} rounds (load average now {os.getloadavg()[0]:.2f}):")
     previous = totals[configs[0][0]] if configs[0][0].startswith("instances") else None
+    print(f"ratios against {configs[0][0]}" if previous else "no ratios: the old default was not run")
     report = {}
     for name, mine in totals.items():
         qps, per_cpu = mine["done"] / mine["wall"], mine["done"] / mine["cpu"]
         ids = sorted(mine["per_query"])
         tpq = sum(mine["per_query"].values()) / len(ids)
         line = (f"  {name:30s} {qps:.3f} queries/s  {per_cpu:.3f} queries/CPU-s  {tpq:.2f} triplets/query "
-                f"(rounds {' '.join(f'{r:.2f}' for r in mine['rounds'])})")
+                f"(rounds {' '.join(f'{r:.2f}' for r in mine['rounds'])}), {mine['requests']} requests")
         report[name] = {"queries_per_s": round(qps, 4), "queries_per_cpu_s": round(per_cpu, 4),
+                        "requests": mine["requests"],
                         "triplets_per_query": round(tpq, 3), "rounds": [round(r, 3) for r in mine["rounds"]]}
         if previous is not None and mine is not previous:
             theirs = [previous["per_query"][i] for i in ids]

@@ -182,8 +182,9 @@ def test_openai_writes_each_query_while_the_batch_is_in_flight(tmp_path, templat
             pass
 
     with FakeOpenAI(hold=("parse a date", release)) as server:
+        # both requests at once: the held query's negatives do not hold back the others' paraphrases
         config = GenerateConfig(domain="programming", input=data, output=out, batch_size=4,
-                                embedding_filter=False)
+                                embedding_filter=False, ask_together=True)
         summary = generate_triplets(config, templates, lambda: openai_backend(server.url, concurrency=8),
                                     progress=lambda total: Bar())
     assert not server.hold_timed_out  # three queries were written before the fourth was answered
@@ -264,7 +265,8 @@ def test_vllm_batches_each_call_with_per_request_params(tmp_path, run_cli, monke
                                                   "slice a list"])))
     result = run_cli(["generate", "--domain", "programming", "--input", inp, "--output", tmp_path / "t.jsonl",
                       "--backend", "vllm", "--model", "Qwen/Qwen2.5-Coder-7B-Instruct", "-o", "tensor_parallel", "4",
-                      "--batch-size", "2", "--temperature", "0.5", "--max-tokens", "128", "--no-embedding-filter"])
+                      "--batch-size", "2", "--temperature", "0.5", "--max-tokens", "128", "--no-embedding-filter",
+                      "--ask-together"])
     assert result.exit_code == 0, result.stderr
     assert fake.engines == [{"model": "Qwen/Qwen2.5-Coder-7B-Instruct", "tensor_parallel_size": 4, "seed": 0,
                              "enable_prefix_caching": True}]

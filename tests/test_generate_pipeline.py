@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets, stats_path
+from cachetune.core.generate.pipeline import GenerateConfig, generate_triplets, request_seed, stats_path
 from cachetune.core.generate.triplets_file import scan_output
-from cachetune.core.generate.prompting import GenerationResult, NEGATIVES
+from cachetune.core.generate.prompting import GenerationResult, NEGATIVES, PARAPHRASES
 from cachetune.core.plugin_manager import get_plugin_manager, register_module
 
 FIELDS = {"anchor", "positive", "negative", "query_id", "domain", "negative_source", "generator"}
@@ -80,8 +80,8 @@ def templates():
 def run(tmp_path, templates, generator, queries=tuple(GOOD), **overrides):
     Path(tmp_path).mkdir(parents=True, exist_ok=True)
     inp = write_queries(tmp_path / "train.jsonl", list(queries))
-    config = GenerateConfig(domain="programming", input=inp, output=tmp_path / "t.jsonl", embedding_filter=False,
-                            **overrides)
+    config = GenerateConfig(domain="programming", input=inp, output=tmp_path / "t.jsonl",
+                            **{"embedding_filter": False, **overrides})
     return generate_triplets(config, templates, lambda: generator)
 
 
@@ -104,8 +104,12 @@ def test_layout_round_robin_and_stats(tmp_path, templates):
                                                                                     "programming")}
     second = [r for r in rows if r["query_id"] == "programming-0001"]
     assert len(second) == 2 and {r["negative"] for r in second} == {"write a file line by line"}
-    # batches of 2 queries, 2 requests (paraphrases, negatives) per query
-    assert [len(c) for c in gen.calls] == [4, 2] and gen.closed
+    # batches of 2 queries; a backend without generate_fed gets their negatives, then their paraphrases
+    assert [[(r.kind, r.seed) for r in c] for c in gen.calls] == [
+        [(NEGATIVES, seed(0, NEGATIVES)), (NEGATIVES, seed(1, NEGATIVES))],
+        [(PARAPHRASES, seed(0, PARAPHRASES)), (PARAPHRASES, seed(1, PARAPHRASES))],
+        [(NEGATIVES, seed(2, NEGATIVES))], [(PARAPHRASES, seed(2, PARAPHRASES))]] and gen.closed
+    assert summary["llm_requests"] == 6 and summary["llm_requests_skipped"] == 0
     assert summary["triplets_written"] == len(rows) == 5
     assert summary["queries_done"] == 3 and summary["queries_without_triplets"] == 1
     assert summary["queries_without_triplets_ids"] == ["programming-0002"]
@@ -114,14 +118,22 @@ def test_layout_round_robin_and_stats(tmp_path, templates):
     assert json.loads(stats_path(tmp_path / "t.jsonl").read_text())["triplets_written"] == 5
 
 
+def seed(query: int, kind: str) -> int:
+    return request_seed(0, f"programming-{query:04d}", kind)
+
+
+def asked(gen) -> dict:
+    """(query, kind) -> seed of every request ``gen`` got."""
+    return {(r.conversation[-1]["content"].split("Question: ")[1].split("\n")[0], r.kind): r.seed
+            for c in gen.calls for r in c}
+
+
 def test_requests_are_seeded_per_query_and_kind(tmp_path, templates):
-    gen1, gen2 = ScriptedGenerator(GOOD), ScriptedGenerator(GOOD)
+    gen1, gen2, gen3 = ScriptedGenerator(GOOD), ScriptedGenerator(GOOD), ScriptedGenerator(GOOD)
     run(tmp_path, templates, gen1, batch_size=3)
-    (tmp_path / "again").mkdir()
     run(tmp_path / "again", templates, gen2, batch_size=1)
-    seeds1 = [r.seed for c in gen1.calls for r in c]
-    seeds2 = [r.seed for c in gen2.calls for r in c]
-    assert seeds1 == seeds2 and len(set(seeds1)) == 6
+    run(tmp_path / "together", templates, gen3, batch_size=2, ask_together=True)
+    assert asked(gen1) == asked(gen2) == asked(gen3) and len(set(asked(gen1).values())) == 6
 
 
 def test_resume_skips_done_queries_and_keeps_history(tmp_path, templates):
@@ -129,8 +141,7 @@ def test_resume_skips_done_queries_and_keeps_history(tmp_path, templates):
     before = (tmp_path / "t.jsonl").read_text()
     gen = ScriptedGenerator(GOOD)
     summary = run(tmp_path, templates, gen)
-    asked = {r.conversation[-1]["content"].split("Question: ")[1].split("\n")[0] for c in gen.calls for r in c}
-    assert asked == {"merge two dictionaries"}
+    assert {query for query, _ in asked(gen)} == {"merge two dictionaries"}
     assert (tmp_path / "t.jsonl").read_text().startswith(before)
     assert summary["queries_skipped_done"] == 2 and len(summary["previous_runs"]) == 1
     # a query that gave no triplet is recorded in the sidecar: its seeded requests would get the
@@ -142,7 +153,8 @@ def test_resume_skips_done_queries_and_keeps_history(tmp_path, templates):
     (tmp_path / "t.jsonl.no-triplets").unlink()
     gen = ScriptedGenerator(GOOD)
     summary = run(tmp_path, templates, gen)
-    assert summary["queries_done"] == 1 and len(gen.calls) == 1
+    assert summary["queries_done"] == 1 and set(asked(gen)) == {("merge two dictionaries", NEGATIVES),
+                                                                ("merge two dictionaries", PARAPHRASES)}
     # with every query in the output the backend is not even built
     summary = run(tmp_path, templates, None, queries=list(GOOD)[:2])
     assert summary["queries_done"] == 0 and summary["finished"]
@@ -167,7 +179,7 @@ def test_resume_keeps_only_rows_made_the_same_way_for_queries_still_in_the_input
     # Another option (or prompts, or generator): nothing old is kept, every query is asked again.
     gen = ScriptedGenerator(GOOD)
     summary = generate_triplets(dataclasses.replace(config, paraphrases=2), templates, lambda: gen, log=logs.append)
-    assert summary["queries_skipped_done"] == 0 and len(gen.calls) == 1 and len(gen.calls[0]) == 4
+    assert summary["queries_skipped_done"] == 0 and len(asked(gen)) == summary["llm_requests"] == 4
     assert any("made by another generator, prompts or options" in message for message in logs)
     gen = ScriptedGenerator(GOOD)
     summary = generate_triplets(dataclasses.replace(config, paraphrases=2), templates, lambda: gen,
@@ -250,7 +262,8 @@ def test_foreign_or_corrupt_output_is_an_error_naming_the_line(tmp_path, templat
 
 
 def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path, templates):
-    gen = ScriptedGenerator(GOOD, interrupt_on_call=2)
+    # calls: q0's negatives, q0's paraphrases, q1's negatives, then Ctrl-C
+    gen = ScriptedGenerator(GOOD, interrupt_on_call=4)
     summary = run(tmp_path, templates, gen, batch_size=1)
     assert summary["interrupted"] and not summary["finished"]
     assert summary["queries_done"] == 1 and gen.closed
@@ -409,3 +422,102 @@ def test_pairs_from_another_file_get_mined_negatives_without_an_llm(tmp_path, te
     with pytest.raises(CachetuneError, match="--mine-negatives"):
         generate_triplets(GenerateConfig(domain="programming", input=pairs, output=tmp_path / "u.jsonl"),
                           templates, None)
+
+
+# A query whose negatives can give no triplet: the first repeats the query, the second shares no
+# topic word with it (off topic); and one whose only negative is a reworded paraphrase of it
+# (rejected only beside its paraphrases, so its paraphrases must still be asked).
+IN_TURN = dict(GOOD)
+IN_TURN["split a string on commas"] = {
+    "paraphrases": '{"paraphrases": ["break a string at each comma", "divide a comma-separated string"]}',
+    "negatives": '{"negatives": ["split a string on commas", "install numpy"]}',
+}
+IN_TURN["sum a list"] = {
+    "paraphrases": '{"paraphrases": ["add up the numbers of a list", "total of a list"]}',
+    "negatives": '{"negatives": ["total of a list", "multiply the numbers of a list"]}',
+}
+
+
+def test_paraphrases_are_asked_only_when_a_negative_could_pass_and_the_rows_are_the_same(tmp_path, templates):
+    together = ScriptedGenerator(IN_TURN)
+    summary_together = run(tmp_path / "together", templates, together, queries=list(IN_TURN), batch_size=2,
+                           ask_together=True)
+    in_turn = ScriptedGenerator(IN_TURN)
+    summary = run(tmp_path / "in-turn", templates, in_turn, queries=list(IN_TURN), batch_size=2)
+    # the same rows and the same queries without a triplet (in another order: queries finish in another order)
+    rows = sorted(lines(tmp_path / "in-turn" / "t.jsonl"), key=json.dumps)
+    assert rows == sorted(lines(tmp_path / "together" / "t.jsonl"), key=json.dumps) and len(rows) == 7
+    assert sorted((tmp_path / "in-turn" / "t.jsonl.no-triplets").read_text().split()) == \
+        sorted((tmp_path / "together" / "t.jsonl.no-triplets").read_text().split()) == \
+        ["programming-0002", "programming-0003"]
+    # the query whose negatives all fail on their own is not asked for paraphrases
+    assert set(asked(together)) - set(asked(in_turn)) == {("split a string on commas", PARAPHRASES)}
+    assert all(r.kind == NEGATIVES for r in in_turn.calls[0])
+    assert summary["llm_requests"] == 9 and summary["llm_requests_skipped"] == 1
+    assert summary_together["llm_requests"] == 10 and summary_together["llm_requests_skipped"] == 0
+    assert summary["triplets_written"] == summary_together["triplets_written"] == 7
+
+
+def test_the_embedding_filter_decides_too(tmp_path, templates, tiny_model):
+    # a ceiling no negative is under: every query's paraphrase request is skipped, no row either way
+    summary = run(tmp_path / "a", templates, ScriptedGenerator(GOOD), base_model=tiny_model, embedding_filter=True,
+                  negative_ceiling=-1.0)
+    assert summary["llm_requests"] == 3 and summary["llm_requests_skipped"] == 3 and summary["triplets_written"] == 0
+    together = run(tmp_path / "b", templates, ScriptedGenerator(GOOD), base_model=tiny_model, embedding_filter=True,
+                   negative_ceiling=-1.0, ask_together=True)
+    assert together["llm_requests"] == 6 and together["triplets_written"] == 0
+    # one every negative is under: only the rules decide (all three queries have one that passes)
+    summary = run(tmp_path / "c", templates, ScriptedGenerator(GOOD), base_model=tiny_model, embedding_filter=True,
+                  negative_ceiling=1.0, paraphrase_floor=-1.0)
+    assert summary["llm_requests"] == 6 and summary["llm_requests_skipped"] == 0
+
+
+def test_with_mined_negatives_the_paraphrases_go_first(tmp_path, templates, tiny_model):
+    script = dict(GOOD)
+    script["split a string on commas"] = {"paraphrases": '{"paraphrases": ["split a string on commas"]}',
+                                          "negatives": '{"negatives": ["split a string on commas"]}'}
+    gen = ScriptedGenerator(script)
+    summary = run(tmp_path / "a", templates, gen, queries=list(script), base_model=tiny_model, mine_fallback=True)
+    assert all(r.kind == PARAPHRASES for r in gen.calls[0])
+    # no paraphrase can pass for two queries (one unparseable, one the query itself): no negatives asked
+    assert {q for q, kind in asked(gen) if kind == NEGATIVES} == {"sort a list of numbers", "read a file line by line"}
+    assert summary["llm_requests_skipped"] == 2
+    run(tmp_path / "b", templates, ScriptedGenerator(script), queries=list(script), base_model=tiny_model,
+        mine_fallback=True, ask_together=True)
+    assert sorted(lines(tmp_path / "a" / "t.jsonl"), key=json.dumps) == \
+        sorted(lines(tmp_path / "b" / "t.jsonl"), key=json.dumps)
+
+
+def test_rows_asked_together_and_in_turn_resume_each_other(tmp_path, templates):
+    run(tmp_path, templates, ScriptedGenerator(IN_TURN), queries=list(IN_TURN), limit=2, ask_together=True)
+    gen = ScriptedGenerator(IN_TURN)
+    summary = run(tmp_path, templates, gen, queries=list(IN_TURN))
+    assert summary["queries_skipped_done"] == 2 and {q for q, _ in asked(gen)} == set(list(IN_TURN)[2:])
+    assert not any(".stale-" in p.name for p in tmp_path.iterdir())
+
+
+class FedGenerator(ScriptedGenerator):
+    """A backend with ``generate_fed``: answers each request of the feed as it takes it."""
+
+    fed: list
+
+    def generate_fed(self, feed):
+        self.fed = getattr(self, "fed", []) + [[]]  # one list of requests per call
+        while True:
+            taken = feed.take()
+            assert taken is not feed.WAIT, "the feed was left open with nothing to answer"
+            if taken is None:
+                return
+            index, request = taken
+            self.fed[-1].append(request)
+            yield index, self.generate([request])[0]
+
+
+def test_a_fed_backend_gets_the_second_requests_while_it_runs(tmp_path, templates):
+    gen = FedGenerator(IN_TURN)
+    summary = run(tmp_path, templates, gen, queries=list(IN_TURN))
+    # one call for the whole batch: the negatives, then each paraphrase request put as its query's
+    # negatives were checked; none for the query whose negatives cannot pass
+    assert [[(r.kind, r.seed) for r in c] for c in gen.fed] == [
+        [(NEGATIVES, seed(q, NEGATIVES)) for q in range(5)] + [(PARAPHRASES, seed(q, PARAPHRASES)) for q in (0, 1, 2, 4)]]
+    assert summary["llm_requests"] == 9 and summary["llm_requests_skipped"] == 1 and summary["triplets_written"] == 7

@@ -8,7 +8,7 @@ import pytest
 
 from cachetune.core.generate.prompting import (
     NEGATIVES, PARAPHRASES, Checked, DomainRules, Parsed, build_conversation, check_items, clean_item,
-    looks_like_answer, pair_triplets, parse_reply, response_schema,
+    looks_like_answer, pair_triplets, parse_reply, possible_items, response_schema,
 )
 from cachetune.core.plugin_manager import get_plugin_manager
 from cachetune.domains import medical, programming
@@ -167,6 +167,23 @@ def test_validation_rejects_each_kind_of_junk_by_reason():
     assert checked.rejected["negative/same_as_paraphrase"] == 1
     assert checked.rejected["negative/off_topic"] == 1
     assert checked.rejected["negative/duplicate"] == 1
+
+
+@pytest.mark.parametrize("items, possible", [
+    # each item fails a rule of its own: nothing can pass, whatever the paraphrases
+    (["sort a list", "SORT A LIST ", "install numpy", "You can use sorted().", ""], []),
+    # rejected only beside others (a duplicate, a paraphrase of the query, beyond the limit): kept here
+    (["order a list", "order a list", "reverse a list"], ["order a list", "order a list", "reverse a list"]),
+])
+def test_possible_items_are_those_no_other_item_can_save_or_sink(items, possible):
+    parsed = Parsed(items)
+    assert possible_items("sort a list", NEGATIVES, parsed, PROGRAMMING) == possible
+    for paraphrases in ([], ["order a list"]):
+        checked = Checked(paraphrases=list(paraphrases))
+        check_items("sort a list", NEGATIVES, parsed, 2, checked, PROGRAMMING)
+        assert set(checked.negatives) <= set(possible)
+        assert bool(checked.negatives) == bool(possible) or paraphrases  # beside a paraphrase it may keep none
+    assert possible_items("sort a list", PARAPHRASES, Parsed([], problem="empty_output")) == []
 
 
 def test_unparseable_reply_is_counted_once_per_call():

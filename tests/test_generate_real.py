@@ -60,7 +60,7 @@ def test_llama_cpp_qwen_end_to_end_and_resume(tmp_path, run_cli, conala_train, q
     rows = read_rows(out)
     stats = json.loads((tmp_path / "triplets.jsonl.stats.json").read_text())
     assert stats["triplets_written"] == len(rows) >= 3
-    assert stats["queries_done"] == 3 and stats["llm_requests"] == 6
+    assert stats["queries_done"] == 3 and stats["llm_requests"] + stats["llm_requests_skipped"] == 6
     assert stats["tokens"]["completion"] > 0 and stats["queries_per_s"] > 0
     check_triplets(rows, first_queries(conala_train, 3), "llama-cpp:qwen2.5-coder-0.5b-instruct-q4_k_m")
     # the JSON-schema grammar leaves nothing unparseable
@@ -126,7 +126,8 @@ def test_openai_backend_against_a_loopback_llama_cpp_server(tmp_path, run_cli, c
     assert result.exit_code == 0, result.stderr
     rows = read_rows(out)
     stats = json.loads((tmp_path / "triplets.jsonl.stats.json").read_text())
-    assert stats["triplets_written"] == len(rows) >= 3 and stats["llm_requests"] == 6
+    assert stats["triplets_written"] == len(rows) >= 3
+    assert stats["llm_requests"] + stats["llm_requests_skipped"] == 6
     assert stats["tokens"]["prompt"] > 3000  # the few-shot prompt was really sent and counted
     check_triplets(rows, first_queries(conala_train, 3), "openai:qwen-coder-test")
     # llama_cpp.server refuses OpenAI's json_schema format; the backend fell back to its json_object+schema
@@ -224,17 +225,20 @@ def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
     requests = [Request(build_conversation(templates, kind, q, n), request_seed(0, q, kind), kind, n)
                 for q in queries for kind, n in ((PARAPHRASES, 3), (NEGATIVES, 2))]
     options = {"model": smollm_gguf, "temperature": 0.7, "max_tokens": 48, "n_threads": 1}
-    batched = LlamaCppGenerator({**options, "parallel": 4})
+    batched = LlamaCppGenerator({**options, "parallel": 4, "prefill": False})
     single = LlamaCppGenerator({**options, "parallel": 1})
-    grammar_first = LlamaCppGenerator({**options, "parallel": 2, "grammar_first": True})
+    grammar_first = LlamaCppGenerator({**options, "parallel": 2, "grammar_first": True, "prefill": False})
+    prefilled = LlamaCppGenerator({**options, "parallel": 2, "prefill": True})
     try:
         streamed = list(batched.generate_each(requests))  # each reply as soon as it is done
         one = single.generate(requests[:2])
         first = [grammar_first.generate([request])[0] for request in requests[:2]]  # each alone
+        opened = prefilled.generate(requests)
     finally:
         batched.close()
         single.close()
         grammar_first.close()
+        prefilled.close()
     assert sorted(index for index, _ in streamed) == list(range(len(requests)))
     replies = [result for _, result in sorted(streamed, key=lambda pair: pair[0])]
     assert [r.prompt_tokens for r in replies[:2]] == [r.prompt_tokens for r in one]  # the very same prompts
@@ -247,6 +251,39 @@ def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
         items = json_.loads(r.text)[request.kind]
         assert len(items) == request.n and all(isinstance(item, str) and item for item in items), r.text
     assert len({r.text for r in replies}) > len(replies) // 2  # seeds differ: replies differ
+    # prefilled: the reply starts with its JSON opening, evaluated with the prompt, not sampled
+    assert all(r.text.startswith('{"' + q.kind + '": ["') for r, q in zip(opened, requests)), [r.text for r in opened]
+    assert all(a.prompt_tokens > b.prompt_tokens for a, b in zip(opened, one))
+    for r, request in zip(opened, requests):
+        if r.completion_tokens < 48 - 6:
+            assert len(json_.loads(r.text)[request.kind]) == request.n, r.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_llama_cpp_takes_requests_fed_while_it_runs(smollm_gguf, parallel):
+    """A request put in the feed after the first reply is answered too, by a batched or a
+    one-at-a-time instance; the feed's close ends the run."""
+    from cachetune.core.generate.prompting import NEGATIVES, Request, RequestFeed, build_conversation
+    from cachetune.core.plugin_manager import get_plugin_manager
+    from cachetune.plugins.llama_cpp_generator import LlamaCppGenerator
+
+    templates = get_plugin_manager(load_entrypoints=False).prompt_templates("programming")
+    requests = [Request(build_conversation(templates, NEGATIVES, q, 2), i, NEGATIVES, 2)
+                for i, q in enumerate(["reverse a string", "sort a list", "open a file"])]
+    gen = LlamaCppGenerator({"model": smollm_gguf, "max_tokens": 24, "n_threads": 1, "parallel": parallel})
+    feed = RequestFeed(requests[:2])
+    answered = []
+    try:
+        for index, result in gen.generate_fed(feed):
+            answered.append(index)
+            assert result.error is None and result.text
+            if len(answered) == 1:
+                feed.put(requests[2])
+                feed.close()
+    finally:
+        gen.close()
+    assert sorted(answered) == [0, 1, 2] and answered[0] != 2
 
 
 @pytest.mark.slow

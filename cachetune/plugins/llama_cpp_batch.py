@@ -35,6 +35,8 @@ import numpy as np
 TOP_K, TOP_P, MIN_P, TYPICAL_P, PENALTY_LAST_N = 40, 0.95, 0.05, 1.0, 64
 # A prompt with more tokens than this left to evaluate holds back the next requests (see run()).
 PREFIX_WAIT = 64
+# What ``next_job`` returns when no job is waiting yet but more may come.
+WAIT = "wait"
 
 
 @dataclass
@@ -46,6 +48,9 @@ class Job:
     grammar: object  # a LlamaGrammar, or None
     max_tokens: int
     index: int = 0  # the caller's
+    # The reply's opening, already at the end of ``prompt``: sampled as if generated (the grammar
+    # and the repeat penalty see it) and put back before the reply text.
+    opening: List[int] = field(default_factory=list)
     text: Optional[str] = None
     completion_tokens: int = 0
     error: Optional[str] = None
@@ -186,6 +191,12 @@ class BatchDecoder:
             sampler.add_min_p(MIN_P, 1)
             sampler.add_temp(self.temperature)
             sampler.add_dist(job.seed & 0xFFFFFFFF)
+        for token in job.opening:
+            if grammar is not None and not self.candidates.allows(grammar, token):
+                raise ValueError(f"the reply opening {self.llama.detokenize(job.opening)!r} breaks the grammar")
+            sampler.accept(token)
+            if grammar is not None:
+                grammar.accept(token)
         return RequestSampler(sampler, grammar, self.grammar_first)
 
     # -- scheduling ------------------------------------------------------------------
@@ -214,16 +225,18 @@ class BatchDecoder:
             self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot.seq, -1, -1)
             slot.cached = []
         else:
-            job.text = self.llama.detokenize(slot.generated).decode("utf-8", errors="ignore")
+            job.text = self.llama.detokenize(job.opening + slot.generated).decode("utf-8", errors="ignore")
         slot.job, slot.sampler, slot.pending = None, None, []
         self._finished(job)
 
-    def run(self, next_job: Callable[[], Optional[Job]], stop: Callable[[], bool] = lambda: False,
-            finished: Callable[[Job], None] = lambda job: None) -> None:
-        """Decode jobs taken from ``next_job()`` (None: no more) until all are done or ``stop()`` is true.
+    def run(self, next_job: Callable[[], object], stop: Callable[[], bool] = lambda: False,
+            finished: Callable[[Job], None] = lambda job: None, idle: Callable[[], None] = lambda: None) -> None:
+        """Decode jobs taken from ``next_job()`` (None: no more; :data:`WAIT`: none yet) until all
+        are done or ``stop()`` is true.
 
         Results land on the jobs; ``finished(job)`` is called as each one is done. Several
-        decoders may share one ``next_job``.
+        decoders may share one ``next_job``. With every slot free and ``next_job()`` saying
+        :data:`WAIT`, ``idle()`` is called: it should block until a job may have come.
         """
         self._finished = finished
         more = True
@@ -231,11 +244,14 @@ class BatchDecoder:
             # A slot still evaluating a long prompt holds the prefix the next prompts share: they
             # start once it is in the cache, and copy it instead of evaluating it again.
             prefilling = any(len(slot.pending) > PREFIX_WAIT for slot in self.slots)
+            waiting = False
             for slot in self.slots:
-                while more and slot.job is None and not prefilling:
+                while more and slot.job is None and not prefilling and not waiting:
                     job = next_job()
                     if job is None:
                         more = False
+                    elif job is WAIT:
+                        waiting = True
                     elif len(job.prompt) + 1 > self.n_ctx:
                         job.error = f"request_failed: the prompt is {len(job.prompt)} tokens, n_ctx is {self.n_ctx}"
                         finished(job)
@@ -243,9 +259,12 @@ class BatchDecoder:
                         self._start(slot, job)
                         prefilling = len(slot.pending) > PREFIX_WAIT
             busy = [slot for slot in self.slots if slot.job is not None]
-            if not busy:
+            if busy:
+                self._step(busy)
+            elif waiting:
+                idle()
+            else:
                 return
-            self._step(busy)
 
     def _step(self, busy: List[_Slot]) -> None:
         """One llama_decode over every busy slot's next tokens, then one sample per slot that is due."""

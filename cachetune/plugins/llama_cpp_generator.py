@@ -28,9 +28,15 @@ against the previous one, through the whole generate stage) and ``bench/generate
   instance on both cores decoding 8 sequences can be faster once its prefix is cached, but its
   two threads wait for each other at every barrier: with other jobs on the cores a whole run,
   prefix included, took x2.2 as long (README, How triplets are generated);
-- replies are handed over as they finish (``generate_each``), so each query is written as soon
-  as its two replies are in, and a batch holds 8 requests per slot: slots refill as replies
-  finish instead of waiting at the end of a batch for its longest reply.
+- requests are taken from a feed as slots free (``generate_fed``): the pipeline asks for a
+  query's negatives first and puts its paraphrase request in the feed once a negative could
+  pass, while the instances decode the others; replies are handed over as they finish, so each
+  query is written as soon as its replies are in, and a batch holds 4 queries per slot: slots
+  refill as replies finish instead of waiting at the end of a batch for its longest reply;
+- ``prefill``: batched, each reply starts with its JSON opening (``{"negatives": ["``),
+  evaluated with the prompt in one step instead of sampled token by token (5-6 of a reply's
+  ~30 tokens); the grammar and the repeat penalty see it as if sampled, and the reply text
+  keeps it, so parsing is unchanged.
 
 ``model`` is a .gguf path (default: the Qwen2.5-Coder-0.5B GGUF in ``~/.cache/cachetune/gguf``,
 fetched there from the model hub on first use where the hub is reachable); the options it
@@ -49,7 +55,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from cachetune import BackendOption, hookimpl
 from cachetune.core.errors import CachetuneError
 from cachetune.core.generate.backends import backend_options
-from cachetune.core.generate.prompting import GenerationResult, Request
+from cachetune.core.generate.prompting import GenerationResult, Request, RequestFeed
 
 NAME = "llama-cpp"
 DEFAULT_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -101,6 +107,9 @@ OPTIONS = (
                                                      "batch (1: one at a time, through create_chat_completion)."),
     BackendOption("n_ctx", int, 2048, "context window in tokens."),
     BackendOption("json_schema", bool, True, "constrain replies with a JSON-schema grammar."),
+    BackendOption("prefill", bool, False, "batched decoding: start each reply with its JSON opening "
+                                          "('{\"paraphrases\": [\"'), evaluated with the prompt instead of "
+                                          "sampled token by token."),
     BackendOption("grammar_first", bool, False, "batched decoding: match every candidate token against the "
                                                 "grammar before sampling (default: check the sampled token, "
                                                 "as llama.cpp's server does)."),
@@ -128,6 +137,7 @@ class LlamaCppGenerator:
         self.max_tokens = int(opts["max_tokens"])
         self.json_schema = bool(opts["json_schema"])
         self.grammar_first = bool(opts["grammar_first"])
+        self.prefill = bool(opts["prefill"])
         self.repeat_penalty = float(opts["repeat_penalty"])
         # Here concurrency counts model instances (see the module docstring).
         threads = int(opts["n_threads"] or default_threads())
@@ -201,47 +211,50 @@ class LlamaCppGenerator:
         return GenerationResult(reply["choices"][0]["message"].get("content"),
                                 usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
-    def _jobs(self, requests: Sequence[Request]) -> list:
+    def _job(self, index: int, request: Request):
         from cachetune.plugins.llama_cpp_batch import Job
 
         llama = self._llamas[0]
-        jobs = []
-        for index, request in enumerate(requests):
-            chat = self._formatter(messages=request.conversation)
-            prompt = llama.tokenize(chat.prompt.encode("utf-8"), add_bos=not chat.added_special, special=True)
-            jobs.append(Job(prompt, request.seed, self._grammar(request) if self.json_schema else None,
-                            self.max_tokens, index=index))
-        return jobs
+        chat = self._formatter(messages=request.conversation)
+        prompt = llama.tokenize(chat.prompt.encode("utf-8"), add_bos=not chat.added_special, special=True)
+        opening = []
+        if self.prefill:
+            opening = llama.tokenize(reply_opening(request.kind).encode("utf-8"), add_bos=False, special=False)
+        return Job(prompt + opening, request.seed, self._grammar(request) if self.json_schema else None,
+                   max(1, self.max_tokens - len(opening)), index=index, opening=opening)
 
-    def _batched_tasks(self, requests: Sequence[Request], answered: "queue.Queue") -> list:
+    def _batched_tasks(self, feed: RequestFeed, answered: "queue.Queue") -> list:
         """One task per instance: its decoder takes the next job when a slot frees."""
-        from cachetune.plugins.llama_cpp_batch import Job
+        from cachetune.plugins.llama_cpp_batch import WAIT, Job
 
-        todo = iter(self._jobs(requests))
         lock = threading.Lock()
 
         def next_job():
             with lock:
-                return next(todo, None)
+                taken = feed.take()
+                if taken is None or taken is feed.WAIT:
+                    return None if taken is None else WAIT
+                return self._job(*taken)
 
         def finished(job: Job) -> None:
             answered.put((job.index, GenerationResult(job.text, len(job.prompt), job.completion_tokens, job.error)))
 
-        return [lambda stop, d=d: d.run(next_job, stop.is_set, finished) for d in self._decoders]
+        return [lambda stop, d=d: d.run(next_job, stop.is_set, finished, idle=lambda: feed.wait(0.1))
+                for d in self._decoders]
 
-    def _single_tasks(self, requests: Sequence[Request], answered: "queue.Queue") -> list:
+    def _single_tasks(self, feed: RequestFeed, answered: "queue.Queue") -> list:
         """One task per instance: it answers one request at a time through create_chat_completion."""
-        todo: "queue.Queue[int]" = queue.Queue()
-        for index in range(len(requests)):
-            todo.put(index)
 
         def answer(llama, stop: threading.Event) -> None:
             while not stop.is_set():
-                try:
-                    index = todo.get_nowait()
-                except queue.Empty:
+                taken = feed.take()
+                if taken is None:
                     return
-                answered.put((index, self._answer(llama, requests[index])))
+                if taken is feed.WAIT:
+                    feed.wait(0.1)
+                    continue
+                index, request = taken
+                answered.put((index, self._answer(llama, request)))
 
         return [partial(answer, llama) for llama in self._llamas]
 
@@ -254,14 +267,19 @@ class LlamaCppGenerator:
     def generate_each(self, requests: Sequence[Request]) -> Iterator[Tuple[int, GenerationResult]]:
         """``(index, result)`` for each request as soon as it is answered (the pipeline then
         writes each query once both its replies are in)."""
+        return self.generate_fed(RequestFeed(requests, closed=True))
+
+    def generate_fed(self, feed: RequestFeed) -> Iterator[Tuple[int, GenerationResult]]:
+        """``(index, result)`` for each request of ``feed`` as soon as it is answered; requests
+        added while it runs go to the next free instance or slot."""
         self._load()
         answered: "queue.Queue" = queue.Queue()
-        tasks = (self._batched_tasks if self.parallel > 1 else self._single_tasks)(requests, answered)
-        yield from self._run_workers(tasks, answered, len(requests))
+        tasks = (self._batched_tasks if self.parallel > 1 else self._single_tasks)(feed, answered)
+        yield from self._run_workers(tasks, answered, feed)
 
-    def _run_workers(self, tasks, answered: "queue.Queue", count: int) -> Iterator[Tuple[int, GenerationResult]]:
-        """Run each ``task(stop)`` in a thread of its own, yielding the ``count`` results they put
-        on ``answered`` as they come.
+    def _run_workers(self, tasks, answered: "queue.Queue", feed: RequestFeed) -> Iterator[Tuple[int, GenerationResult]]:
+        """Run each ``task(stop)`` in a thread of its own, yielding the results they put on
+        ``answered`` as they come, until ``feed`` is closed and every request in it answered.
 
         Ctrl-C (or the caller dropping this iterator) sets ``stop``, which tasks check between
         requests (or decoding steps), waits for them and hands the interrupt on; a task's
@@ -285,20 +303,22 @@ class LlamaCppGenerator:
         self._running = [threading.Event() for _ in tasks]
         for task, finished in zip(tasks, self._running):
             threading.Thread(target=work, args=(task, finished), daemon=True).start()
+        count = 0
         try:
-            while count:
+            while not (feed.closed and count == len(feed)):
                 try:
                     item = answered.get(timeout=0.1)
                 except queue.Empty:
                     if all(finished.is_set() for finished in self._running) and answered.empty():
                         break  # stopped by a failure
                     continue
-                count -= 1
+                count += 1
                 yield item
         except BaseException:  # Ctrl-C, or the consumer closed this generator
             stop.set()
             self._wait_idle()
             raise
+        stop.set()  # workers waiting for a request that will not come
         self._wait_idle()
         if failures:
             raise failures[0]
@@ -326,6 +346,11 @@ class LlamaCppGenerator:
             if close is not None:
                 close()
         self._llamas = []
+
+
+def reply_opening(kind: str) -> str:
+    """What every reply of ``kind`` starts with: the few-shot examples' ``json.dumps`` layout."""
+    return '{"' + kind + '": ["'
 
 
 def chat_formatter(llama, path: Path):

@@ -47,7 +47,8 @@ def _summary_lines(summary: dict) -> list:
     else:
         lines.append("rejected 0")
     tokens = summary["tokens"]
-    lines.append(f"{summary['generator']}: {summary['llm_requests']} requests, tokens prompt {tokens['prompt']} "
+    lines.append(f"{summary['generator']}: {summary['llm_requests']} requests "
+                 f"({summary.get('llm_requests_skipped', 0)} skipped: no triplet possible), tokens prompt {tokens['prompt']} "
                  f"completion {tokens['completion']}, {summary['wall_time_s']:.1f} s, "
                  f"{summary['queries_per_s']:.3f} queries/s")
     return lines
@@ -92,9 +93,13 @@ def register(cli, pm) -> None:
     @click.option("--negative-ceiling", type=float, default=None,
                   help="Maximum negative-query cosine similarity (default: the domain's, else 0.9).")
     @click.option("--base-model", help="Embedding model for the filter and mining (default: the domain's).")
+    @click.option("--ask-together/--ask-in-turn", default=False, show_default=True,
+                  help="Send a query's paraphrase and negative requests at once; by default the negatives "
+                       "go first and the paraphrases only when a negative could pass (same triplets, fewer "
+                       "requests).")
     def generate(domain, input_path, output, backend, model, backend_option, paraphrases, negatives, batch_size,
                  temperature, max_tokens, seed, mine_negatives, mine_fallback, mining_margin, limit, resume,
-                 embedding_filter, paraphrase_floor, negative_ceiling, base_model):
+                 embedding_filter, paraphrase_floor, negative_ceiling, base_model, ask_together):
         """Generate (anchor, positive, negative) triplets from prepared queries."""
         from tqdm import tqdm
 
@@ -107,6 +112,7 @@ def register(cli, pm) -> None:
             batch_size=batch_size, limit=limit, seed=seed, resume=resume, mine_negatives=mine_negatives,
             mine_fallback=mine_fallback, mining_margin=mining_margin, base_model=base_model,
             embedding_filter=embedding_filter, paraphrase_floor=paraphrase_floor, negative_ceiling=negative_ceiling,
+            ask_together=ask_together,
         )
         chosen = pm.generators()[backend].value
         # Checked here, before any model loads: an unknown or mistyped -o is one error line.

@@ -25,6 +25,15 @@ class EmbeddingFilter:
         right = self.model.encode([b for _, b in pairs], **enc)
         return (left * right).sum(dim=1).tolist()
 
+    def keeps(self, kind: str, score: float) -> bool:
+        """Whether an item of ``kind`` at cosine ``score`` to its query passes."""
+        return score >= self.floor if kind == PARAPHRASES else score <= self.ceiling
+
+    def any_kept(self, query: str, kind: str, items: List[str]) -> bool:
+        """Whether any of ``items`` (of ``kind``, for ``query``) passes."""
+        scores = self.similarities([(query, item) for item in items])
+        return any(self.keeps(kind, score) for score in scores)
+
     def apply(self, batch: List[Tuple[Item, Checked]]) -> None:
         pairs, where = [], []
         for index, (item, checked) in enumerate(batch):
@@ -34,10 +43,11 @@ class EmbeddingFilter:
                 pairs.append((item.query, text)); where.append((index, NEGATIVES, text))
         drop = set()
         for (index, kind, text), score in zip(where, self.similarities(pairs)):
-            if kind == PARAPHRASES and score < self.floor:
-                drop.add((index, kind, text)); batch[index][1].rejected["paraphrase/below_similarity_floor"] += 1
-            elif kind == NEGATIVES and score > self.ceiling:
-                drop.add((index, kind, text)); batch[index][1].rejected["negative/above_similarity_ceiling"] += 1
+            if not self.keeps(kind, score):
+                drop.add((index, kind, text))
+                reason = "paraphrase/below_similarity_floor" if kind == PARAPHRASES else \
+                    "negative/above_similarity_ceiling"
+                batch[index][1].rejected[reason] += 1
         for index, (_, checked) in enumerate(batch):
             checked.paraphrases[:] = [t for t in checked.paraphrases if (index, PARAPHRASES, t) not in drop]
             checked.negatives[:] = [t for t in checked.negatives if (index, NEGATIVES, t) not in drop]

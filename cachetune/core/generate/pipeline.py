@@ -30,9 +30,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.generate.prompting import (
-    NEGATIVES, NEUTRAL_RULES, PARAPHRASES, Checked, DomainRules, GenerationResult, Generator, Request,
-    build_conversation, check_items, pair_triplets,
-    parse_reply,
+    NEGATIVES, NEUTRAL_RULES, PARAPHRASES, Checked, DomainRules, GenerationResult, Generator, Request, RequestFeed,
+    build_conversation, check_items, pair_triplets, parse_reply, possible_items,
 )
 from cachetune.core.generate.embedding import EmbeddingFilter, mine_batch, mine_where_no_negative
 from cachetune.core.generate.inputs import Item, read_input
@@ -69,6 +68,8 @@ class GenerateConfig:
     embedding_filter: bool = True
     paraphrase_floor: Optional[float] = None  # None: the domain's (PromptTemplates), else the default
     negative_ceiling: Optional[float] = None
+    # Send a query's two requests at once, not one after the other (see _Asker).
+    ask_together: bool = False
 
     def check(self) -> None:
         for name in ("paraphrases", "negatives", "mine_negatives"):
@@ -92,7 +93,10 @@ class GenerateConfig:
 
 def made_by(config: GenerateConfig, templates, generator_options: Optional[dict]) -> dict:
     """What makes a query's rows: the options that change them, the prompts, the generator."""
-    fields = {k: v for k, v in vars(config).items() if k not in ("input", "output", "limit", "resume", "batch_size")}
+    # ask_together changes which requests are sent, not the rows: a request skipped could not have
+    # given a triplet (_Asker), so rows made either way may be mixed.
+    fields = {k: v for k, v in vars(config).items()
+              if k not in ("input", "output", "limit", "resume", "batch_size", "ask_together")}
     prompts = hashlib.sha256(repr(templates).encode("utf-8")).hexdigest()[:16]
     # Hashed, not stored: backend options may hold an API key.
     generator = hashlib.sha256(json.dumps(generator_options or {}, sort_keys=True, default=str).encode()).hexdigest()
@@ -123,6 +127,7 @@ class RunStats:
     triplets_llm_negative: int = 0
     triplets_mined_negative: int = 0
     requests: int = 0
+    requests_skipped: int = 0
     rejected: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
     prompt_tokens: int = 0
@@ -229,7 +234,7 @@ class _Run:
             "triplets_written": stats.triplets_written,
             "triplets_by_negative_source": {"llm": stats.triplets_llm_negative, "mined": stats.triplets_mined_negative},
             "triplets_per_query": round(stats.triplets_written / stats.queries_done, 3) if stats.queries_done else 0.0,
-            "llm_requests": stats.requests,
+            "llm_requests": stats.requests, "llm_requests_skipped": stats.requests_skipped,
             "rejected": dict(sorted(stats.rejected.items())), "rejected_total": sum(stats.rejected.values()),
             "repaired": dict(sorted(stats.notes.items())),
             "tokens": {"prompt": stats.prompt_tokens, "completion": stats.completion_tokens},
@@ -265,10 +270,11 @@ class _Run:
             self.summary_base["batch_size"] = size
             # A backend that answers requests one by one (generate_each) has each query written as
             # soon as its replies are in: a kill mid-batch loses only the queries still in flight.
-            streaming = use_llm and hasattr(generator, "generate_each")
+            streaming = use_llm and (hasattr(generator, "generate_each") or hasattr(generator, "generate_fed"))
+            asker = _Asker(generator, templates, config, self.stats, self.rules, embedding_filter) if use_llm else None
             for start in range(0, len(todo), size):
                 batch = todo[start: start + size]
-                answered = (_ask(generator, templates, batch, config, self.stats, self.rules) if use_llm
+                answered = (asker.ask(batch) if asker is not None
                             else ((item, Checked(paraphrases=list(item.anchors))) for item in batch))
                 pending = []
                 for pair in answered:
@@ -324,37 +330,112 @@ class _Run:
             stats.without_triplets_ids.append(item.query_id)
 
 
-def _ask(generator: Generator, templates, batch: List[Item], config: GenerateConfig, stats: RunStats,
-         rules: DomainRules) -> Iterator[Tuple[Item, Checked]]:
-    """One paraphrase and one negative request per query, validated; yields each query with its
-    checked replies as soon as all of them are in (in the order they complete when the backend
-    has ``generate_each``, else once ``generate`` has answered the whole batch)."""
-    wanted = [(PARAPHRASES, config.paraphrases), (NEGATIVES, config.negatives)]
-    wanted = [(kind, n) for kind, n in wanted if n > 0]
-    requests = [Request(build_conversation(templates, kind, item.query, n),
-                        request_seed(config.seed, item.query_id, kind), kind, n)
-                for item in batch for kind, n in wanted]
-    if hasattr(generator, "generate_each"):
-        answered = generator.generate_each(requests)
-    else:
-        results = generator.generate(requests)
-        if len(results) != len(requests):
-            raise CachetuneError(f"backend {generator.label} returned {len(results)} results for "
-                                 f"{len(requests)} requests")
-        answered = enumerate(results)
-    replies: Dict[int, Dict[int, GenerationResult]] = {}
-    count = 0
-    for index, result in answered:
-        count += 1
-        stats.requests += 1
-        query = index // len(wanted)
-        replies.setdefault(query, {})[index % len(wanted)] = result
-        if len(replies[query]) == len(wanted):
-            got = replies.pop(query)
-            yield batch[query], _check_replies(batch[query], [got[k] for k in range(len(wanted))], wanted,
-                                               stats, rules)
-    if count != len(requests):
-        raise CachetuneError(f"backend {generator.label} returned {count} results for {len(requests)} requests")
+class _Asker:
+    """Asks the backend for each query's paraphrases and negatives; yields each query with its
+    checked replies once they are all in.
+
+    A query gives a triplet only with a valid paraphrase and a valid negative, so its two
+    requests go one after the other (unless ``config.ask_together``): first the negatives
+    (with a small generator the likelier to leave the query without a triplet: Qwen2.5-0.5B
+    gets none valid for about half the CoNaLa queries), and the paraphrases only when that
+    reply holds an item that could pass (:func:`possible_items`, then the embedding filter). A
+    request skipped so could not have added a triplet, so the rows are those of asking both.
+    With mined negatives a query needs only paraphrases: then they go first and decide.
+    A backend with ``generate_fed`` gets each second request as soon as the first reply is
+    checked, while it still answers the others; any other backend answers them in rounds.
+    Both replies are checked together, as when asked at once.
+    """
+
+    def __init__(self, generator: Generator, templates, config: GenerateConfig, stats: RunStats,
+                 rules: DomainRules, embedding_filter: Optional[EmbeddingFilter]):
+        self.generator, self.templates, self.config, self.stats = generator, templates, config, stats
+        self.rules, self.embedding_filter = rules, embedding_filter
+        self.wanted = [(kind, n) for kind, n in ((PARAPHRASES, config.paraphrases), (NEGATIVES, config.negatives))
+                       if n > 0]
+        mined = config.mine_negatives > 0 or config.mine_fallback
+        if len(self.wanted) == 2 and not config.ask_together:
+            first = PARAPHRASES if mined else NEGATIVES
+            self.rounds = [[w for w in self.wanted if w[0] == first], [w for w in self.wanted if w[0] != first]]
+        else:
+            self.rounds = [self.wanted]
+
+    def ask(self, batch: List[Item]) -> Iterator[Tuple[Item, Checked]]:
+        """Ask for ``batch``; yield every query once done (in the order their replies complete
+        when the backend has ``generate_each`` or ``generate_fed``)."""
+        feed, entries = RequestFeed(), []
+
+        def put(item: Item, kinds, got: dict) -> None:
+            for kind, n in kinds:
+                entries.append((item, kind, got))
+                feed.put(Request(build_conversation(self.templates, kind, item.query, n),
+                                 request_seed(self.config.seed, item.query_id, kind), kind, n))
+
+        for item in batch:
+            put(item, self.rounds[0], {})  # got: kind -> this query's reply
+        first_replies_due = len(feed)
+        if len(self.rounds) == 1:
+            feed.close()
+        for index, result in _answers(self.generator, feed):
+            self.stats.requests += 1
+            item, kind, got = entries[index]
+            got[kind] = result
+            if len(self.rounds) > 1 and len(got) == 1:  # the first of two replies
+                first_replies_due -= 1
+                promising = result.error is None and self._promising(item, kind, result)
+                if promising:
+                    put(item, self.rounds[1], got)
+                elif result.error is None:
+                    self.stats.requests_skipped += 1
+                if not first_replies_due:
+                    feed.close()
+                if promising:
+                    continue
+            elif len(got) < len(self.wanted):  # asked together: the other reply is still to come
+                continue
+            present = [(k, m) for k, m in self.wanted if k in got]
+            yield item, _check_replies(item, [got[k] for k, _ in present], present, self.stats, self.rules)
+
+    def _promising(self, item: Item, kind: str, result: GenerationResult) -> bool:
+        """Whether the reply holds an item that could pass every check (then the other request is sent)."""
+        items = possible_items(item.query, kind, parse_reply(result.text, kind), self.rules)
+        if not items or self.embedding_filter is None:
+            return bool(items)
+        return self.embedding_filter.any_kept(item.query, kind, items)
+
+
+def _answers(generator: Generator, feed: RequestFeed) -> Iterator[Tuple[int, GenerationResult]]:
+    """``(index, result)`` for every request of ``feed`` until it is closed and drained: through
+    ``generate_fed``, else in rounds of what is queued (``generate_each`` or ``generate``). The
+    caller adds to the feed (or closes it) between two results."""
+    if hasattr(generator, "generate_fed"):
+        count = 0
+        for pair in generator.generate_fed(feed):
+            count += 1
+            yield pair
+        if count != len(feed):
+            raise CachetuneError(f"backend {generator.label} returned {count} results for {len(feed)} requests")
+        return
+    while True:
+        queued = feed.take_all()
+        if not queued:
+            if not feed.closed:  # nothing in flight could add to it
+                raise RuntimeError("generate: the request feed is open but empty")
+            return
+        requests = [request for _, request in queued]
+        if hasattr(generator, "generate_each"):
+            answered = generator.generate_each(requests)
+        else:
+            results = generator.generate(requests)
+            if len(results) != len(requests):
+                raise CachetuneError(f"backend {generator.label} returned {len(results)} results for "
+                                     f"{len(requests)} requests")
+            answered = enumerate(results)
+        count = 0
+        for index, result in answered:
+            count += 1
+            yield queued[index][0], result
+        if count != len(requests):
+            raise CachetuneError(f"backend {generator.label} returned {count} results for {len(requests)} requests")
 
 
 def _check_replies(item: Item, results: List[GenerationResult], wanted, stats: RunStats,

@@ -76,6 +76,11 @@ class Generator(Protocol):
     answered, in any order: a backend whose requests finish one by one (HTTP) has each query's
     triplets written as soon as its replies are in, so a kill mid-batch loses only the queries
     still in flight.
+
+    An optional ``generate_fed(feed)`` does the same for the requests of a :class:`RequestFeed`,
+    which the caller may add to while the backend runs (a query's second request, sent once its
+    first reply is checked): the backend takes each request when it has room for one, until the
+    feed is closed and every request in it is answered.
     """
 
     label: str
@@ -85,6 +90,59 @@ class Generator(Protocol):
 
     def close(self) -> None:
         ...
+
+
+class RequestFeed:
+    """Requests handed to a backend while it runs (``Generator.generate_fed``); thread-safe.
+
+    ``put`` adds a request (its index is its position), ``close`` says no more will come;
+    the backend's workers ``take`` the next request, or :data:`RequestFeed.WAIT` when none is
+    queued yet but more may come, or None once the feed is closed and drained.
+    """
+
+    WAIT = "wait"
+
+    def __init__(self, requests: Sequence[Request] = (), closed: bool = False):
+        import threading
+
+        self._changed = threading.Condition()
+        self.requests: List[Request] = list(requests)
+        self._next = 0
+        self.closed = closed
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def put(self, request: Request) -> int:
+        with self._changed:
+            self.requests.append(request)
+            self._changed.notify_all()
+            return len(self.requests) - 1
+
+    def close(self) -> None:
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    def take(self):
+        """``(index, request)``, :data:`WAIT`, or None (closed and drained)."""
+        with self._changed:
+            if self._next < len(self.requests):
+                self._next += 1
+                return self._next - 1, self.requests[self._next - 1]
+            return None if self.closed else self.WAIT
+
+    def take_all(self) -> List[Tuple[int, Request]]:
+        """Every request queued and not yet taken."""
+        with self._changed:
+            start, self._next = self._next, len(self.requests)
+            return list(enumerate(self.requests[start:], start))
+
+    def wait(self, timeout: float) -> None:
+        """Block until a request is added or the feed closes (at most ``timeout`` seconds)."""
+        with self._changed:
+            if self._next >= len(self.requests) and not self.closed:
+                self._changed.wait(timeout)
 
 
 def response_schema(kind: str, n: int) -> dict:
@@ -300,6 +358,35 @@ class Checked:
     request_failed: bool = False  # a backend error, not a reply: the query is worth asking again
 
 
+class _ItemRules:
+    """The rules one item of one query's reply is checked against, whatever the other items."""
+
+    def __init__(self, query: str, kind: str, rules: DomainRules):
+        self.query, self.kind, self.rules = query, kind, rules
+        self.fillers = rules.filler_words
+        self.query_keys = self.keys_of(query)
+        self.query_topic = topic_words(query, self.fillers)
+
+    def keys_of(self, text: str) -> set:
+        return {exact_key(text), near_key(text, self.fillers)}
+
+    def own_problem(self, item: str, keys: set) -> Optional[str]:
+        """The first rule ``item`` breaks that comes before the duplicate rule, else None."""
+        if not item or not near_key(item, self.fillers):
+            return "empty_item"
+        if looks_like_answer(item, self.query, self.rules):
+            return "answers_question"
+        if too_long(item, self.query):
+            return "too_long"
+        if keys & self.query_keys:
+            return "same_as_query"
+        return None
+
+    def off_topic(self, item: str) -> bool:
+        return (self.kind == NEGATIVES and bool(self.query_topic)
+                and not (topic_words(item, self.fillers) & self.query_topic))
+
+
 def check_items(query: str, kind: str, parsed: Parsed, limit: int, checked: Checked,
                 rules: DomainRules = NEUTRAL_RULES) -> None:
     """Add the valid items of ``parsed`` to ``checked``; count every rejection by reason.
@@ -318,40 +405,42 @@ def check_items(query: str, kind: str, parsed: Parsed, limit: int, checked: Chec
         checked.notes[f"{label}/{parsed.note}"] += 1
     if parsed.dropped:
         checked.rejected[f"{label}/not_text"] += parsed.dropped
-    fillers = rules.filler_words
-
-    def keys_of(text: str) -> set:
-        return {exact_key(text), near_key(text, fillers)}
-
-    query_keys = keys_of(query)
+    own = _ItemRules(query, kind, rules)
     kept = checked.paraphrases if kind == PARAPHRASES else checked.negatives
-    seen = set().union(*(keys_of(item) for item in kept))
-    paraphrase_keys = set().union(*(keys_of(p) for p in checked.paraphrases))
-    query_topic = topic_words(query, fillers)
+    seen = set().union(*(own.keys_of(item) for item in kept))
+    paraphrase_keys = set().union(*(own.keys_of(p) for p in checked.paraphrases))
     for raw in parsed.items:
         item = clean_item(raw)
-        keys = keys_of(item)
-        if not item or not near_key(item, fillers):
-            reason = "empty_item"
-        elif looks_like_answer(item, query, rules):
-            reason = "answers_question"
-        elif too_long(item, query):
-            reason = "too_long"
-        elif keys & query_keys:
-            reason = "same_as_query"
-        elif keys & seen:
-            reason = "duplicate"
-        elif kind == NEGATIVES and keys & paraphrase_keys:
-            reason = "same_as_paraphrase"
-        elif kind == NEGATIVES and query_topic and not (topic_words(item, fillers) & query_topic):
-            reason = "off_topic"
-        elif len(kept) >= limit:
-            reason = "extra_item"
-        else:
-            kept.append(item)
-            seen |= keys
-            continue
+        keys = own.keys_of(item)
+        reason = own.own_problem(item, keys)
+        if reason is None:
+            if keys & seen:
+                reason = "duplicate"
+            elif kind == NEGATIVES and keys & paraphrase_keys:
+                reason = "same_as_paraphrase"
+            elif own.off_topic(item):
+                reason = "off_topic"
+            elif len(kept) >= limit:
+                reason = "extra_item"
+            else:
+                kept.append(item)
+                seen |= keys
+                continue
         checked.rejected[f"{label}/{reason}"] += 1
+
+
+def possible_items(query: str, kind: str, parsed: Parsed, rules: DomainRules = NEUTRAL_RULES) -> List[str]:
+    """The items of ``parsed`` that pass every rule of :func:`check_items` that looks at one item
+    alone (all but duplicate, a paraphrase of the query, and the limit), cleaned.
+
+    :func:`check_items` keeps none of a reply when this returns none, whatever else the query
+    got: what lets ``generate`` skip a query's other request (see the pipeline).
+    """
+    if parsed.problem:
+        return []
+    own = _ItemRules(query, kind, rules)
+    items = [clean_item(raw) for raw in parsed.items]
+    return [item for item in items if own.own_problem(item, own.keys_of(item)) is None and not own.off_topic(item)]
 
 
 def pair_triplets(query: str, paraphrases: Sequence[str], negatives: Sequence[str]) -> List[Tuple[str, str, str]]:

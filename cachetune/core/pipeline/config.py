@@ -39,6 +39,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "mine_negatives": 0,
         "mine_fallback": False,  # mine a negative for queries whose LLM negatives were all rejected
         "embedding_filter": True,
+        "ask_together": False,  # send a query's two requests at once (default: negatives first)
     },
     "train": {
         "epochs": 1,
@@ -85,6 +86,7 @@ TYPES: Dict[str, tuple] = {
     "generate.batch_size": _POSITIVE, "generate.options": ("mapping", False, None), "generate.limit": _POSITIVE,
     "generate.holdout_limit": ("int", True, 0), "generate.mine_negatives": ("int", False, 0),
     "generate.mine_fallback": ("bool", False, None), "generate.embedding_filter": ("bool", False, None),
+    "generate.ask_together": ("bool", False, None),
     "train.epochs": ("int", False, 1), "train.batch_size": ("int", False, 2), "train.lr": ("float", True, 0.0),
     "train.temperature": ("float", False, 0.0), "train.lora_r": ("int", False, 1),
     "train.lora_alpha": ("float", False, 0.0), "train.lora_dropout": ("float", False, 0.0),

@@ -229,7 +229,7 @@ class Pipeline:
             paraphrases=opts["paraphrases"], negatives=opts["negatives"], batch_size=opts["batch_size"],
             limit=limit, seed=self.seed, resume=True, mine_negatives=opts["mine_negatives"],
             mine_fallback=opts["mine_fallback"] and split == "train",  # held-out triplets stay LLM-only
-            base_model=self.base_model, embedding_filter=opts["embedding_filter"],
+            base_model=self.base_model, embedding_filter=opts["embedding_filter"], ask_together=opts["ask_together"],
         )
         progress = None
         if self.progress:
@@ -246,7 +246,8 @@ class Pipeline:
     def stage_generate(self, number: int) -> dict:
         opts = self.config["generate"]
         inputs = [_file_digest(self.data_dir / f"{s}.jsonl") for s in ("train", "holdout")]
-        fp = _fingerprint(opts, inputs, self.base_model, self.seed)
+        # ask_together changes which requests are sent, not the triplets (see generate's made_by)
+        fp = _fingerprint({k: v for k, v in opts.items() if k != "ask_together"}, inputs, self.base_model, self.seed)
 
         def work():
             train = self._generate("train", opts["limit"])
