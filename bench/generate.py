@@ -27,7 +27,7 @@ triplets per query, each round's triplets/query (their spread), and, against the
 default, the ratio of triplets per query with a 95% bootstrap interval (queries resampled, the
 same queries for both). The load average is printed per run.
 
-    .venv/bin/python bench/generate.py [--queries 48] [--rounds 3] [--model PATH.gguf] [--only NAME ...]
+    .venv/bin/python bench/generate.py [--queries 48] [--rounds 3] [--skip 0] [--model PATH.gguf] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def bench_arguments(description: str, queries: int, rounds_help: str) -> argpars
     parser.add_argument("--model", default=None, help="GGUF (default: the get-gguf qwen file)")
     parser.add_argument("--rounds", type=int, default=2 if queries < 48 else 3, help=rounds_help)
     parser.add_argument("--only", nargs="*", help="run only these configurations")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N prepared queries (other queries)")
     return parser.parse_args()
 
 
@@ -150,8 +151,8 @@ def main() -> None:
     totals = {name: {"wall": 0.0, "cpu": 0.0, "done": 0, "rounds": [], "per_query": {}, "requests": 0}
               for name, _, _ in configs}
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare_queries(args.queries, Path(tmp) / "prepared")
-        rows = prepared.read_text(encoding="utf-8").splitlines()
+        prepared = prepare_queries(args.skip + args.queries, Path(tmp) / "prepared")
+        rows = prepared.read_text(encoding="utf-8").splitlines()[args.skip:]
         chunks = [rows[i::args.rounds] for i in range(args.rounds)]
         print(f"model {Path(model).name}; {len(rows)} CoNaLa queries in {args.rounds} rounds; {os.cpu_count()} CPUs, "
               f"{cores} physical cores; load average {os.getloadavg()[0]:.2f}", flush=True)

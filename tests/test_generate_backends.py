@@ -379,10 +379,10 @@ def test_llama_cpp_defaults_one_instance_per_core(tmp_path):
         gen = LlamaCppGenerator({"model": str(gguf), **opts})
         return gen.workers, gen.threads_per_worker, gen.batch_size
 
-    # batched (the default: 8 requests decoded together per instance): 8 requests (4 queries) per slot
-    assert shape(n_threads=1) == (1, 1, 32)
-    assert shape(n_threads=2) == (2, 1, 64)
-    assert shape(n_threads=8) == (4, 2, 128)  # at most 4 instances; the other cores become their threads
+    # batched (the default: 16 requests decoded together per instance): 4 queries per slot
+    assert shape(n_threads=1) == (1, 1, 64)
+    assert shape(n_threads=2) == (2, 1, 128)
+    assert shape(n_threads=8) == (4, 2, 256)  # at most 4 instances; the other cores become their threads
     assert shape(n_threads=2, concurrency=1, parallel=8) == (1, 2, 32)
     assert shape(n_threads=2, parallel=4) == (2, 1, 32)
     # one request at a time per instance

@@ -264,7 +264,8 @@ def test_llama_cpp_batched_decoding_same_prompts_seeded_and_valid(smollm_gguf):
 def test_llama_cpp_takes_requests_fed_while_it_runs(smollm_gguf, parallel):
     """A request put in the feed after the first reply is answered too, by a batched or a
     one-at-a-time instance; the feed's close ends the run."""
-    from cachetune.core.generate.prompting import NEGATIVES, Request, RequestFeed, build_conversation
+    from cachetune.core.generate.feed import RequestFeed
+    from cachetune.core.generate.prompting import NEGATIVES, Request, build_conversation
     from cachetune.core.plugin_manager import get_plugin_manager
     from cachetune.plugins.llama_cpp_generator import LlamaCppGenerator
 

@@ -4,7 +4,7 @@ The offline default. What makes it fast is measured in ``bench/generate.py`` (th
 against the previous one, through the whole generate stage) and ``bench/generate_options.py``
 (the options one by one):
 
-- batched decoding (``parallel``, default 8): each instance decodes several requests together
+- batched decoding (``parallel``, default 16): each instance decodes several requests together
   in one llama.cpp batch, one sequence per request in one context, as llama.cpp's own server
   does with parallel slots (:mod:`cachetune.plugins.llama_cpp_batch`); one step reads the
   weights once for every sequence. On these 2-core AVX2 machines decoding the 0.5B model is
@@ -55,7 +55,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from cachetune import BackendOption, hookimpl
 from cachetune.core.errors import CachetuneError
 from cachetune.core.generate.backends import backend_options
-from cachetune.core.generate.prompting import GenerationResult, Request, RequestFeed
+from cachetune.core.generate.feed import RequestFeed
+from cachetune.core.generate.prompting import GenerationResult, Request
 
 NAME = "llama-cpp"
 DEFAULT_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -97,7 +98,7 @@ def fetch_default_model(path: Path) -> None:
 
 
 MAX_DEFAULT_INSTANCES = 4
-DEFAULT_PARALLEL = 8
+DEFAULT_PARALLEL = 16
 
 OPTIONS = (
     BackendOption("n_threads", int, None, "CPU threads in all (default: the physical cores)."),
@@ -144,8 +145,8 @@ class LlamaCppGenerator:
         self.parallel = max(1, int(opts["parallel"]))
         self.workers = max(1, int(opts["concurrency"] or min(threads, MAX_DEFAULT_INSTANCES)))
         self.threads_per_worker = max(1, threads // self.workers)
-        # Queries per batch (two requests each). Each query is written once its replies are in
-        # (generate_each), so a batch may be long: batched, 8 requests per slot, so slots refill
+        # Queries per batch (one or two requests each). Each query is written once its replies are
+        # in (generate_fed), so a batch may be long: batched, 4 queries per slot, so slots refill
         # while long replies finish and rarely wait at the end of a batch for the last one; one at
         # a time, one request per instance.
         slots = self.workers * self.parallel

@@ -26,13 +26,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from cachetune.core.errors import CachetuneError
 from cachetune.core.generate.prompting import (
-    NEGATIVES, NEUTRAL_RULES, PARAPHRASES, Checked, DomainRules, GenerationResult, Generator, Request, RequestFeed,
+    NEGATIVES, NEUTRAL_RULES, PARAPHRASES, Checked, DomainRules, GenerationResult, Generator, Request,
     build_conversation, check_items, pair_triplets, parse_reply, possible_items,
 )
+from cachetune.core.generate.feed import RequestFeed, answers
 from cachetune.core.generate.embedding import EmbeddingFilter, mine_batch, mine_where_no_negative
 from cachetune.core.generate.inputs import Item, read_input
 from cachetune.core.generate.triplets_file import TripletWriter, keep_rows_of, scan_output
@@ -375,7 +376,7 @@ class _Asker:
         first_replies_due = len(feed)
         if len(self.rounds) == 1:
             feed.close()
-        for index, result in _answers(self.generator, feed):
+        for index, result in answers(self.generator, feed):
             self.stats.requests += 1
             item, kind, got = entries[index]
             got[kind] = result
@@ -401,41 +402,6 @@ class _Asker:
         if not items or self.embedding_filter is None:
             return bool(items)
         return self.embedding_filter.any_kept(item.query, kind, items)
-
-
-def _answers(generator: Generator, feed: RequestFeed) -> Iterator[Tuple[int, GenerationResult]]:
-    """``(index, result)`` for every request of ``feed`` until it is closed and drained: through
-    ``generate_fed``, else in rounds of what is queued (``generate_each`` or ``generate``). The
-    caller adds to the feed (or closes it) between two results."""
-    if hasattr(generator, "generate_fed"):
-        count = 0
-        for pair in generator.generate_fed(feed):
-            count += 1
-            yield pair
-        if count != len(feed):
-            raise CachetuneError(f"backend {generator.label} returned {count} results for {len(feed)} requests")
-        return
-    while True:
-        queued = feed.take_all()
-        if not queued:
-            if not feed.closed:  # nothing in flight could add to it
-                raise RuntimeError("generate: the request feed is open but empty")
-            return
-        requests = [request for _, request in queued]
-        if hasattr(generator, "generate_each"):
-            answered = generator.generate_each(requests)
-        else:
-            results = generator.generate(requests)
-            if len(results) != len(requests):
-                raise CachetuneError(f"backend {generator.label} returned {len(results)} results for "
-                                     f"{len(requests)} requests")
-            answered = enumerate(results)
-        count = 0
-        for index, result in answered:
-            count += 1
-            yield queued[index][0], result
-        if count != len(requests):
-            raise CachetuneError(f"backend {generator.label} returned {count} results for {len(requests)} requests")
 
 
 def _check_replies(item: Item, results: List[GenerationResult], wanted, stats: RunStats,

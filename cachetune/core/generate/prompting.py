@@ -77,7 +77,8 @@ class Generator(Protocol):
     triplets written as soon as its replies are in, so a kill mid-batch loses only the queries
     still in flight.
 
-    An optional ``generate_fed(feed)`` does the same for the requests of a :class:`RequestFeed`,
+    An optional ``generate_fed(feed)`` does the same for the requests of a
+    :class:`cachetune.core.generate.feed.RequestFeed`,
     which the caller may add to while the backend runs (a query's second request, sent once its
     first reply is checked): the backend takes each request when it has room for one, until the
     feed is closed and every request in it is answered.
@@ -90,59 +91,6 @@ class Generator(Protocol):
 
     def close(self) -> None:
         ...
-
-
-class RequestFeed:
-    """Requests handed to a backend while it runs (``Generator.generate_fed``); thread-safe.
-
-    ``put`` adds a request (its index is its position), ``close`` says no more will come;
-    the backend's workers ``take`` the next request, or :data:`RequestFeed.WAIT` when none is
-    queued yet but more may come, or None once the feed is closed and drained.
-    """
-
-    WAIT = "wait"
-
-    def __init__(self, requests: Sequence[Request] = (), closed: bool = False):
-        import threading
-
-        self._changed = threading.Condition()
-        self.requests: List[Request] = list(requests)
-        self._next = 0
-        self.closed = closed
-
-    def __len__(self) -> int:
-        return len(self.requests)
-
-    def put(self, request: Request) -> int:
-        with self._changed:
-            self.requests.append(request)
-            self._changed.notify_all()
-            return len(self.requests) - 1
-
-    def close(self) -> None:
-        with self._changed:
-            self.closed = True
-            self._changed.notify_all()
-
-    def take(self):
-        """``(index, request)``, :data:`WAIT`, or None (closed and drained)."""
-        with self._changed:
-            if self._next < len(self.requests):
-                self._next += 1
-                return self._next - 1, self.requests[self._next - 1]
-            return None if self.closed else self.WAIT
-
-    def take_all(self) -> List[Tuple[int, Request]]:
-        """Every request queued and not yet taken."""
-        with self._changed:
-            start, self._next = self._next, len(self.requests)
-            return list(enumerate(self.requests[start:], start))
-
-    def wait(self, timeout: float) -> None:
-        """Block until a request is added or the feed closes (at most ``timeout`` seconds)."""
-        with self._changed:
-            if self._next >= len(self.requests) and not self.closed:
-                self._changed.wait(timeout)
 
 
 def response_schema(kind: str, n: int) -> dict:
