@@ -12,9 +12,11 @@ the shared few-shot prefix:
                                 together in one llama.cpp batch (-o parallel 4 --ask-together)
   batched 2x8 together          the same with 8 requests per instance (-o parallel 8
                                 --ask-together): the default before requests went in turn
-  batched (default)             2x8, a query's negatives first and its paraphrases only when a
-                                negative could pass (the generate default)
-  batched 2x16                  the same with 16 requests per instance (-o parallel 16)
+  batched 2x8 in turn           2x8, a query's negatives first and its paraphrases only when a
+                                negative could pass (generate's default order)
+  batched 2x16 in turn          the same with 16 requests per instance
+  batched 2x16 prefill          the same with each reply's JSON opening prefilled (-o prefill true)
+  batched (default)             the backend's and generate's defaults (2x16 in turn)
   batched 1x8                   one Llama on all cores decoding 8 requests together
                                 (-o concurrency 1 -o parallel 8)
   batched 1x16                  one Llama on all cores decoding 16 requests together
@@ -23,7 +25,7 @@ The queries are split into ``--rounds`` disjoint chunks; each round runs every c
 its chunk, in an order rotated from round to round, so load from other jobs is spread over all
 of them. Per configuration: queries/s over all rounds (wall), queries per CPU-second (this
 process's CPU time: the work done, steadier than wall time when other jobs share the cores),
-triplets per query, each round's triplets/query (their spread), and, against the previous
+triplets per query, each round's triplets/query (their spread), and, against the old
 default, the ratio of triplets per query with a 95% bootstrap interval (queries resampled, the
 same queries for both). The load average is printed per run.
 
