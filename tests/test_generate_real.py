@@ -156,8 +156,10 @@ def test_ctrl_c_then_sigkill_mid_run_then_rerun_has_no_duplicate_and_no_torn_lin
            "--batch-size", "2"]  # several batches: the first is written while the next ones still run
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
-    # Ctrl-C: a clean stop, a summary, exit 130
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C: a clean stop, a summary, exit 130. A shell without job control starts background jobs with
+    # SIGINT ignored, and Python then keeps it ignored: give the child the default, as a terminal would.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for_lines(proc, out, 1)
         proc.send_signal(signal.SIGINT)
