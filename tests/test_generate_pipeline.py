@@ -521,3 +521,26 @@ def test_a_fed_backend_gets_the_second_requests_while_it_runs(tmp_path, template
     assert [[(r.kind, r.seed) for r in c] for c in gen.fed] == [
         [(NEGATIVES, seed(q, NEGATIVES)) for q in range(5)] + [(PARAPHRASES, seed(q, PARAPHRASES)) for q in (0, 1, 2, 4)]]
     assert summary["llm_requests"] == 9 and summary["llm_requests_skipped"] == 1 and summary["triplets_written"] == 7
+
+
+@pytest.mark.parametrize("way", ["generate", "generate_each", "generate_fed"])
+def test_a_backend_that_drops_a_result_is_an_error_naming_it(way):
+    from cachetune.core.generate.feed import RequestFeed, answers
+    from cachetune.core.generate.prompting import Request
+
+    class Short:
+        label = "short:test"
+
+    def short(requests):  # answers all but the last request
+        return [GenerationResult('{"negatives": ["x"]}', 1, 1) for _ in list(requests)[:-1]]
+
+    backend = Short()
+    if way == "generate":
+        backend.generate = short
+    elif way == "generate_each":
+        backend.generate_each = lambda requests: enumerate(short(requests))
+    else:
+        backend.generate_fed = lambda feed: enumerate(short(feed.requests))
+    feed = RequestFeed([Request([], seed, NEGATIVES, 1) for seed in range(3)], closed=True)
+    with pytest.raises(CachetuneError, match="backend short:test returned 2 results for 3 requests"):
+        list(answers(backend, feed))

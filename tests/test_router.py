@@ -340,7 +340,8 @@ def test_router_files_of_both_formats_load_and_a_newer_one_fails_in_one_line():
 
 
 def test_spherical_centroids_find_the_clusters():
-    from cachetune.core.routing.train import nearest_cosines, spherical_centroids
+    from cachetune.core.routing.router import nearest_cosines
+    from cachetune.core.routing.train import spherical_centroids
 
     rng = np.random.default_rng(0)
     axes = np.eye(8)[:3]

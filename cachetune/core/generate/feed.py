@@ -70,12 +70,7 @@ def answers(generator: Generator, feed: RequestFeed) -> Iterator[Tuple[int, Gene
     ``generate_fed``, else in rounds of what is queued (``generate_each`` or ``generate``). The
     caller adds to the feed (or closes it) between two results."""
     if hasattr(generator, "generate_fed"):
-        count = 0
-        for pair in generator.generate_fed(feed):
-            count += 1
-            yield pair
-        if count != len(feed):
-            raise CachetuneError(f"backend {generator.label} returned {count} results for {len(feed)} requests")
+        yield from _counted(generator, generator.generate_fed(feed), lambda: len(feed))
         return
     while True:
         queued = feed.take_all()
@@ -89,12 +84,21 @@ def answers(generator: Generator, feed: RequestFeed) -> Iterator[Tuple[int, Gene
         else:
             results = generator.generate(requests)
             if len(results) != len(requests):
-                raise CachetuneError(f"backend {generator.label} returned {len(results)} results for "
-                                     f"{len(requests)} requests")
+                _wrong_count(generator, len(results), len(requests))
             answered = enumerate(results)
-        count = 0
-        for index, result in answered:
-            count += 1
+        for index, result in _counted(generator, answered, lambda: len(requests)):
             yield queued[index][0], result
-        if count != len(requests):
-            raise CachetuneError(f"backend {generator.label} returned {count} results for {len(requests)} requests")
+
+
+def _counted(generator: Generator, pairs, expected) -> Iterator[Tuple[int, GenerationResult]]:
+    """``pairs`` passed on; then an error unless there were ``expected()`` of them."""
+    count = 0
+    for pair in pairs:
+        count += 1
+        yield pair
+    if count != expected():
+        _wrong_count(generator, count, expected())
+
+
+def _wrong_count(generator: Generator, got: int, asked: int) -> None:
+    raise CachetuneError(f"backend {generator.label} returned {got} results for {asked} requests")

@@ -34,6 +34,11 @@ def unit_rows(rows: np.ndarray) -> np.ndarray:
     return rows / np.where(norms == 0, 1.0, norms)
 
 
+def nearest_cosines(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each unit row's cosine to the nearest of the unit ``centroids`` rows."""
+    return (rows @ np.atleast_2d(centroids).T).max(axis=1)
+
+
 def token_embedding_means(model, texts: Sequence[str]) -> np.ndarray:
     """One unit row per text: the mean of ``model``'s input token embeddings over its tokens.
 
@@ -94,7 +99,7 @@ class Router:
 
     def confidence(self, domain: str, vectors: np.ndarray) -> np.ndarray:
         """Cosine of each of ``domain``'s adapter vectors to the nearest of the domain's centroids."""
-        return (unit_rows(np.asarray(vectors, dtype=np.float32)) @ self.centroids[domain].T).max(axis=1)
+        return nearest_cosines(unit_rows(np.asarray(vectors, dtype=np.float32)), self.centroids[domain])
 
     def threshold_for(self, domain: Optional[str], adapter_threshold: Optional[float]) -> Optional[float]:
         return self.base_threshold if domain is None else adapter_threshold

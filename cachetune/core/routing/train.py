@@ -29,7 +29,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.routing.router import Router, routed_encode, token_embedding_means, unit_rows
+from cachetune.core.routing.router import (
+    Router, nearest_cosines, routed_encode, token_embedding_means, unit_rows,
+)
 
 MIN_QUERIES = 10
 # Centroids in adapter space are means: a sample this large pins them down, and encoding every
@@ -67,11 +69,6 @@ def spherical_centroids(rows: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
     fitted = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(rows)
     return unit_rows(fitted.cluster_centers_)
-
-
-def nearest_cosines(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Each unit row's cosine to the nearest of the unit ``centroids`` rows."""
-    return (rows @ np.atleast_2d(centroids).T).max(axis=1)
 
 
 def fold_of(n: int, rng, folds: int = FOLDS) -> np.ndarray:
@@ -220,9 +217,11 @@ def _share(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+ENCODE_OPTIONS = dict(batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+
+
 def _encode(multi, texts: Sequence[str], domain: Optional[str]) -> np.ndarray:
-    return np.asarray(multi.encode(list(texts), domain=domain, batch_size=64, convert_to_numpy=True,
-                                   show_progress_bar=False))
+    return np.asarray(multi.encode(list(texts), domain=domain, **ENCODE_OPTIONS))
 
 
 def base_threshold_of(multi) -> Optional[float]:
@@ -241,9 +240,8 @@ def evaluate_router(router: Router, multi, queries: Dict[str, Sequence[str]],
 
     def where(texts: Sequence[str]) -> Dict[str, int]:
         routed = routed_encode(router, multi.model, encoders_for(), lambda texts: _encode(multi, texts, None),
-                               texts, mixed_encode=lambda texts, domains: np.asarray(multi.encode_mixed(
-                                   list(texts), domains, batch_size=64, convert_to_numpy=True,
-                                   show_progress_bar=False)))
+                               texts, mixed_encode=lambda texts, domains: np.asarray(
+                                   multi.encode_mixed(list(texts), domains, **ENCODE_OPTIONS)))
         return dict(Counter(domain or "base" for domain in routed.domains))
 
     per_domain, right, total = {}, 0, 0
