@@ -130,13 +130,19 @@ def test_multi_adapter_switching_matches_loading_each_alone(registry, base_vecto
         multi.encode(TEXTS, domain="cooking")
 
 
-def test_mixed_batch_matches_encoding_each_group_alone(registry):
+@pytest.mark.parametrize("way", ["stacked", "peft"])
+def test_mixed_batch_matches_encoding_each_group_alone(registry, way):
     """One encode, each text through its own adapter (None: the base model): every row equals the
     group's own encode. sentence-transformers sorts texts by length inside encode, and the batches
-    here (2 texts) cut across the domains, so a name attached to the wrong row shows up."""
+    here (2 texts) cut across the domains, so a name attached to the wrong row shows up. The two
+    adapters differ in rank (8, 4) and targets (query/value; query/key/dense): the stacked layers
+    pad and skip. "peft": the fallback for adapters that cannot be stacked (peft's adapter_names)."""
     from cachetune import load_multi
 
     multi = load_multi(["programming", "medical"], registry=registry, device="cpu")
+    assert multi._stacked_lora() is not None
+    if way == "peft":
+        multi._stacked = None
     texts = [TEXTS[0], "x", TEXTS[2] + " and how is it treated in older adults", "sort", TEXTS[1], TEXTS[3],
              "what is a python list comprehension used for", TEXTS[0]]
     domains = ["medical", "programming", None, "medical", "programming", None, "medical", "medical"]

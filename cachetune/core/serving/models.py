@@ -232,35 +232,49 @@ class MultiAdapterModel:
     def encode_mixed(self, texts: Sequence[str], domains: Sequence[Optional[str]], **kwargs):
         """Each text through its own domain's adapter (None: the base model), all in one ``encode``.
 
-        peft's mixed-adapter batches: every LoRA layer is given one adapter name per row of the batch
-        (``"__base__"``: none), so the base computation is shared and each row gets only its own
-        adapter's low-rank update. sentence-transformers reorders texts by length and batches them
-        inside ``encode``, so the names are attached where each batch is tokenised (``preprocess``
-        sees the batch's own texts, in order) and travel to the peft model's forward with the features.
+        The base computation is shared and each row gets only its own adapter's low-rank update
+        (:mod:`cachetune.core.serving.mixed`; peft's per-row ``adapter_names`` for adapters it cannot
+        stack). sentence-transformers reorders texts by length and batches them inside ``encode``, so
+        each batch's adapters are set where it is tokenised (``preprocess`` sees the batch's own
+        texts, in order), just before its forward.
         """
         texts = list(texts)
         if len(domains) != len(texts):
             raise CachetuneError(f"{len(texts)} texts but {len(domains)} domains")
-        names: Dict[str, str] = {}
+        names: Dict[str, Optional[str]] = {}
         for text, domain in zip(texts, domains):
             if domain is not None:
                 self._adapter(domain)
-            name = PEFT_BASE if domain is None else self._peft_names[domain]
+            name = None if domain is None else self._peft_names[domain]
             if names.setdefault(text, name) != name:
                 raise CachetuneError(f"the text {text[:60]!r} is given twice with different domains")
         preprocess = self.model.preprocess
+        stacked = self._stacked_lora()
 
         def with_adapter_names(inputs, *args, **kw):
             features = preprocess(inputs, *args, **kw)
-            features["adapter_names"] = [names[text] for text in inputs]
+            if stacked is None:
+                features["adapter_names"] = [names[text] or PEFT_BASE for text in inputs]
+            else:
+                stacked.set_rows([names[text] for text in inputs])
             return features
 
         with self._lock:
             self.model.preprocess = with_adapter_names
             try:
-                return self.model.encode(texts, **kwargs)
+                if stacked is None:
+                    return self.model.encode(texts, **kwargs)
+                return stacked.run(lambda: self.model.encode(texts, **kwargs))
             finally:
                 del self.model.preprocess
+
+    def _stacked_lora(self):
+        """Every loaded adapter stacked per layer (built once; None: peft's own mixed batches)."""
+        if not hasattr(self, "_stacked"):
+            from cachetune.core.serving.mixed import StackedLora
+
+            self._stacked = StackedLora.build(self.peft_model, list(self._peft_names.values()))
+        return self._stacked
 
     def similarity(self, a: str, b: str, domain: Optional[str] = None):
         """Cosine of ``a`` and ``b`` under ``domain``'s adapter; ``"auto"``: a :class:`RoutedSimilarity`."""
