@@ -14,7 +14,8 @@ in), and a per-row mask keeps only the row's own adapter's R columns of ``x @ A`
 which is exactly ``scaling_k * B_k(A_k(x))`` for the row's adapter k (zero for "no adapter"), added
 in place. The adapters run with peft's adapters disabled (the layer then returns its base output)
 and a forward hook on each LoRA layer adds the update. Only plain LoRA on Linear layers is stacked;
-anything else (DoRA and other variants, LoRA on embeddings or convolutions) uses peft's own path.
+anything else (DoRA and other variants, a bias on B, LoRA on embeddings or convolutions) uses peft's
+own path.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class StackedLora:
         for layer in layers:
             if type(layer) is not LoraLinear or getattr(layer, "fan_in_fan_out", False):
                 return None
-            if any(name in getattr(layer, "lora_variant", {}) for name in names):
+            if any(name in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(name)
+                   for name in names):
                 return None
         rank = max(layer.r[name] for layer in layers for name in names if name in layer.lora_A)
         stacks = {}
