@@ -39,6 +39,7 @@ from cachetune.core.textfiles import read_json, reading_text
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".npy")
 BACKENDS = ("torch", "onnx")
 PEFT_BASE = "__base__"  # peft's adapter name for "no adapter" in a mixed-adapter batch
+_NOT_BUILT = object()
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class MultiAdapterModel:
         self.base_thresholds = base_thresholds or {}  # label -> the base model's calibrated threshold
         self.router = None  # set by cachetune.core.serving.routed.attach_router: domain="auto"
         self.router_problem: Optional[str] = None  # why no router is attached, for domain="auto"'s error
+        self._stacked = _NOT_BUILT  # encode_mixed's StackedLora (None: peft's mixed batches)
 
     @property
     def domains(self) -> List[str]:
@@ -249,9 +251,8 @@ class MultiAdapterModel:
             if names.setdefault(text, name) != name:
                 raise CachetuneError(f"the text {text[:60]!r} is given twice with different domains")
         preprocess = self.model.preprocess
-        stacked = self._stacked_lora()
 
-        def with_adapter_names(inputs, *args, **kw):
+        def with_row_adapters(inputs, *args, **kw):
             features = preprocess(inputs, *args, **kw)
             if stacked is None:
                 features["adapter_names"] = [names[text] or PEFT_BASE for text in inputs]
@@ -260,7 +261,8 @@ class MultiAdapterModel:
             return features
 
         with self._lock:
-            self.model.preprocess = with_adapter_names
+            stacked = self._stacked_lora()
+            self.model.preprocess = with_row_adapters
             try:
                 if stacked is None:
                     return self.model.encode(texts, **kwargs)
@@ -269,8 +271,8 @@ class MultiAdapterModel:
                 del self.model.preprocess
 
     def _stacked_lora(self):
-        """Every loaded adapter stacked per layer (built once; None: peft's own mixed batches)."""
-        if not hasattr(self, "_stacked"):
+        """Every loaded adapter stacked per layer (built on first use; None: peft's own mixed batches)."""
+        if self._stacked is _NOT_BUILT:
             from cachetune.core.serving.mixed import StackedLora
 
             self._stacked = StackedLora.build(self.peft_model, list(self._peft_names.values()))
