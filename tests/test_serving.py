@@ -166,6 +166,23 @@ def test_mixed_batch_matches_encoding_each_group_alone(registry, way):
         multi.encode_mixed(["a"], ["cooking"])
 
 
+@pytest.mark.parametrize("option", [{"use_dora": True}, {"lora_bias": True}])
+def test_adapters_that_cannot_be_stacked_use_peft_mixed_batches(tiny_model, option):
+    """DoRA rescales each output by a weight norm and a bias on lora_B adds a term: neither is the
+    stacked low-rank sum, so StackedLora declines them (encode_mixed then gives peft the rows' names)."""
+    from peft import LoraConfig, get_peft_model
+    from sentence_transformers import SentenceTransformer
+
+    from cachetune.core.serving.mixed import StackedLora
+
+    def peft_model(**extra):
+        model = SentenceTransformer(tiny_model, device="cpu")
+        return get_peft_model(model[0].auto_model, LoraConfig(r=4, target_modules=["query", "value"], **extra))
+
+    assert StackedLora.build(peft_model(), ["default"]) is not None
+    assert StackedLora.build(peft_model(**option), ["default"]) is None
+
+
 def test_multi_refuses_adapters_on_different_bases(registry, tmp_path, tiny_model, embedded_model):
     reg = AdapterRegistry(tmp_path / "reg")
     reg.add(registry.resolve("programming"))
