@@ -182,7 +182,7 @@ def routed_encode(router: Router, feature_model, encoders: Dict[str, object], ba
     """Route each text, encode it with its domain's adapter, re-encode the unsure ones with the base.
 
     ``mixed_encode(texts, domains)``, when given, encodes every text with its own domain's adapter in
-    one pass (peft's mixed-adapter batches: the base computation is shared); without it each domain's
+    one pass (``MultiAdapterModel.encode_mixed``: the base computation is shared); without it each domain's
     texts go through ``encoders[domain](texts)`` in one call. ``base_encode(texts)`` encodes with the
     base model; all return one row per text. ``feature_model`` is the SentenceTransformer whose token
     embeddings the router reads. A text given twice is routed and encoded once.
