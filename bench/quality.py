@@ -27,6 +27,9 @@ resampled pairs for base and adapter), and the hit rate the out-of-sample stored
 keeps on unseen pairs (``evaluate``'s calibration; a point figure). Each adapter is scored as soon
 as it is trained and ``OUTPUT/quality.json`` rewritten, so a run stopped halfway keeps what it
 finished; ``--table OUTPUT/quality.json ...`` prints the table of one or several runs again.
+``--compare A=B`` sets two adapters side by side (their per-pair scores are kept in
+quality.json): the difference in AP and hit rate with a paired bootstrap interval.
+``--guide-filter`` and ``--loss`` apply to every adapter a run trains (with ``--tag`` to name them).
 """
 
 from __future__ import annotations
@@ -112,10 +115,12 @@ def train_adapter(domain: str, data: Path, output: Path, args, steps: int = 0, *
     if (output / CARD_FILE).exists() and not args.retrain:
         return json.loads((output / CARD_FILE).read_text(encoding="utf-8"))  # a finished run of an earlier call
 
+    options = {**({"guide_filter": True} if args.guide_filter else {}),
+               **({"loss": args.loss} if args.loss else {}), **options}  # a variant's own options win
     config = TrainConfig(domain=domain, train_data=data, output=output, batch_size=args.batch_size,
                          lr=args.lr or DEFAULT_LR, min_steps=steps or args.steps, max_steps=steps or args.steps,
                          overwrite=True,
-                         seed=args.seed,
+                         seed=args.seed if args.train_seed is None else args.train_seed,
                          checkpoint_every=0, threads=args.threads, **options)
     started = time.time()
     card = train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
@@ -202,6 +207,37 @@ def print_table(results) -> None:
         print(f"AP change: {r['name']} on {r['evaluated_on']}: {change * 100:+.2f}%")
 
 
+def compare(results, pairs, n: int, seed: int) -> None:
+    """Adapter against adapter (``--compare A=B``): the difference A - B in AP and hit rate on
+    each domain both were scored on, with a paired bootstrap interval (the same resampled pairs
+    for both), so "within 1% of the single-domain adapter" is read against the noise."""
+    for pair in pairs:
+        first, sep, second = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--compare: expected ADAPTER_A=ADAPTER_B, got '{pair}'")
+        scored = {}
+        for r in results:
+            if r["name"] in (first, second):
+                if "scores" not in r:
+                    raise SystemExit(f"--compare: {r['name']} has no stored scores (scored before they were kept): "
+                                     "evaluate it again with --adapter")
+                scored.setdefault(r["evaluated_on"], {})[r["name"]] = r
+        for domain, by_name in scored.items():
+            if len(by_name) < 2:
+                continue
+            a, b = by_name[first], by_name[second]
+            labels = np.array(a["labels"])
+            if a["labels"] != b["labels"]:
+                raise SystemExit(f"--compare: {first} and {second} were scored on different {domain} pairs")
+            stats = paired_bootstrap(np.array(b["scores"]), np.array(a["scores"]), labels, n, seed)
+            print(f"{first} vs {second} on {domain} ({labels.size} pairs): AP {stats['adapter']['ap']:.4f} vs "
+                  f"{stats['base']['ap']:.4f}, difference {fmt_gain(stats['gain']['ap'], stats['gain']['ap_ci'])} "
+                  f"({stats['gain']['ap'] / stats['base']['ap'] * 100:+.2f}%); hit rate difference "
+                  f"{fmt_gain(stats['gain']['hit_rate'], stats['gain']['hit_rate_ci'])}")
+        if not any(len(v) == 2 for v in scored.values()):
+            raise SystemExit(f"--compare: no domain on which both {first} and {second} were scored")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domain", action="append", default=[], help="NAME=PREPARED_FOLDER (repeat)")
@@ -215,10 +251,19 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per adapter (epochs as needed)")
     parser.add_argument("--lr", type=float, default=None, help="default: the trainer's measured default")
     parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="mining, training and bootstrap seed")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="training seed only (default: --seed): runs that differ by the training seed alone, "
+                        "scored on the same bootstrap resamples")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every physical core)")
     parser.add_argument("--tag", default="", help="appended to each trained adapter's name in the table "
                         "(e.g. ' lr5e-4': runs of one variant with other common options)")
+    parser.add_argument("--guide-filter", action="store_true", help="train every adapter with the guide filter")
+    parser.add_argument("--loss", choices=("mnrl", "symmetric"), default=None,
+                        help="train every adapter with this loss (default: the trainer's)")
+    parser.add_argument("--compare", action="append", default=[], metavar="A=B",
+                        help="adapter A against adapter B (names as in the table): AP and hit-rate difference "
+                        "with a paired bootstrap interval, on each domain both were scored on (repeatable)")
     parser.add_argument("--retrain", action="store_true", help="train adapters already in --output again")
     parser.add_argument("--adapter", action="append", default=[], metavar="LABEL=FOLDER",
                         help="also evaluate an adapter trained elsewhere, e.g. a default run's (repeatable)")
@@ -226,7 +271,9 @@ def main(argv=None) -> None:
                         help="only print the table of earlier runs' quality.json files (several runs in one table)")
     args = parser.parse_args(argv)
     if args.table:
-        print_table([row for path in args.table for row in json.loads(path.read_text(encoding="utf-8"))])
+        rows = [row for path in args.table for row in json.loads(path.read_text(encoding="utf-8"))]
+        print_table(rows)
+        compare(rows, args.compare, args.bootstrap, args.seed)
         return
     if not args.domain:
         parser.error("--domain is required (or --table)")
@@ -258,9 +305,11 @@ def main(argv=None) -> None:
         model = load_adapter_model(folder, device="cpu")
         for domain, (rows, _) in evals.items():
             labels = np.array([r["label"] for r in rows])
-            stats = paired_bootstrap(base_scores[domain], scores_of(model, rows), labels, args.bootstrap, args.seed)
+            scores = scores_of(model, rows)
+            stats = paired_bootstrap(base_scores[domain], scores, labels, args.bootstrap, args.seed)
             results.append({"name": f"{trained_on}/{variant}{tag}", "trained_on": trained_on, "variant": variant,
-                            "evaluated_on": domain, "pairs": len(rows), **stats})
+                            "evaluated_on": domain, "pairs": len(rows), **stats,
+                            "scores": [round(float(x), 6) for x in scores], "labels": labels.tolist()})
             print(f"evaluated {trained_on}/{variant}{tag} on {domain}: AP gain "
                   f"{fmt_gain(stats['gain']['ap'], stats['gain']['ap_ci'])}", flush=True)
         (args.output / "quality.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -300,6 +349,8 @@ def main(argv=None) -> None:
         evaluated("all", "multi", out)
 
     print_table(results)
+    compare(results, args.compare, args.bootstrap, args.seed)
+
 
 if __name__ == "__main__":
     main()
