@@ -78,7 +78,8 @@ def assemble(pm, domain, prepared, args, eval_sets, human: bool, llm, margin: fl
 
     if out.exists():
         return out  # assembling mines with the base model: reuse across variants and reruns
-    sets = pm.training_sets(domain) if human else []
+    # human variants: the sets people wrote (a shipped generation, e.g. medquad-llm, is what --llm measures)
+    sets = [s for s in pm.training_sets(domain) if not s.generator] if human else []
     sources = {s.split(":", 1)[1]: f for s, f in args.sources.items() if human and s.split(":", 1)[0] == domain}
     started = time.time()
     summary = assemble_training_data(pm.get_domain(domain), out, triplets=[llm] if llm else [], training_sets=sets,

@@ -101,14 +101,14 @@ def test_hook_register_training_sets(pm):
     rows = [{"sentence1": "a b c", "sentence2": "b c d", "label": 1}]
     tset = TrainingSet("extra-train", lambda ctx: rows)
     register_module(pm, plugin("tr", register_training_sets=lambda register: register("medical", tset)), "tr")
-    assert [s.name for s in pm.training_sets("medical")] == ["rqe-train", "extra-train"]
+    assert [s.name for s in pm.training_sets("medical")] == ["rqe-train", "medquad-llm", "extra-train"]
     assert [s.name for s in pm.training_sets("programming")] == ["conala-train"]
 
 
 def test_hook_register_training_sets_rejects_a_non_training_set(pm):
     register_module(pm, plugin("bad-tr", register_training_sets=lambda register: register(
         "medical", EvaluationSet("x", "pairs", lambda ctx: []))), "bad-tr")
-    assert [s.name for s in pm.training_sets("medical")] == ["rqe-train"]
+    assert [s.name for s in pm.training_sets("medical")] == ["rqe-train", "medquad-llm"]
     assert pm.get_plugin("bad-tr") is None
     assert any("bad-tr" in e and "expected a cachetune.TrainingSet" in e for e in pm.load_errors)
 

@@ -128,7 +128,7 @@ def test_select_training_sets(pm):
     assert select_training_sets(sets, "all") == sets and select_training_sets(sets, None) == sets
     assert select_training_sets(sets, "none") == []
     assert [s.name for s in select_training_sets(sets, "rqe-train")] == ["rqe-train"]
-    with pytest.raises(CachetuneError, match="unknown training set 'nope' \\(this domain has: rqe-train\\)"):
+    with pytest.raises(CachetuneError, match="unknown training set 'nope' \\(this domain has: rqe-train, medquad-llm\\)"):
         select_training_sets(sets, ["nope"])
 
 
@@ -136,14 +136,17 @@ def test_packaged_training_pairs_are_disjoint_from_the_evaluation_pairs(pm):
     """What the package ships for training never shares a question or a text with what it evaluates on."""
     from cachetune.core.evaluate.inputs import read_pairs
     from cachetune.core.types import EvaluationContext, TrainingContext
+    from cachetune.domains.medical.training import PACKAGED_LLM_PAIRS as MEDQUAD_LLM
     from cachetune.domains.medical.training import PACKAGED_TRAINING_PAIRS as RQE_TRAIN
     from cachetune.domains.programming.training_pairs import PACKAGED_TRAINING_PAIRS as CONALA_TRAIN
 
-    for domain, path in (("programming", CONALA_TRAIN), ("medical", RQE_TRAIN)):
+    for domain, name, path, labels in (("programming", "conala-train", CONALA_TRAIN, {1}),
+                                       ("medical", "rqe-train", RQE_TRAIN, {1}),
+                                       ("medical", "medquad-llm", MEDQUAD_LLM, {0, 1})):
         filler = pm.get_domain(domain).filler_words
         train = read_pairs(path, both_labels=False)
-        assert len(train) >= 300 and all(r["label"] == 1 for r in train)
-        (loaded,) = [s.load(TrainingContext(domain)) for s in pm.training_sets(domain)]
+        assert len(train) >= 300 and {r["label"] for r in train} == labels
+        (loaded,) = [s.load(TrainingContext(domain)) for s in pm.training_sets(domain) if s.name == name]
         assert loaded == train
         evaluation = [r for s in pm.evaluation_sets(domain) for r in s.load(EvaluationContext(domain)) or []]
         assert len(evaluation) >= 300, domain
@@ -153,6 +156,41 @@ def test_packaged_training_pairs_are_disjoint_from_the_evaluation_pairs(pm):
         assert not [r for r in train if {near_key(r["sentence1"], filler), near_key(r["sentence2"], filler)} & eval_keys]
         if domain == "programming":
             assert not {r["group"] for r in train} & eval_ids
+        if name == "medquad-llm":  # every negative belongs to an anchor that has a positive
+            anchors = {(r["sentence1"], r["group"]) for r in train if r["label"] == 1}
+            assert all((r["sentence1"], r["group"]) in anchors for r in train if r["label"] == 0)
+
+
+def test_a_generated_training_set_gives_llm_negatives_checked_like_generated_triplets(tmp_path, pm, base):
+    """Triplets shipped as a training set (medquad-llm): each triplet comes back with its own
+    negative, named as the generator's (so inverted ones are dropped), never as a human's."""
+    from cachetune.core.train.data import load_triplets
+    from cachetune.domains.medical.training import triplets_as_pairs
+
+    generated = write_jsonl(tmp_path / "gen.jsonl", [
+        {"anchor": "what are the signs of anemia", "positive": "What are the symptoms of anemia ?",
+         "negative": "How is anemia treated ?", "query_id": "m1"},
+        {"anchor": "what are the signs of anemia", "positive": "What are the symptoms of anemia ?",
+         "negative": "What causes anemia ?", "query_id": "m1"},
+        {"anchor": "how do doctors test for asthma", "positive": "How to diagnose asthma ?",
+         "negative": "What are the complications of asthma ?", "query_id": "m2"},
+    ])
+    pairs = triplets_as_pairs(generated)
+    assert [(r["label"], r["group"]) for r in pairs] == [(1, "m1"), (0, "m1"), (1, "m1"), (0, "m1"), (1, "m2"), (0, "m2")]
+    out = tmp_path / "train.jsonl"
+    sets = [TrainingSet("gen", lambda ctx: triplets_as_pairs(generated), generator="toy-llm"),
+            TrainingSet("people", lambda ctx: pair_rows()[:2])]
+    summary = assemble_training_data(pm.get_domain("medical"), out, training_sets=sets, model=base, log=lambda m: None)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    gen = [r for r in rows if r["source"] == "gen"]
+    assert len(gen) == 3 and {r["negative_source"] for r in gen} == {"llm"} and {r["generator"] for r in gen} == {"toy-llm"}
+    assert sorted(r["negative"] for r in gen if r["group"] == "m1") == ["How is anemia treated ?", "What causes anemia ?"]
+    assert summary["sources"]["gen"]["llm_negatives"] == 3 and summary["sources"]["gen"]["generator"] == "toy-llm"
+    (people,) = [r for r in rows if r["source"] == "people"]
+    assert people["negative_source"] == "human" and people["generator"] == "human:people"
+    data = load_triplets(out)
+    assert [t for t, src in zip(data.trusted_negative, data.sources) if src == "gen"] == [False] * 3
+    assert [t for t, src in zip(data.trusted_negative, data.sources) if src == "people"] == [True]
 
 
 def test_training_source_errors_are_one_line(run_cli, tmp_path, tiny_model):
@@ -162,7 +200,12 @@ def test_training_source_errors_are_one_line(run_cli, tmp_path, tiny_model):
                    '{"sentence1": "a b", "sentence2": "e f", "label": "maybe"}\n', encoding="utf-8")
     cases = [
         (["--pairs", bad], f"{bad}:2: 'label'"),
-        (["--training-sets", "nope"], "--training-sets: unknown training set 'nope' (this domain has: rqe-train)"),
+        (["--training-sets", "nope"],
+         "--training-sets: unknown training set 'nope' (this domain has: rqe-train, medquad-llm)"),
+        (["--training-sets", "medquad-llm", "--training-source", "medquad-llm=" + str(bad)],
+         f"{bad}:1: expected a triplet with text fields 'anchor', 'positive', 'negative'"),
+        (["--training-sets", "medquad-llm", "--training-source", "medquad-llm=" + str(tmp_path / "none.jsonl")],
+         "--training-source medquad-llm: file not found"),
         (["--training-sets", "rqe-train", "--training-source", "rqe-train=" + str(bad)],
          f"{bad}: --training-source rqe-train: expected the RQE training XML"),
         (["--training-sets", "rqe-train", "--training-source", "conala=x.json"],

@@ -12,6 +12,17 @@ duplicate (``cachetune.core.text.near_key``) of an evaluation text. A seeded sam
 medical (``rqe_train_pairs.jsonl``): true RQE training pairs (clinical question <-> the shorter
 question it entails) whose two texts differ and share no near-duplicate text with the RQE test
 file (the evaluation set); a seeded sample of ``--rqe-pairs``.
+
+medical (``medquad_llm_pairs.jsonl``, ``--medquad-llm TRIPLETS``): the triplets of a ``cachetune
+generate`` run on MedQuAD questions as pairs (anchor <-> positive label 1 once per triplet,
+anchor <-> negative label 0, ``group`` = the question), every triplet touching a near duplicate
+of an RQE test text left out:
+
+    cachetune prepare --domain medical --source ../shared/data/medquad --limit 3000 --output runs/q2/medical
+    cachetune generate --domain medical --input runs/q2/medical/train.jsonl --output runs/full/medical/train.jsonl --limit 1500
+    python tools/build_training_data.py --medquad-llm runs/full/medical/train.jsonl
+
+Each option given rewrites its own file only.
 """
 
 from __future__ import annotations
@@ -83,6 +94,16 @@ def rqe_rows(rqe_train: Path, count: int, seed: int) -> list:
     return [{"sentence1": rows[i]["sentence1"], "sentence2": rows[i]["sentence2"], "label": 1} for i in keep]
 
 
+def medquad_llm_rows(triplets: Path) -> list:
+    held_keys = {near_key(r[f]) for r in evaluation_rows("medical") for f in ("sentence1", "sentence2")}
+    rows = medical_training.triplets_as_pairs(triplets)
+    touching = {r["group"] for r in rows if {near_key(r["sentence1"]), near_key(r["sentence2"])} & held_keys}
+    kept = [r for r in rows if r["group"] not in touching]
+    print(f"medical: {sum(r['label'] == 1 for r in rows)} LLM triplets of {len({r['group'] for r in rows})} "
+          f"questions, {len(touching)} questions touching the evaluation set left out")
+    return kept
+
+
 def write(path: Path, rows: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
@@ -93,8 +114,9 @@ def write(path: Path, rows: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conala", type=Path, required=True)
-    parser.add_argument("--rqe-train", type=Path, required=True)
+    parser.add_argument("--conala", type=Path, help="CoNaLa curated training JSON")
+    parser.add_argument("--rqe-train", type=Path, help="RQE_Train_8588_AMIA2016.xml")
+    parser.add_argument("--medquad-llm", type=Path, help="cachetune generate triplets of MedQuAD questions")
     parser.add_argument("--conala-pairs", type=int, default=600, help="questions to ship")
     parser.add_argument("--rqe-pairs", type=int, default=600, help="pairs to ship")
     parser.add_argument("--seed", type=int, default=0)
@@ -102,8 +124,14 @@ def main() -> None:
                         help="the evaluation pairs to stay apart from (default: the domain's evaluation sets)")
     args = parser.parse_args()
     EVAL_OVERRIDES.update(item.split("=", 1) for item in args.eval_pairs)
-    write(training_pairs.PACKAGED_TRAINING_PAIRS, conala_rows(args.conala, args.conala_pairs, args.seed))
-    write(medical_training.PACKAGED_TRAINING_PAIRS, rqe_rows(args.rqe_train, args.rqe_pairs, args.seed))
+    if not (args.conala or args.rqe_train or args.medquad_llm):
+        parser.error("nothing to build: give --conala, --rqe-train and/or --medquad-llm")
+    if args.conala:
+        write(training_pairs.PACKAGED_TRAINING_PAIRS, conala_rows(args.conala, args.conala_pairs, args.seed))
+    if args.rqe_train:
+        write(medical_training.PACKAGED_TRAINING_PAIRS, rqe_rows(args.rqe_train, args.rqe_pairs, args.seed))
+    if args.medquad_llm:
+        write(medical_training.PACKAGED_LLM_PAIRS, medquad_llm_rows(args.medquad_llm))
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def register_evaluation_sets(register: Callable[[str, "EvaluationSet"], None]) -
 
 @hookspec
 def register_training_sets(register: Callable[[str, "TrainingSet"], None]) -> None:
-    """Register extra human training pairs for a domain (beyond the domain's own ``training_sets``).
+    """Register extra training pairs for a domain (beyond the domain's own ``training_sets``).
 
     :param register: call ``register(domain_name, training_set)``. A
         :class:`cachetune.TrainingSet` has a name and ``load(context: TrainingContext) ->
@@ -102,6 +102,9 @@ def register_training_sets(register: Callable[[str, "TrainingSet"], None]) -> No
         same question, label 0: a hard negative for ``sentence1``), or ``None`` when its data is
         not available (the set is skipped with a note). The rows must be disjoint from the
         domain's evaluation pairs; cachetune drops any that share a text or a group with one.
+        A set whose texts a model wrote names it (``TrainingSet(generator=...)``): its label-0
+        partners are then treated as generated negatives (dropped when the base model ranks
+        them above the positive).
 
     Called by ``train`` and ``run`` when they assemble the training file: every set registered
     for the trained domain is used unless ``--training-sets`` names others; pairs become

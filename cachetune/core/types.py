@@ -122,7 +122,7 @@ class TrainingContext:
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """A named source of human training signal for a domain: labelled pairs.
+    """A named source of training signal for a domain: labelled pairs (human-written unless ``generator``).
 
     ``load(context)`` returns rows ``{"sentence1", "sentence2", "label"}`` -- label 1: the two
     texts ask the same thing (a cache hit is right), label 0: they do not (a hard negative for
@@ -136,6 +136,10 @@ class TrainingSet:
     name: str
     load: Callable[[TrainingContext], Optional[list]]
     description: str = ""
+    # Set when a model, not people, wrote the set's texts (e.g. "llama-cpp:qwen2.5-coder-0.5b-instruct-q4_k_m"):
+    # its negatives are then checked like LLM triplets' (those the base model ranks above the
+    # positive are dropped) and the triplets name that generator.
+    generator: Optional[str] = None
 
 
 @dataclass(frozen=True)

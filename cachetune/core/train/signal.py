@@ -3,8 +3,10 @@
 Sources, each counted in the file's ``.sources.json`` and in the adapter card:
 
 - LLM triplets (``generate``'s output), copied as they are (``source: "llm"``);
-- the domain's training sets (``Domain.training_sets`` and ``register_training_sets``): human
-  labelled pairs such as CoNaLa's two wordings of one question or RQE's entailed question pairs;
+- the domain's training sets (``Domain.training_sets`` and ``register_training_sets``): labelled
+  pairs such as CoNaLa's two wordings of one question or RQE's entailed question pairs (human), or
+  a shipped LLM generation (a set with a ``generator``: its negatives are ``negative_source:
+  "llm"``, checked for inversion like generated triplets');
 - a user's labelled pairs (``--pairs FILE``, JSONL or CSV ``sentence1,sentence2,label[,group]``).
 
 A label-1 pair ``(s1, s2)`` becomes the triplet anchor = ``s1`` (the incoming query), positive =
@@ -144,8 +146,11 @@ def _clean(rows: List[dict], blocked_keys: Dict[str, set], blocked_groups: set, 
 
 
 def _pair_triplets(domain: Domain, sources: List[Tuple[str, List[dict]]], pool: List[str], model,
-                   relative_margin: float, seed: int) -> Dict[str, List[dict]]:
-    """Triplet rows per source from clean pair rows (see the module docstring)."""
+                   relative_margin: float, seed: int,
+                   generators: Optional[Dict[str, str]] = None) -> Dict[str, List[dict]]:
+    """Triplet rows per source from clean pair rows (see the module docstring); ``generators``:
+    the sources a model wrote, by name (their given negatives are ``"llm"``, not ``"human"``)."""
+    generators = generators or {}
     from cachetune.core.mining import HardNegativeMiner
 
     jobs = []  # (source name, anchor, positive, group, human negatives)
@@ -186,14 +191,15 @@ def _pair_triplets(domain: Domain, sources: List[Tuple[str, List[dict]]], pool: 
     for name, anchor, positive, group, human in jobs:
         if human:
             start = turn.setdefault(exact_key(anchor), rng.randrange(len(human)))
-            negative, kind = human[start % len(human)], "human"
+            negative, kind = human[start % len(human)], "llm" if name in generators else "human"
             turn[exact_key(anchor)] = start + 1
         else:
             negative, kind = mined.get((anchor, positive)), "mined"
         if negative is None or exact_key(negative) == exact_key(positive):
             continue
         out[name].append({"anchor": anchor, "positive": positive, "negative": negative, "domain": domain.name,
-                          "source": name, "negative_source": kind, "generator": f"human:{name}",
+                          "source": name, "negative_source": kind,
+                          "generator": generators.get(name, f"human:{name}"),
                           **({"group": str(group)} if group is not None else {})})
     return out
 
@@ -237,11 +243,16 @@ def assemble_training_data(domain: Domain, output: Path, triplets: Sequence[Path
             from cachetune.core.models import load_sentence_transformer
 
             model = load_sentence_transformer(base_model)
-        for name, made in _pair_triplets(domain, cleaned, pool, model, relative_margin, seed).items():
+        generators = {s.name: s.generator for s in training_sets if s.generator}
+        for name, made in _pair_triplets(domain, cleaned, pool, model, relative_margin, seed, generators).items():
             summary[name]["triplets"] = len(made)
             # a positive no candidate of the pool qualified for (all above the margin, or its own group)
             summary[name]["dropped"]["no_negative"] = summary[name]["positives"] - len(made)
-            summary[name]["human_negatives"] = sum(r["negative_source"] == "human" for r in made)
+            if name in generators:
+                summary[name]["generator"] = generators[name]
+                summary[name]["llm_negatives"] = sum(r["negative_source"] == "llm" for r in made)
+            else:
+                summary[name]["human_negatives"] = sum(r["negative_source"] == "human" for r in made)
             rows.extend(made)
     if not rows:
         raise CachetuneError("no training data: no triplets, no training set with data and no --pairs")
@@ -250,6 +261,8 @@ def assemble_training_data(domain: Domain, output: Path, triplets: Sequence[Path
     write_json(sources_file(output), result)
     for name, counts in summary.items():
         log(f"training source {name}: {counts['triplets']:,} triplets"
-            + (f" from {counts['positives']:,} positive pairs ({counts.get('human_negatives', 0):,} human "
-               f"negatives), dropped {counts['dropped']}" if "pairs" in counts else ""))
+            + (f" from {counts['positives']:,} positive pairs ("
+               + (f"{counts['llm_negatives']:,} LLM" if "generator" in counts else
+                  f"{counts.get('human_negatives', 0):,} human")
+               + f" negatives), dropped {counts['dropped']}" if "pairs" in counts else ""))
     return result
