@@ -216,6 +216,10 @@ def compare(results, pairs, n: int, seed: int) -> None:
         first, sep, second = pair.partition("=")
         if not sep:
             raise SystemExit(f"--compare: expected ADAPTER_A=ADAPTER_B, got '{pair}'")
+        names = list(dict.fromkeys(r["name"] for r in results))
+        for name in (first, second):
+            if name not in names:
+                raise SystemExit(f"--compare: no adapter named '{name}' (adapters: {'; '.join(names) or 'none'})")
         scored = {}
         for r in results:
             if r["name"] in (first, second):
