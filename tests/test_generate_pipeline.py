@@ -178,9 +178,17 @@ def test_resume_keeps_only_rows_made_the_same_way_for_queries_still_in_the_input
     assert any("no longer in the input" in message for message in logs)
     # Another option (or prompts, or generator): nothing old is kept, every query is asked again.
     gen = ScriptedGenerator(GOOD)
+    before = set(tmp_path.iterdir())
     summary = generate_triplets(dataclasses.replace(config, paraphrases=2), templates, lambda: gen, log=logs.append)
     assert summary["queries_skipped_done"] == 0 and len(asked(gen)) == summary["llm_requests"] == 4
     assert any("made by another generator, prompts or options" in message for message in logs)
+    # The old rows went aside whole, to a file of their own (not over the earlier stale file, even
+    # within the same second); the output holds this run's rows only, none of them mixed in.
+    (aside,) = [p for p in set(tmp_path.iterdir()) - before if ".no-triplets" not in p.name]
+    assert lines(aside) == kept and len(stale[0].read_text().splitlines()) == len(first) - len(kept)
+    fresh = lines(tmp_path / "t.jsonl")
+    assert fresh and {r["query_id"] for r in fresh} <= {"programming-0000", "programming-0002"}
+    assert len(fresh) == summary["triplets_written"]
     gen = ScriptedGenerator(GOOD)
     summary = generate_triplets(dataclasses.replace(config, paraphrases=2), templates, lambda: gen,
                                 generator_options={"backend": "scripted", "model": "other"})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -100,11 +101,20 @@ def keep_rows_of(path: Path, made_by: dict, query_ids: set, log=lambda message: 
             recorded = None
     has_rows = (path.exists() and path.stat().st_size > 0) or no_triplets.exists()
     if has_rows and recorded != made_by:
+        moved = None
         for old in (path, no_triplets):
             if old.exists():
-                os.replace(old, old.with_name(f"{old.name}.stale-{stamp}"))
+                # Copied, then emptied in place: the caller's TripletWriter holds ``path`` open (and
+                # locked); a rename would send the new rows after the old ones, into the stale file.
+                aside = _stale_name(old, stamp)
+                if old == path:
+                    shutil.copyfile(old, aside)
+                    os.truncate(old, 0)
+                else:  # the sidecar is opened later, on the first query without triplets
+                    os.replace(old, aside)
+                moved = moved or aside
         log(f"{path} was made by another generator, prompts or options: moved aside to "
-            f"{path.name}.stale-{stamp}; generating afresh")
+            f"{moved.name if moved else 'nothing'}; generating afresh")
     elif has_rows:
         for old in (path, no_triplets):
             if not old.exists():
@@ -116,14 +126,23 @@ def keep_rows_of(path: Path, made_by: dict, query_ids: set, log=lambda message: 
                 qid = text if old is no_triplets else _query_id(text)
                 (keep if qid is None or qid in query_ids else gone).append(line)
             if gone:
-                with open(old.with_name(f"{old.name}.stale-{stamp}"), "wb") as fh:
+                aside = _stale_name(old, stamp)
+                with open(aside, "wb") as fh:
                     fh.writelines(gone)
                 with open(old, "r+b") as fh:
                     fh.writelines(keep)
                     fh.truncate()
-                log(f"{old}: {len(gone)} line(s) of queries no longer in the input moved to "
-                    f"{old.name}.stale-{stamp}")
+                log(f"{old}: {len(gone)} line(s) of queries no longer in the input moved to {aside.name}")
     sidecar.write_text(json.dumps(made_by, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _stale_name(path: Path, stamp: str) -> Path:
+    """``path.stale-<stamp>``, or ``-2``, ``-3``... after it: two moves in one second never overwrite."""
+    candidate, n = path.with_name(f"{path.name}.stale-{stamp}"), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.stale-{stamp}-{n}")
+    return candidate
 
 
 def _query_id(line: str) -> Optional[str]:
