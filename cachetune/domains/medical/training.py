@@ -37,7 +37,6 @@ GENERATOR = "llama-cpp:qwen2.5-coder-0.5b-instruct-q4_k_m"
 
 def load_rqe_training(context: TrainingContext) -> Optional[list]:
     """The true pairs of an RQE training XML (the run's source or the named file), else the packaged ones."""
-    from cachetune.core.evaluate.inputs import read_pairs
     from cachetune.domains.medical.evaluation import read_rqe
 
     source = Path(context.source).expanduser() if context.source else None
@@ -47,9 +46,14 @@ def load_rqe_training(context: TrainingContext) -> Optional[list]:
     if context.explicit:
         raise CachetuneError("--training-source rqe-train: expected the RQE training XML "
                              "(RQE_Train_8588_AMIA2016.xml)", source)
-    if PACKAGED_TRAINING_PAIRS.exists():
-        return read_pairs(PACKAGED_TRAINING_PAIRS, both_labels=False)
-    return None
+    return _packaged(PACKAGED_TRAINING_PAIRS)
+
+
+def _packaged(path: Path) -> Optional[list]:
+    """The pairs the package ships at ``path`` (``None`` when a trimmed install left them out)."""
+    from cachetune.core.evaluate.inputs import read_pairs
+
+    return read_pairs(path, both_labels=False) if path.exists() else None
 
 
 RQE_TRAINING = TrainingSet(
@@ -85,16 +89,12 @@ def triplets_as_pairs(path: Path) -> list:
 
 def load_medquad_llm(context: TrainingContext) -> Optional[list]:
     """The triplets file the run names (``--training-source medquad-llm=FILE``), else the packaged pairs."""
-    from cachetune.core.evaluate.inputs import read_pairs
-
     if context.explicit:
         source = Path(context.source).expanduser()
         if not source.is_file():
             raise CachetuneError("--training-source medquad-llm: file not found", source)
         return triplets_as_pairs(source)
-    if PACKAGED_LLM_PAIRS.exists():
-        return read_pairs(PACKAGED_LLM_PAIRS, both_labels=False)
-    return None
+    return _packaged(PACKAGED_LLM_PAIRS)
 
 
 MEDQUAD_LLM = TrainingSet(
