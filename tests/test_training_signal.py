@@ -176,6 +176,10 @@ def test_a_generated_training_set_gives_llm_negatives_checked_like_generated_tri
          "negative": "What are the complications of asthma ?", "query_id": "m2"},
     ])
     pairs = triplets_as_pairs(generated)
+    foreign = write_jsonl(tmp_path / "foreign.jsonl", [{"anchor": "a b", "positive": "c d", "negative": "e f",
+                                                         "domain": "programming"}])
+    with pytest.raises(CachetuneError, match="foreign.jsonl:1: a triplet of domain 'programming', not 'medical'"):
+        triplets_as_pairs(foreign)
     assert [(r["label"], r["group"]) for r in pairs] == [(1, "m1"), (0, "m1"), (1, "m1"), (0, "m1"), (1, "m2"), (0, "m2")]
     out = tmp_path / "train.jsonl"
     sets = [TrainingSet("gen", lambda ctx: triplets_as_pairs(generated), generator="toy-llm"),

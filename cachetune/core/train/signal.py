@@ -150,8 +150,9 @@ def _pair_triplets(domain: Domain, sources: List[Tuple[str, List[dict]]], pool: 
                    generators: Optional[Dict[str, str]] = None) -> Dict[str, List[dict]]:
     """Triplet rows per source from clean pair rows (see the module docstring); ``generators``:
     the sources a model wrote, by name (their given negatives are ``"llm"``, not ``"human"``)."""
-    generators = generators or {}
     from cachetune.core.mining import HardNegativeMiner
+
+    generators = generators or {}
 
     jobs = []  # (source name, anchor, positive, group, human negatives)
     for name, rows in sources:

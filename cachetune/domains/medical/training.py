@@ -62,6 +62,7 @@ RQE_TRAINING = TrainingSet(
     description="RQE training pairs (AMIA 2016): a clinical question <-> a shorter question it entails",
 )
 
+
 def triplets_as_pairs(path: Path) -> list:
     """``cachetune generate`` triplets as training pairs, grouped by the query they were written
     for: (anchor, positive) label 1 once per triplet (an anchor with two negatives makes two
@@ -76,6 +77,8 @@ def triplets_as_pairs(path: Path) -> list:
         if not all(isinstance(t, str) and t.strip() for t in texts):
             raise CachetuneError("expected a triplet with text fields 'anchor', 'positive', 'negative' "
                                  "(a cachetune generate output)", path, line)
+        if row.get("domain") not in (None, "medical"):
+            raise CachetuneError(f"a triplet of domain '{row['domain']}', not 'medical'", path, line)
         anchor, positive, negative = (normalize_query(t) for t in texts)
         group = str(row.get("query_id") or anchor)
         rows.append({"sentence1": anchor, "sentence2": positive, "label": 1, "group": group})
