@@ -84,8 +84,13 @@ def conala_rows(conala: Path, count: int, seed: int) -> list:
     return rows
 
 
+def rqe_test_keys() -> set:
+    """Near keys of every text of the medical evaluation pairs (the RQE test file)."""
+    return {near_key(r[f]) for r in evaluation_rows("medical") for f in ("sentence1", "sentence2")}
+
+
 def rqe_rows(rqe_train: Path, count: int, seed: int) -> list:
-    held_keys = {near_key(r[f]) for r in evaluation_rows("medical") for f in ("sentence1", "sentence2")}
+    held_keys = rqe_test_keys()
     rows = [r for r in medical_eval.read_rqe(rqe_train) if r["label"] == 1
             and exact_key(r["sentence1"]) != exact_key(r["sentence2"])
             and not {near_key(r["sentence1"]), near_key(r["sentence2"])} & held_keys]
@@ -95,7 +100,7 @@ def rqe_rows(rqe_train: Path, count: int, seed: int) -> list:
 
 
 def medquad_llm_rows(triplets: Path) -> list:
-    held_keys = {near_key(r[f]) for r in evaluation_rows("medical") for f in ("sentence1", "sentence2")}
+    held_keys = rqe_test_keys()
     rows = medical_training.triplets_as_pairs(triplets)
     touching = {r["group"] for r in rows if {near_key(r["sentence1"]), near_key(r["sentence2"])} & held_keys}
     kept = [r for r in rows if r["group"] not in touching]

@@ -59,6 +59,18 @@ class TripletData:
             column[:] = [value for value, kept in zip(column, mask) if kept]
 
 
+def check_triplet_fields(row: dict, path, line: int, fields=REQUIRED_FIELDS) -> None:
+    """Each of ``fields`` present, a string and not blank; else an error naming the field and line."""
+    for name in fields:
+        value = row.get(name)
+        if name not in row or value is None:
+            raise CachetuneError(f"triplet has no '{name}' field", path, line)
+        if not isinstance(value, str):
+            raise CachetuneError(f"'{name}' must be a string, got {type(value).__name__}", path, line)
+        if not value.strip():
+            raise CachetuneError(f"'{name}' is empty", path, line)
+
+
 def load_triplets(path, domain: Optional[str] = None, need_negative: bool = True) -> TripletData:
     """Read ``{"anchor", "positive", "negative", ...}`` rows from a JSONL file.
 
@@ -74,14 +86,7 @@ def load_triplets(path, domain: Optional[str] = None, need_negative: bool = True
     data = TripletData(path, [], [], [], {"duplicate": 0, "other_domain": 0})
     seen = set()
     for line, row in iter_jsonl(path):
-        for name in fields:
-            value = row.get(name)
-            if name not in row or value is None:
-                raise CachetuneError(f"triplet has no '{name}' field", path, line)
-            if not isinstance(value, str):
-                raise CachetuneError(f"'{name}' must be a string, got {type(value).__name__}", path, line)
-            if not value.strip():
-                raise CachetuneError(f"'{name}' is empty", path, line)
+        check_triplet_fields(row, path, line, fields)
         negative = row.get("negative") if need_negative else None
         if domain is not None and row.get("domain") not in (None, domain):
             data.skipped["other_domain"] += 1

@@ -249,11 +249,10 @@ def assemble_training_data(domain: Domain, output: Path, triplets: Sequence[Path
             summary[name]["triplets"] = len(made)
             # a positive no candidate of the pool qualified for (all above the margin, or its own group)
             summary[name]["dropped"]["no_negative"] = summary[name]["positives"] - len(made)
+            given = "llm" if name in generators else "human"  # what its label-0 partners are
+            summary[name][f"{given}_negatives"] = sum(r["negative_source"] == given for r in made)
             if name in generators:
                 summary[name]["generator"] = generators[name]
-                summary[name]["llm_negatives"] = sum(r["negative_source"] == "llm" for r in made)
-            else:
-                summary[name]["human_negatives"] = sum(r["negative_source"] == "human" for r in made)
             rows.extend(made)
     if not rows:
         raise CachetuneError("no training data: no triplets, no training set with data and no --pairs")
@@ -263,7 +262,7 @@ def assemble_training_data(domain: Domain, output: Path, triplets: Sequence[Path
     for name, counts in summary.items():
         log(f"training source {name}: {counts['triplets']:,} triplets"
             + (f" from {counts['positives']:,} positive pairs ("
-               + (f"{counts['llm_negatives']:,} LLM" if "generator" in counts else
-                  f"{counts.get('human_negatives', 0):,} human")
+               + (f"{counts['llm_negatives']:,} LLM" if "llm_negatives" in counts else
+                  f"{counts['human_negatives']:,} human")
                + f" negatives), dropped {counts['dropped']}" if "pairs" in counts else ""))
     return result

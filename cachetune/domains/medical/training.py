@@ -70,16 +70,14 @@ def triplets_as_pairs(path: Path) -> list:
     once per distinct negative."""
     from cachetune.core.jsonl import iter_jsonl
     from cachetune.core.text import normalize_query
+    from cachetune.core.train.data import check_triplet_fields
 
     rows, seen = [], set()
     for line, row in iter_jsonl(path):
-        texts = [row.get(k) for k in ("anchor", "positive", "negative")]
-        if not all(isinstance(t, str) and t.strip() for t in texts):
-            raise CachetuneError("expected a triplet with text fields 'anchor', 'positive', 'negative' "
-                                 "(a cachetune generate output)", path, line)
+        check_triplet_fields(row, path, line)
         if row.get("domain") not in (None, "medical"):
             raise CachetuneError(f"a triplet of domain '{row['domain']}', not 'medical'", path, line)
-        anchor, positive, negative = (normalize_query(t) for t in texts)
+        anchor, positive, negative = (normalize_query(row[k]) for k in ("anchor", "positive", "negative"))
         group = str(row.get("query_id") or anchor)
         rows.append({"sentence1": anchor, "sentence2": positive, "label": 1, "group": group})
         if (anchor, negative) not in seen:
