@@ -18,6 +18,7 @@ from cachetune.core.errors import CachetuneError
 from cachetune.core.textfiles import reading_text
 
 PathLike = Union[str, Path]
+TRIPLET_FIELDS = ("anchor", "positive", "negative")
 
 
 def iter_jsonl(path: PathLike, *, skip_blank: bool = True) -> Iterator[Tuple[int, dict]]:
@@ -87,3 +88,15 @@ def write_jsonl(path: PathLike, rows: Iterable[dict]) -> int:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def check_triplet_fields(row: dict, path, line: int, fields=TRIPLET_FIELDS) -> None:
+    """Each of ``fields`` present, a string and not blank; else an error naming the field and line."""
+    for name in fields:
+        value = row.get(name)
+        if name not in row or value is None:
+            raise CachetuneError(f"triplet has no '{name}' field", path, line)
+        if not isinstance(value, str):
+            raise CachetuneError(f"'{name}' must be a string, got {type(value).__name__}", path, line)
+        if not value.strip():
+            raise CachetuneError(f"'{name}' is empty", path, line)

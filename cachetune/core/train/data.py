@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from cachetune.core.errors import CachetuneError
-from cachetune.core.jsonl import iter_jsonl
+from cachetune.core.jsonl import TRIPLET_FIELDS, check_triplet_fields, iter_jsonl
 from cachetune.core.text import exact_key
 
-REQUIRED_FIELDS = ("anchor", "positive", "negative")
 
 
 @dataclass
@@ -59,18 +58,6 @@ class TripletData:
             column[:] = [value for value, kept in zip(column, mask) if kept]
 
 
-def check_triplet_fields(row: dict, path, line: int, fields=REQUIRED_FIELDS) -> None:
-    """Each of ``fields`` present, a string and not blank; else an error naming the field and line."""
-    for name in fields:
-        value = row.get(name)
-        if name not in row or value is None:
-            raise CachetuneError(f"triplet has no '{name}' field", path, line)
-        if not isinstance(value, str):
-            raise CachetuneError(f"'{name}' must be a string, got {type(value).__name__}", path, line)
-        if not value.strip():
-            raise CachetuneError(f"'{name}' is empty", path, line)
-
-
 def load_triplets(path, domain: Optional[str] = None, need_negative: bool = True) -> TripletData:
     """Read ``{"anchor", "positive", "negative", ...}`` rows from a JSONL file.
 
@@ -82,7 +69,7 @@ def load_triplets(path, domain: Optional[str] = None, need_negative: bool = True
     path = Path(path)
     if path.is_dir():
         raise CachetuneError("expected a triplet JSONL file, got a folder", path)
-    fields = REQUIRED_FIELDS if need_negative else REQUIRED_FIELDS[:2]
+    fields = TRIPLET_FIELDS if need_negative else TRIPLET_FIELDS[:2]
     data = TripletData(path, [], [], [], {"duplicate": 0, "other_domain": 0})
     seen = set()
     for line, row in iter_jsonl(path):

@@ -68,9 +68,8 @@ def triplets_as_pairs(path: Path) -> list:
     for: (anchor, positive) label 1 once per triplet (an anchor with two negatives makes two
     triplets again: its label-0 partners are handed out in turn) and (anchor, negative) label 0
     once per distinct negative."""
-    from cachetune.core.jsonl import iter_jsonl
+    from cachetune.core.jsonl import check_triplet_fields, iter_jsonl
     from cachetune.core.text import normalize_query
-    from cachetune.core.train.data import check_triplet_fields
 
     rows, seen = [], set()
     for line, row in iter_jsonl(path):
