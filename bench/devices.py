@@ -5,7 +5,7 @@ size on: the CPU in fp32 (CUDA hidden from it), and, where a GPU is visible, the
 bf16 autocast. Each configuration runs twice, ``--warmup`` steps and ``--warmup`` + N steps, and
 its speed is N steps over the difference of the two training loops' times (from the adapter
 cards), so model loading, tokenisation and the first steps' allocator and kernel warm-up are not
-counted. Prints triplets/s per configuration and its ratio to the CPU's.
+counted. Prints triplets/s per configuration and its ratio to the CPU's (``--no-cpu``: to the GPU's fp32).
 
     python bench/devices.py --train-data runs/q/data-medical-human+llm.jsonl --domain medical
     python bench/devices.py --train-data T.jsonl --domain medical --batch-size 128 --gpu-steps 100 --cpu-steps 10
@@ -37,6 +37,8 @@ def run_train(args, device: str, precision: str, steps: int, out: Path) -> dict:
                "--keep-inverted", "--checkpoint-every", "0", "--overwrite", "--quiet", "--seed", str(args.seed)]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.base_model:
+        command += ["--base-model", args.base_model]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -54,6 +56,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-model", default=None, help="hub id or folder (default: the embedded model)")
+    parser.add_argument("--no-cpu", action="store_true", help="GPU configurations only (ratios then to GPU fp32)")
     parser.add_argument("--output", type=Path, default=None, help="also write the figures here as JSON")
     args = parser.parse_args(argv)
     if not args.train_data.is_file():
@@ -61,7 +65,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    configs = [("cpu", "fp32", args.cpu_steps)]
+    configs = [] if args.no_cpu else [("cpu", "fp32", args.cpu_steps)]
     if torch.cuda.is_available():
         configs += [("cuda", "fp32", args.gpu_steps), ("cuda", "bf16", args.gpu_steps)]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -77,10 +81,13 @@ def main(argv=None) -> None:
                          "final_loss": long["results"]["final_loss"]})
             print(f"{device} {precision}: {steps} steps of {args.batch_size} in {seconds:.2f} s, "
                   f"{rate:.1f} triplets/s", flush=True)
+    if not rows:
+        raise SystemExit("--no-cpu: no GPU is visible")
+    reference = f"{rows[0]['device'].upper()} {rows[0]['precision']}"
     cpu_rate = rows[0]["triplets_per_s"]
-    print(f"\ntraining speed, batch {args.batch_size}, {args.train_data.name}; GPU: {gpu or 'none'}; "
-          f"CPU threads: {args.threads or 'physical cores'}")
-    print("| device | precision | timed steps | triplets/s | vs CPU fp32 |")
+    print(f"\ntraining speed, batch {args.batch_size}, {args.train_data.name}, base {args.base_model or 'embedded'}; "
+          f"GPU: {gpu or 'none'}; CPU threads: {args.threads or 'physical cores'}")
+    print(f"| device | precision | timed steps | triplets/s | vs {reference} |")
     print("|---|---|---|---|---|")
     for row in rows:
         row["vs_cpu"] = round(row["triplets_per_s"] / cpu_rate, 2)
