@@ -84,17 +84,17 @@ def main(argv=None) -> None:
     if not rows:
         raise SystemExit("--no-cpu: no GPU is visible")
     reference = f"{rows[0]['device'].upper()} {rows[0]['precision']}"
-    cpu_rate = rows[0]["triplets_per_s"]
+    reference_rate = rows[0]["triplets_per_s"]
     print(f"\ntraining speed, batch {args.batch_size}, {args.train_data.name}, base {args.base_model or 'embedded'}; "
           f"GPU: {gpu or 'none'}; CPU threads: {args.threads or 'physical cores'}")
     print(f"| device | precision | timed steps | triplets/s | vs {reference} |")
     print("|---|---|---|---|---|")
     for row in rows:
-        row["vs_cpu"] = round(row["triplets_per_s"] / cpu_rate, 2)
+        row["vs_reference"] = round(row["triplets_per_s"] / reference_rate, 2)
         print(f"| {row['device']} | {row['precision']} | {row['steps']} | {row['triplets_per_s']:.1f} | "
-              f"{row['vs_cpu']:.2f}x |")
+              f"{row['vs_reference']:.2f}x |")
     if args.output:
-        args.output.write_text(json.dumps({"gpu": gpu, "batch_size": args.batch_size, "rows": rows}, indent=2),
+        args.output.write_text(json.dumps({"gpu": gpu, "batch_size": args.batch_size, "reference": reference, "rows": rows}, indent=2),
                                encoding="utf-8")
 
 

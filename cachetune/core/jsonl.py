@@ -2,7 +2,8 @@
 
 Readers name the file and line of a bad record. Writers either append whole lines with a
 flush (resumable outputs) or write to a temporary file renamed into place only when
-complete, so a failed run never leaves a partial output behind.
+complete, so a failed run never leaves a partial output behind. Also the one check of a triplet
+row's fields (:func:`check_triplet_fields`), shared by the trainer's reader and the domains' readers.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from cachetune.core.jsonl import TRIPLET_FIELDS, check_triplet_fields, iter_json
 from cachetune.core.text import exact_key
 
 
-
 @dataclass
 class TripletData:
     """Validated triplets of one file."""
