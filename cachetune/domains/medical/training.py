@@ -68,7 +68,7 @@ def triplets_as_pairs(path: Path) -> list:
     for: (anchor, positive) label 1 once per triplet (an anchor with two negatives makes two
     triplets again: its label-0 partners are handed out in turn) and (anchor, negative) label 0
     once per distinct negative."""
-    from cachetune.core.jsonl import check_triplet_fields, iter_jsonl
+    from cachetune.core.jsonl import TRIPLET_FIELDS, check_triplet_fields, iter_jsonl
     from cachetune.core.text import normalize_query
 
     rows, seen = [], set()
@@ -76,7 +76,7 @@ def triplets_as_pairs(path: Path) -> list:
         check_triplet_fields(row, path, line)
         if row.get("domain") not in (None, "medical"):
             raise CachetuneError(f"a triplet of domain '{row['domain']}', not 'medical'", path, line)
-        anchor, positive, negative = (normalize_query(row[k]) for k in ("anchor", "positive", "negative"))
+        anchor, positive, negative = (normalize_query(row[k]) for k in TRIPLET_FIELDS)
         group = str(row.get("query_id") or anchor)
         rows.append({"sentence1": anchor, "sentence2": positive, "label": 1, "group": group})
         if (anchor, negative) not in seen:
