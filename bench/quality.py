@@ -117,7 +117,8 @@ def train_adapter(domain: str, data: Path, output: Path, args, steps: int = 0, *
         return json.loads((output / CARD_FILE).read_text(encoding="utf-8"))  # a finished run of an earlier call
 
     options = {**({"guide_filter": True} if args.guide_filter else {}),
-               **({"loss": args.loss} if args.loss else {}), **options}  # a variant's own options win
+               **({"loss": args.loss} if args.loss else {}),
+               **({"pair_loss_weight": args.pair_loss_weight} if args.pair_loss_weight else {}), **options}  # a variant's own options win
     config = TrainConfig(domain=domain, train_data=data, output=output, batch_size=args.batch_size,
                          lr=args.lr or DEFAULT_LR, min_steps=steps or args.steps, max_steps=steps or args.steps,
                          overwrite=True,
@@ -266,6 +267,8 @@ def main(argv=None) -> None:
     parser.add_argument("--guide-filter", action="store_true", help="train every adapter with the guide filter")
     parser.add_argument("--loss", choices=("mnrl", "symmetric"), default=None,
                         help="train every adapter with this loss (default: the trainer's)")
+    parser.add_argument("--pair-loss-weight", type=float, default=0.0,
+                        help="train every adapter with this weight of the CoSENT pair term (default: 0, off)")
     parser.add_argument("--compare", action="append", default=[], metavar="A=B",
                         help="adapter A against adapter B (names as in the table): AP and hit-rate difference "
                         "with a paired bootstrap interval, on each domain both were scored on (repeatable)")

@@ -235,7 +235,7 @@ def test_finished_adapter_is_not_overwritten_silently(run_cli, tmp_path, triplet
 
 
 def test_bf16_autocast_path_runs(run_cli, tmp_path, triplet_file, tiny_model):
-    """The autocast branch (CUDA's default) exercised on CPU with bf16."""
+    """The autocast branch (`--precision bf16` or fp16) exercised on CPU with bf16."""
     out = tmp_path / "bf16"
     res = run_cli(tiny_args(triplet_file, out, tiny_model, "--precision", "bf16", "--max-steps", "2"))
     assert res.exit_code == 0, res.stderr

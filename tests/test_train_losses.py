@@ -109,3 +109,72 @@ def test_min_steps_symmetric_and_guide_filter_reach_the_card(run_cli, tmp_path, 
     assert hp["loss"] == "symmetric" and hp["guide_filter"] is True
     assert hp["loss_function"] == "MultipleNegativesRankingLoss (symmetric), guide filter: base model"
     assert card["data"]["sources"] == {"triplets": 30}
+
+
+def cosent_on_expanded_pairs(anchors, candidates, labels, keep=None):
+    """sentence-transformers' CoSENTLoss on every (anchor, candidate) cell as its own pair."""
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+
+    rows, cols = labels.shape
+    left = anchors.repeat_interleave(cols, 0)
+    right = candidates.repeat(rows, 1)
+    flat = labels.reshape(-1).float()
+    if keep is not None:
+        keep = keep.reshape(-1)
+        left, right, flat = left[keep], right[keep], flat[keep]
+    return CoSENTLoss(None, scale=20.0).compute_loss_from_embeddings([left, right], flat)
+
+
+@pytest.mark.parametrize("name", ["mnrl", "symmetric"])
+def test_pair_term_is_the_library_cosent_on_the_batch_pairs(name):
+    import torch
+
+    from cachetune.core.train.losses import WithPairLoss
+
+    a, p, n = embeddings(5)
+    labels = torch.zeros(5, 10)
+    labels[range(5), range(5)] = 1  # each row's own positive; other positives and every negative: 0
+    expected = cosent_on_expanded_pairs(a, torch.cat([p, n]), labels)
+    combined = make_loss(name, None, 20.0, pair_weight=0.5)
+    assert isinstance(combined, WithPairLoss)
+    ranking = make_loss(name, None, 20.0)([a, p, n], ids(5))
+    assert torch.allclose(combined.pair_term([a, p, n], ids(5)), expected, atol=1e-4)
+    assert torch.allclose(combined([a, p, n], ids(5)), ranking + 0.5 * expected, atol=1e-4)
+    assert not isinstance(make_loss(name, None, 20.0, pair_weight=0.0), WithPairLoss)
+
+
+def test_guided_pair_term_leaves_out_the_cells_the_guide_masks():
+    import torch
+
+    a, p, n = embeddings(4)
+    eye, ones = torch.eye(4), torch.ones(4, 4)
+    # As above: the guide masks every in-batch candidate but a row's own positive and negative,
+    # so the pair term ranks own positives above own negatives only.
+    guide = torch.cat([eye, 0.9 * ones - 0.4 * eye, 0.9 * ones])
+    term = make_loss("mnrl", None, 20.0, guide=guide, pair_weight=1.0).pair_term([a, p, n], ids(4))
+    labels = torch.cat([eye, torch.zeros(4, 4)], dim=1)
+    keep = torch.cat([eye, eye], dim=1).bool()
+    assert torch.allclose(term, cosent_on_expanded_pairs(a, torch.cat([p, n]), labels, keep), atol=1e-4)
+    unguided = make_loss("mnrl", None, 20.0, pair_weight=1.0).pair_term([a, p, n], ids(4))
+    assert not torch.allclose(term, unguided, atol=1e-4)
+
+
+def test_pair_loss_weight_reaches_the_card(run_cli, tmp_path, tiny_model, shared_data):
+    from cachetune.domains.programming.training_pairs import read_conala_pairs
+
+    pairs = read_conala_pairs(shared_data / "conala" / "conala-train.json")[:30]
+    rows = [{"anchor": p.paraphrase, "positive": p.query, "negative": pairs[(i + 7) % 30].query}
+            for i, p in enumerate(pairs)]
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    common = ["train", "--domain", "programming", "--train-data", data, "--base-model", tiny_model,
+              "--batch-size", "8", "--keep-inverted", "--quiet"]
+    bad = run_cli(common + ["--output", tmp_path / "bad", "--pair-loss-weight", "-1"])
+    assert bad.exit_code != 0 and "--pair-loss-weight must not be negative" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "a"
+    res = run_cli(common + ["--output", out, "--pair-loss-weight", "0.5", "--max-steps", "4"])
+    assert res.exit_code == 0, res.stderr
+    card = json.loads((out / "cachetune.json").read_text())
+    assert card["hyperparameters"]["pair_loss_weight"] == 0.5
+    assert card["hyperparameters"]["loss_function"] == "MultipleNegativesRankingLoss + 0.5 x CoSENT (batch pairs)"

@@ -72,6 +72,8 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path, shared_data, tiny_
     res = run_cli(args(out, "--resume-from-checkpoint", checkpoint, "--keep-inverted"))
     assert res.exit_code == 1
     assert "checkpoint was trained with drop_inverted=True, not False (--keep-inverted)" in res.stderr
+    res = run_cli(args(out, "--resume-from-checkpoint", checkpoint, "--pair-loss-weight", "1"))
+    assert res.exit_code == 1 and "checkpoint was trained with --pair-loss-weight 0.0, not 1.0" in res.stderr
 
     resumed = run(CLI, args(out, "--resume-from-checkpoint", out))
     assert resumed.returncode == 0, resumed.stderr

@@ -67,6 +67,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "min_steps": 60,
         "loss": "mnrl",
         "guide_filter": False,
+        "pair_loss_weight": 0.0,
     },
     # eval_data: the domain sets' data (default: the pairs the domain package ships).
     "evaluate": {"target_precision": 0.95, "pairs": [], "domain_sets": True, "eval_data": None},
@@ -97,7 +98,7 @@ TYPES: Dict[str, tuple] = {
     "train.llm_triplets": ("bool", False, None), "train.training_sets": ("str-list", False, None),
     "train.training_sources": ("mapping", False, None), "train.pairs": ("str-list", False, None),
     "train.relative_margin": ("float", False, 0.0), "train.min_steps": _POSITIVE, "train.loss": ("str", False, None),
-    "train.guide_filter": ("bool", False, None),
+    "train.guide_filter": ("bool", False, None), "train.pair_loss_weight": ("float", False, 0.0),
     "evaluate.target_precision": ("float", False, 0.0), "evaluate.pairs": ("str-list", False, None),
     "evaluate.domain_sets": ("bool", False, None), "evaluate.eval_data": ("str", True, None),
     "register.enabled": ("bool", False, None), "register.registry": ("str", True, None),

@@ -283,7 +283,8 @@ class Pipeline:
                 lora_dropout=opts["lora_dropout"], target_modules=tuple(modules),
                 max_seq_length=opts["max_seq_length"], seed=self.seed, hard_negatives=opts["hard_negatives"],
                 drop_inverted=opts["drop_inverted"], min_steps=opts["min_steps"], loss=opts["loss"],
-                guide_filter=opts["guide_filter"], resume_from=resume, overwrite=resume is None,
+                guide_filter=opts["guide_filter"],
+                pair_loss_weight=opts["pair_loss_weight"], resume_from=resume, overwrite=resume is None,
             )
             info = self.pm.domain_plugin(self.domain.name)
             card = train(config, domain_plugin={"name": info.name, "package": info.package,

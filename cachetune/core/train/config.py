@@ -30,13 +30,16 @@ RESUME_OPTIONS = {
     "hard_negatives": "--no-hard-negatives", "drop_inverted": "--keep-inverted",
     "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm", "max_steps": "--max-steps",
     "min_steps": "--min-steps", "loss": "--loss", "guide_filter": "--guide-filter",
+    "pair_loss_weight": "--pair-loss-weight",
 }
 
 # What a checkpoint written before an option existed was trained with.
-LEGACY_VALUES = {"drop_inverted": False, "min_steps": None, "loss": "mnrl", "guide_filter": False}
+LEGACY_VALUES = {"drop_inverted": False, "min_steps": None, "loss": "mnrl", "guide_filter": False,
+                 "pair_loss_weight": 0.0}
 
 # The real-valued settings: each must be a finite number.
-FLOAT_SETTINGS = ("lr", "temperature", "lora_alpha", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm")
+FLOAT_SETTINGS = ("lr", "temperature", "lora_alpha", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm",
+                  "pair_loss_weight")
 
 # Fewer triplets than this after filtering barely move the LoRA (16 steps on ~2k triplets is the
 # measured default run, README): training goes on, with a warning that says how many steps ran.
@@ -79,6 +82,9 @@ class TrainConfig:
     loss: str = "mnrl"  # or "symmetric" (see cachetune.core.train.losses)
     # Mask in-batch candidates the base model scores above the anchor's positive (GISTEmbed-style).
     guide_filter: bool = False
+    # Weight of the CoSENT term added to the ranking loss: every positive pair of the batch above
+    # every negative one, across anchors, the order a single cache threshold needs (0: off).
+    pair_loss_weight: float = 0.0
     tokens_per_forward: Optional[int] = None  # None: CPU_TOKENS_PER_FORWARD on CPU, 0 (unlimited) on GPU
 
     def validate(self) -> None:
@@ -103,6 +109,7 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
             (self.min_steps is None or self.min_steps >= 1, "--min-steps must be at least 1"),
             (self.loss in ("mnrl", "symmetric"), "--loss must be mnrl or symmetric"),
+            (self.pair_loss_weight >= 0, "--pair-loss-weight must not be negative"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.tokens_per_forward is None or self.tokens_per_forward >= 0, "--tokens-per-forward must not be negative"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),

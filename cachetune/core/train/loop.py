@@ -214,7 +214,8 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup(warmup_steps, total_steps))
     scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
-    loss_fn = make_loss(config.loss, model, 1.0 / config.temperature, guide=guide)
+    loss_fn = make_loss(config.loss, model, 1.0 / config.temperature, guide=guide,
+                        pair_weight=config.pair_loss_weight)
     global_step, epoch, batch_pos, losses, elapsed = 0, 0, 0, [], 0.0
     if resume_dir is not None:
         ckpt.restore(resume_dir, tensors, peft_model, optimizer, scheduler, scaler, rt.rank)
@@ -311,7 +312,8 @@ def _train(config: TrainConfig, rt: Runtime, domain_plugin: dict, log, show_prog
                             "warmup_steps": warmup_steps, "total_steps": total_steps,
                             "epochs_run": epochs, "loss_function": "MultipleNegativesRankingLoss" + (
                                 " (symmetric)" if config.loss == "symmetric" else "") + (
-                                ", guide filter: base model" if config.guide_filter else ""),
+                                ", guide filter: base model" if config.guide_filter else "") + (
+                                f" + {config.pair_loss_weight:g} x CoSENT (batch pairs)" if config.pair_loss_weight else ""),
                             "precision": rt.precision,
                             "world_size": rt.world_size, "checkpoint_every": config.checkpoint_every},
         "results": results,

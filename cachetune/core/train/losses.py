@@ -14,6 +14,15 @@
   guide never changes), not per step. Unlike ``GISTEmbedLoss`` the row's *own* hard negative is
   never masked: the training file's negatives are chosen on purpose (human-labelled, mined
   below the positive, or LLM negatives the base model does not rank backwards).
+- ``pair_loss_weight`` > 0 adds that weight times CoSENT (Huang et al. 2024, sentence-transformers'
+  ``CoSENTLoss``) over the step's (anchor, candidate) pairs: the rows' own positives labelled 1,
+  every other candidate of the batch (other rows' positives, every hard negative) labelled 0. The
+  ranking losses compare each anchor's candidates with each other; a cache compares every pair
+  with one threshold, so this term asks for every positive pair of the batch above every negative
+  pair, across anchors. Computed in closed form on the score matrix (CoSENT with two labels is
+  ``log(1 + sum over (positive, negative) of exp(scale * (s_neg - s_pos)))``), which equals
+  ``CoSENTLoss`` on the expanded pairs without building them; with the guide filter, the cells the
+  guide masks are left out of the negatives too.
 
 Every loss is a callable ``loss(embeddings, text_ids)``: ``embeddings`` the step's columns
 (anchors, positives[, negatives]), ``text_ids`` the same columns as ids of the distinct texts.
@@ -75,13 +84,52 @@ class GuidedRankingLoss:
         return -(positive - log_z).mean()
 
 
-def make_loss(name: str, model, scale: float, guide=None, margin: float = 0.0):
-    """The loss called ``name`` (:data:`LOSSES`); with ``guide`` embeddings, guided."""
+class WithPairLoss:
+    """A ranking loss plus ``weight`` x CoSENT over the step's (anchor, candidate) pairs."""
+
+    def __init__(self, ranking, weight: float, scale: float, guide=None, margin: float = 0.0):
+        self.ranking = ranking
+        self.weight = weight
+        self.scale = scale
+        self.guide = guide
+        self.margin = margin
+
+    def pair_term(self, embeddings: List, text_ids: Sequence[Sequence[int]]):
+        import torch
+        import torch.nn.functional as F
+
+        anchors = F.normalize(embeddings[0].float(), dim=-1)
+        candidates = torch.cat([F.normalize(e.float(), dim=-1) for e in embeddings[1:]])
+        scores = anchors @ candidates.T  # (batch, batch * candidate columns)
+        batch = anchors.size(0)
+        rows = torch.arange(batch, device=anchors.device)
+        is_positive = torch.zeros_like(scores, dtype=torch.bool)
+        is_positive[rows, rows] = True
+        negative = ~is_positive
+        if self.guide is not None:  # the guide's probable false negatives are not negatives here either
+            guide = [self.guide[torch.as_tensor(list(ids), dtype=torch.long)].to(anchors.device) for ids in text_ids]
+            masked = guide[0] @ torch.cat(guide[1:]).T > (guide[0] * guide[1]).sum(-1, keepdim=True) - self.margin
+            own_negatives = torch.zeros_like(masked)
+            for column in range(1, len(embeddings) - 1):
+                own_negatives[rows, column * batch + rows] = True
+            negative &= ~(masked & ~own_negatives)
+        spread = torch.logsumexp(self.scale * scores[negative], dim=0) + torch.logsumexp(-self.scale * scores[is_positive], dim=0)
+        return F.softplus(spread)
+
+    def __call__(self, embeddings: List, text_ids: Sequence[Sequence[int]]):
+        return self.ranking(embeddings, text_ids) + self.weight * self.pair_term(embeddings, text_ids)
+
+
+def make_loss(name: str, model, scale: float, guide=None, margin: float = 0.0, pair_weight: float = 0.0):
+    """The loss called ``name`` (:data:`LOSSES`); with ``guide`` embeddings, guided; with
+    ``pair_weight`` > 0, plus that weight x the CoSENT pair term (:class:`WithPairLoss`)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss '{name}' (known: {', '.join(LOSSES)})")
     if guide is not None:
-        return GuidedRankingLoss(guide, scale, symmetric=name == "symmetric", margin=margin)
-    return LibraryRankingLoss(model, scale, symmetric=name == "symmetric")
+        ranking = GuidedRankingLoss(guide, scale, symmetric=name == "symmetric", margin=margin)
+    else:
+        ranking = LibraryRankingLoss(model, scale, symmetric=name == "symmetric")
+    return WithPairLoss(ranking, pair_weight, scale, guide, margin) if pair_weight > 0 else ranking
 
 
 def guide_embeddings(model, texts, batch_size: int = 64) -> Optional[object]:
