@@ -67,6 +67,7 @@ def test_one_pairs_file_is_a_list_of_one(pm, run_cli, tmp_path):
     ("set", "prepare.holdout=1", "prepare.holdout: expected a number below 1, got 1 (int)"),
     ("set", "generate.mine_fallback=maybe", "generate.mine_fallback: expected true or false, got 'maybe'"),
     ("set", "evaluate.target_precision=0", "evaluate.target_precision: expected a number above 0, got 0"),
+    ("set", "train.pair_loss_weight=-0.5", "train.pair_loss_weight: expected a number >= 0, got -0.5 (float)"),
     ("file", "train:\n  lr: fast\n", "train.lr: expected a number or null, got 'fast' (str)"),
     ("file", "generate:\n  paraphrases: null\n", "generate.paraphrases: expected an integer, got None"),
     ("file", "train:\n  target_modules: [query, 3]\n", "train.target_modules: expected a list of text"),
@@ -153,6 +154,13 @@ def test_run_end_to_end_then_resume(run_cli, tmp_path, smollm_gguf, tiny_model):
     records = json.loads(run_cli(["adapters", "list", "--registry", registry, "--json"]).stdout)
     assert len(records) == 1  # not registered twice
 
+    # Another training option retrains (prepare and generate stay), and the card says which.
+    other = run_cli(args + ["--set", "train.pair_loss_weight=0.5", "--stop-after", "train"])
+    assert other.exit_code == 0, other.stderr
+    assert other.stderr.count("up to date, skipped") == 2
+    card = json.loads((work / "adapter" / "cachetune.json").read_text(encoding="utf-8"))
+    assert card["hyperparameters"]["pair_loss_weight"] == 0.5
+
     # A re-split that stops after prepare: the adapter and evaluation of the old split are moved
     # aside and no longer reported (no "registered as programming@1" for a split it never saw).
     third = run_cli(args + ["--set", "prepare.holdout=0.5", "--stop-after", "prepare"])
@@ -160,7 +168,7 @@ def test_run_end_to_end_then_resume(run_cli, tmp_path, smollm_gguf, tiny_model):
     assert "registered as" not in third.stdout and "adapter:" not in third.stdout
     assert not (work / "adapter").exists() and not (work / "eval").exists()
     assert sorted(p.name.split("-")[0] for p in (work / "stale").iterdir()) == [
-        "evaluate", "generate", "prepare", "train"]
+        "evaluate", "generate", "prepare", "train", "train"]  # two adapters: weight 0, then 0.5
     state = json.loads((work / "run.json").read_text(encoding="utf-8"))["stages"]
     assert list(state) == ["prepare"]
 

@@ -267,7 +267,10 @@ class Pipeline:
         opts["lr"] = opts["lr"] or DEFAULT_LR
         inputs = [_file_digest(Path(p)) for p in [self.triplets("train"), *opts["pairs"],
                                                    *(opts["training_sources"] or {}).values()]]
-        fp = _fingerprint(opts, inputs, self.base_model, self.seed)
+        # An option left at the value every earlier version trained with stays out of the
+        # fingerprint, so a work folder trained before the option existed is still up to date.
+        fp = _fingerprint({k: v for k, v in opts.items() if not (k == "pair_loss_weight" and v == 0)},
+                          inputs, self.base_model, self.seed)
         modules = opts["target_modules"]
         if isinstance(modules, str):
             modules = tuple(m.strip() for m in modules.split(",") if m.strip())
