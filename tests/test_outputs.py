@@ -70,6 +70,8 @@ def test_nothing_but_the_registry_writes_inside_it(run_cli, tmp_path, registry):
          adapters / "copy"),
         (["run", "--domain", "programming", "--workdir", adapters / "work", "--stop-after", "prepare"],
          adapters / "work"),
+        (["adapters", "average", "programming@1", "programming@1", "--registry", registry.root, "--output",
+          adapters / "mean"], adapters / "mean"),
     ]
     (tmp_path / "in.jsonl").write_text('{"id": "q1", "query": "sort a list", "domain": "programming"}\n')
     for args, target in commands:

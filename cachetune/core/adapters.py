@@ -18,6 +18,7 @@ from cachetune.core.models import (
     canonical_model_id,
     load_sentence_transformer,
     resolve_base_model,
+    sha256_file,
     weights_sha256,
 )
 
@@ -179,3 +180,101 @@ def save_merged(adapter_dir, output, entry: dict, info: dict, device: Optional[s
     model = load_adapter_model(adapter_dir, device=device, merged=True, entry=entry)
     model.save(str(output))
     write_json(Path(output) / MERGED_INFO_FILE, info)
+
+
+def average_adapters(adapter_dirs, output, rank: Optional[int] = None, device: Optional[str] = None) -> dict:
+    """Write into the new folder ``output`` one adapter whose update is the mean of the
+    adapters' updates (same domain, base model and target modules; e.g. one recipe trained at
+    several seeds). Returns the new card.
+
+    ``rank`` None: peft's ``add_weighted_adapter(combination_type="cat")`` stacks the LoRA
+    factors, so the mean is exact at rank ``sum(r)`` (checked here layer by layer); ``rank`` R:
+    ``combination_type="svd"``, each layer's mean update truncated to its best rank-R
+    approximation (the size of a rank-R adapter).
+    """
+    import shutil
+    import tempfile
+    from datetime import datetime, timezone
+
+    from peft import PeftModel
+
+    from cachetune.core.jsonl import write_json
+
+    folders = [Path(d) for d in adapter_dirs]
+    if len(folders) < 2:
+        raise CachetuneError("averaging needs at least two adapters")
+    cards = [read_card(f) for f in folders]
+    configs = [read_json_object(f / PEFT_CONFIG) for f in folders]
+    entries = [base_model_entry(f, c) for f, c in zip(folders, cards)]
+    first = folders[0]
+    for folder, card, config, entry in zip(folders[1:], cards[1:], configs[1:], entries[1:]):
+        if canonical_model_id(entry["id"]) != canonical_model_id(entries[0]["id"]) or (
+                entry["weights_sha256"] and entries[0]["weights_sha256"]
+                and entry["weights_sha256"] != entries[0]["weights_sha256"]):
+            raise CachetuneError(f"trained on base model '{entry['id']}', not '{entries[0]['id']}' as {first} was: "
+                                 "only adapters of one base model can be averaged", folder)
+        if card.get("domain") != cards[0].get("domain"):
+            raise CachetuneError(f"an adapter for domain '{card.get('domain')}', not '{cards[0].get('domain')}' "
+                                 f"as {first} is", folder)
+        if sorted(config.get("target_modules") or []) != sorted(configs[0].get("target_modules") or []):
+            raise CachetuneError(f"LoRA on {sorted(config.get('target_modules') or [])}, not "
+                                 f"{sorted(configs[0].get('target_modules') or [])} as {first}", folder)
+    total_rank = sum(int(c.get("r") or 0) for c in configs)
+    if rank is not None and not 1 <= rank <= total_rank:
+        raise CachetuneError(f"--rank must be between 1 and {total_rank} (the adapters' ranks summed), got {rank}")
+
+    output = Path(output)
+    model = load_sentence_transformer(check_base_model(entries[0], None, first), device=device)
+    names = [f"input{i}" for i in range(len(folders))]
+    try:
+        peft_model = PeftModel.from_pretrained(model[0].auto_model, str(first), adapter_name=names[0])
+        for name, folder in zip(names[1:], folders[1:]):
+            peft_model.load_adapter(str(folder), adapter_name=name)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CachetuneError(f"could not load the adapters: {first_line}") from None
+    weights = [1.0 / len(names)] * len(names)
+    if rank is None:
+        peft_model.add_weighted_adapter(names, weights, "mean", combination_type="cat")
+    else:
+        peft_model.add_weighted_adapter(names, weights, "mean", combination_type="svd", svd_rank=rank)
+    layers = [m for m in peft_model.modules() if hasattr(m, "lora_A") and "mean" in m.lora_A]
+    if rank is None:
+        for layer in layers:
+            def update(name, layer=layer):
+                return layer.scaling[name] * layer.lora_B[name].weight @ layer.lora_A[name].weight
+
+            want = sum(update(n) for n in names) / len(names)
+            if float((update("mean") - want).abs().max()) > 1e-5 * max(1.0, float(want.abs().max())):
+                raise CachetuneError("peft's stacked adapter is not the mean of the updates (peft version?)")
+    peft_model.set_adapter("mean")
+    for name in names:
+        peft_model.delete_adapter(name)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        peft_model.save_pretrained(str(staging / "saved"), selected_adapters=["mean"], save_embedding_layers=False)
+        saved = staging / "saved" / "mean"
+        config = read_json_object(saved / PEFT_CONFIG)
+        config["base_model_name_or_path"] = configs[0].get("base_model_name_or_path")
+        write_json(saved / PEFT_CONFIG, config)
+        card = {key: value for key, value in cards[0].items() if key not in ("results", "data", "created")}
+        card["lora"] = {"r": config["r"], "alpha": config["lora_alpha"], "dropout": config.get("lora_dropout"),
+                        "target_modules": sorted(config["target_modules"])}
+        card["trainable_parameters"] = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+        card["averaged"] = {
+            "combination": "mean of the updates, exact (factors stacked)" if rank is None
+            else f"mean of the updates, truncated SVD to rank {rank}",
+            "adapters": [{"folder": str(f), "weights_sha256": sha256_file(f / PEFT_WEIGHTS),
+                          "seed": (c.get("hyperparameters") or {}).get("seed"),
+                          "data": c.get("data"), "results": c.get("results")} for f, c in zip(folders, cards)],
+        }
+        card["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(saved / CARD_FILE, card)
+        if output.exists():
+            output.rmdir()  # checked empty by the caller
+        saved.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return card

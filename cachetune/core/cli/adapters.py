@@ -1,4 +1,4 @@
-"""``cachetune adapters``: list, show, add, remove, export (peft, merged, ONNX) and verify registered adapters."""
+"""``cachetune adapters``: list, show, add, remove, export (peft, merged, ONNX), average and verify adapters."""
 
 from __future__ import annotations
 
@@ -148,6 +148,31 @@ def register(cli, pm) -> None:
         what = {"peft": "adapter files", "merged": "merged SentenceTransformer",
                 "onnx": f"ONNX {quantize or 'fp32'}"}[fmt]
         click.echo(f"exported {record['ref']} ({what}) -> {output}")
+
+    @adapters.command()
+    @click.argument("refs", metavar="NAME[@VERSION]|DIR...", nargs=-1, required=True)
+    @click.option("--output", type=click.Path(path_type=Path), required=True, help="New (or empty) folder.")
+    @click.option("--rank", type=int,
+                  help="Truncate the mean update to this LoRA rank (SVD per layer): the size of one rank-R "
+                       "adapter. Default: exact, at the adapters' ranks summed.")
+    @click.option("--device", help="Device for the averaging (default: sentence-transformers' choice).")
+    @registry_option
+    def average(refs, output, rank, device, registry):
+        """Average adapters of one domain and base model (e.g. one recipe at several training seeds)
+        into one adapter: the mean of their LoRA updates."""
+        from cachetune.core import outputs
+        from cachetune.core.adapters import average_adapters
+        from cachetune.registry import resolve_adapter
+
+        if len(refs) < 2:
+            raise click.UsageError("give at least two adapters")
+        out = outputs.check_output(output, "--output", folder=True)
+        if out.exists() and any(out.iterdir()):
+            raise CachetuneError("exists and is not empty (--output)", out)
+        folders = [resolve_adapter(ref, registry)[0] for ref in refs]
+        card = average_adapters(folders, out, rank=rank, device=device)
+        click.echo(f"averaged {len(folders)} adapters -> {out} (LoRA r={card['lora']['r']}, "
+                   f"{card['averaged']['combination']})")
 
     @adapters.command()
     @registry_option
