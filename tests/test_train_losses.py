@@ -20,6 +20,17 @@ def ids(n, columns=3):
     return [list(range(c * n, (c + 1) * n)) for c in range(columns)]
 
 
+def conala_pair_triplets(shared_data, path, n=30):
+    """``n`` CoNaLa training pairs as triplets (another pair's question as the negative), written to ``path``."""
+    from cachetune.domains.programming.training_pairs import read_conala_pairs
+
+    pairs = read_conala_pairs(shared_data / "conala" / "conala-train.json")[:n]
+    rows = [{"anchor": p.paraphrase, "positive": p.query, "negative": pairs[(i + 7) % n].query}
+            for i, p in enumerate(pairs)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def test_mnrl_and_symmetric_are_the_library_losses():
     import torch
     import torch.nn.functional as F
@@ -90,13 +101,7 @@ def test_guided_loss_masks_in_batch_candidates_but_keeps_a_rows_own_positive_and
 
 
 def test_min_steps_symmetric_and_guide_filter_reach_the_card(run_cli, tmp_path, tiny_model, shared_data):
-    from cachetune.domains.programming.training_pairs import read_conala_pairs
-
-    pairs = read_conala_pairs(shared_data / "conala" / "conala-train.json")[:30]
-    rows = [{"anchor": p.paraphrase, "positive": p.query, "negative": pairs[(i + 7) % 30].query}
-            for i, p in enumerate(pairs)]
-    data = tmp_path / "t.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = conala_pair_triplets(shared_data, tmp_path / "t.jsonl")
     out = tmp_path / "a"
     res = run_cli(["train", "--domain", "programming", "--train-data", data, "--base-model", tiny_model,
                    "--output", out, "--batch-size", "16", "--keep-inverted", "--quiet", "--min-steps", "9",
@@ -160,13 +165,7 @@ def test_guided_pair_term_leaves_out_the_cells_the_guide_masks():
 
 
 def test_pair_loss_weight_reaches_the_card(run_cli, tmp_path, tiny_model, shared_data):
-    from cachetune.domains.programming.training_pairs import read_conala_pairs
-
-    pairs = read_conala_pairs(shared_data / "conala" / "conala-train.json")[:30]
-    rows = [{"anchor": p.paraphrase, "positive": p.query, "negative": pairs[(i + 7) % 30].query}
-            for i, p in enumerate(pairs)]
-    data = tmp_path / "t.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = conala_pair_triplets(shared_data, tmp_path / "t.jsonl")
     common = ["train", "--domain", "programming", "--train-data", data, "--base-model", tiny_model,
               "--batch-size", "8", "--keep-inverted", "--quiet"]
     bad = run_cli(common + ["--output", tmp_path / "bad", "--pair-loss-weight", "-1"])
