@@ -81,7 +81,14 @@ def test_average_is_the_mean_update_and_rank_r_its_best_approximation(run_cli, t
 
 
 def test_average_refusals_write_nothing(run_cli, tmp_path, seeds):
+    import shutil
+
     folders = seeds[:3]
+    other_base = tmp_path / "other-base"
+    shutil.copytree(folders[1], other_base)
+    card = json.loads((other_base / "cachetune.json").read_text())
+    card["base_model"] = {**card["base_model"], "id": "someone/else", "weights_sha256": None}
+    (other_base / "cachetune.json").write_text(json.dumps(card))
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
@@ -91,13 +98,15 @@ def test_average_refusals_write_nothing(run_cli, tmp_path, seeds):
         ([*folders, "--output", tmp_path / "o2", "--rank", "0"], "--rank must be between 1 and 24"),
         ([*folders, "--output", tmp_path / "o3", "--rank", "25"], "--rank must be between 1 and 24"),
         ([folders[0], tmp_path / "nope", "--output", tmp_path / "o4"], "adapter folder not found"),
+        ([folders[0], other_base, "--output", tmp_path / "o5"],
+         f"{other_base}: trained on base model 'someone/else', not"),
     ]
     for args, needle in cases:
         result = run_cli(["adapters", "average", *args])
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 1 and len(lines) == 1 and needle in lines[0], (needle, result.stderr)
     assert (busy / "keep.txt").read_text() == "mine" and sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
-    one = run_cli(["adapters", "average", folders[0], "--output", tmp_path / "o5"])
+    one = run_cli(["adapters", "average", folders[0], "--output", tmp_path / "o6"])
     assert one.exit_code == 2 and "at least two adapters" in one.stderr

@@ -206,11 +206,12 @@ def average_adapters(adapter_dirs, output, rank: Optional[int] = None, device: O
     cards = [read_card(f) for f in folders]
     configs = [read_json_object(f / PEFT_CONFIG) for f in folders]
     entries = [base_model_entry(f, c) for f, c in zip(folders, cards)]
+    # Each adapter's base through the one base-model check (its recorded weights sha256 against
+    # the local copy's); one base model for all of them.
+    bases = [check_base_model(entry, None, folder) for entry, folder in zip(entries, folders)]
     first = folders[0]
-    for folder, card, config, entry in zip(folders[1:], cards[1:], configs[1:], entries[1:]):
-        if canonical_model_id(entry["id"]) != canonical_model_id(entries[0]["id"]) or (
-                entry["weights_sha256"] and entries[0]["weights_sha256"]
-                and entry["weights_sha256"] != entries[0]["weights_sha256"]):
+    for folder, card, config, entry, base in zip(folders[1:], cards[1:], configs[1:], entries[1:], bases[1:]):
+        if base != bases[0]:
             raise CachetuneError(f"trained on base model '{entry['id']}', not '{entries[0]['id']}' as {first} was: "
                                  "only adapters of one base model can be averaged", folder)
         if card.get("domain") != cards[0].get("domain"):
@@ -224,7 +225,7 @@ def average_adapters(adapter_dirs, output, rank: Optional[int] = None, device: O
         raise CachetuneError(f"--rank must be between 1 and {total_rank} (the adapters' ranks summed), got {rank}")
 
     output = Path(output)
-    model = load_sentence_transformer(check_base_model(entries[0], None, first), device=device)
+    model = load_sentence_transformer(bases[0], device=device)
     names = [f"input{i}" for i in range(len(folders))]
     try:
         peft_model = PeftModel.from_pretrained(model[0].auto_model, str(first), adapter_name=names[0])

@@ -37,6 +37,12 @@ STALE_DIR = "stale"
 Log = Callable[[str], None]
 
 
+# Train options added after work folders existed, with the value every earlier version trained
+# with: at that value an option stays out of the train fingerprint, so a folder trained before
+# the option existed is still up to date.
+NEWER_TRAIN_OPTIONS = {"pair_loss_weight": 0.0}
+
+
 def _fingerprint(*parts) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -267,9 +273,7 @@ class Pipeline:
         opts["lr"] = opts["lr"] or DEFAULT_LR
         inputs = [_file_digest(Path(p)) for p in [self.triplets("train"), *opts["pairs"],
                                                    *(opts["training_sources"] or {}).values()]]
-        # An option left at the value every earlier version trained with stays out of the
-        # fingerprint, so a work folder trained before the option existed is still up to date.
-        fp = _fingerprint({k: v for k, v in opts.items() if not (k == "pair_loss_weight" and v == 0)},
+        fp = _fingerprint({k: v for k, v in opts.items() if NEWER_TRAIN_OPTIONS.get(k, object()) != v},
                           inputs, self.base_model, self.seed)
         modules = opts["target_modules"]
         if isinstance(modules, str):

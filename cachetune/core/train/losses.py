@@ -63,16 +63,10 @@ class GuidedRankingLoss:
         import torch.nn.functional as F
 
         anchors, candidates = F.normalize(embeddings[0], dim=-1), [F.normalize(e, dim=-1) for e in embeddings[1:]]
-        guide = [self.guide[torch.as_tensor(list(ids), dtype=torch.long)].to(anchors.device) for ids in text_ids]
+        guide, guided_positive, own, masked = guide_false_negatives(self.guide, text_ids, self.margin, anchors.device)
         batch = anchors.size(0)
         rows = torch.arange(batch, device=anchors.device)
-        own = torch.zeros((batch, batch * len(candidates)), dtype=torch.bool, device=anchors.device)
-        for column in range(len(candidates)):  # a row's own positive and own hard negative stay
-            own[rows, column * batch + rows] = True
-        guided_positive = (guide[0] * guide[1]).sum(-1, keepdim=True)
-        forward = anchors @ torch.cat(candidates).T
-        forward = forward.masked_fill((guide[0] @ torch.cat(guide[1:]).T > guided_positive - self.margin) & ~own,
-                                      float("-inf"))
+        forward = (anchors @ torch.cat(candidates).T).masked_fill(masked, float("-inf"))
         scores = [forward * self.scale]
         if self.symmetric:
             backward = candidates[0] @ anchors.T
@@ -82,6 +76,24 @@ class GuidedRankingLoss:
         positive = scores[0][rows, rows]
         log_z = sum(torch.logsumexp(s, dim=1) for s in scores) / len(scores)
         return -(positive - log_z).mean()
+
+
+def guide_false_negatives(guide, text_ids: Sequence[Sequence[int]], margin: float, device):
+    """What the guide says of one step: ``(guide rows per column, each anchor's guided positive
+    score, own, masked)``. ``own`` marks a row's own positive and own hard negative among the
+    (anchor, candidate) cells; ``masked`` the cells the guide scores above the anchor's own
+    positive (``> positive - margin``), probable false negatives, never an ``own`` cell."""
+    import torch
+
+    rows_guide = [guide[torch.as_tensor(list(ids), dtype=torch.long)].to(device) for ids in text_ids]
+    batch, columns = len(text_ids[0]), len(text_ids) - 1
+    rows = torch.arange(batch, device=device)
+    own = torch.zeros((batch, batch * columns), dtype=torch.bool, device=device)
+    for column in range(columns):
+        own[rows, column * batch + rows] = True
+    guided_positive = (rows_guide[0] * rows_guide[1]).sum(-1, keepdim=True)
+    masked = (rows_guide[0] @ torch.cat(rows_guide[1:]).T > guided_positive - margin) & ~own
+    return rows_guide, guided_positive, own, masked
 
 
 class WithPairLoss:
@@ -107,12 +119,7 @@ class WithPairLoss:
         is_positive[rows, rows] = True
         negative = ~is_positive
         if self.guide is not None:  # the guide's probable false negatives are not negatives here either
-            guide = [self.guide[torch.as_tensor(list(ids), dtype=torch.long)].to(anchors.device) for ids in text_ids]
-            masked = guide[0] @ torch.cat(guide[1:]).T > (guide[0] * guide[1]).sum(-1, keepdim=True) - self.margin
-            own_negatives = torch.zeros_like(masked)
-            for column in range(1, len(embeddings) - 1):
-                own_negatives[rows, column * batch + rows] = True
-            negative &= ~(masked & ~own_negatives)
+            negative &= ~guide_false_negatives(self.guide, text_ids, self.margin, anchors.device)[3]
         spread = torch.logsumexp(self.scale * scores[negative], dim=0) + torch.logsumexp(-self.scale * scores[is_positive], dim=0)
         return F.softplus(spread)
 
