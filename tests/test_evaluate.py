@@ -280,3 +280,26 @@ def test_register_metrics_goes_to_the_version_evaluated(run_cli, adapter_dir, tm
     assert json.loads((out / "metrics.json").read_text())["models"]["adapter"]["name"] == "race@1"
     assert registry.get("race@1")["metrics"]["evaluated"] and registry.get("race@2").get("metrics") is None
     assert "race@1" in result.stderr
+
+
+def test_a_set_with_one_pair_labelled_both_ways_is_refused(run_cli, tiny_model, tmp_path):
+    """A plugin's set holding the same two texts as a positive and a negative: one line naming the set
+    and both rows, exit 1, nothing written."""
+    rows = _pairs_rows() + [{"sentence1": "Boiling eggs: how long", "sentence2": "how to boil an egg", "label": 0}]
+
+    class Clash:
+        @hookimpl
+        def register_domains(self, register):
+            register(Domain("clash-eval", "test domain", "unused.txt",
+                            PromptTemplates("s", "p {n} {query}", "n {n} {query}"),
+                            evaluation_sets=(EvaluationSet("own", "pairs", lambda c: rows),)))
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    register_module(pm, Clash(), "clash")
+    out = tmp_path / "out"
+    result = run_cli(["evaluate", "--domain", "clash-eval", "--base-model", tiny_model,
+                      "--bootstrap", "0", "--no-plots", "--output", out], pm=pm)
+    assert result.exit_code == 1
+    assert ("evaluation set 'own': rows 0 and 4 hold the same two texts labelled 1 and 0: one of the labels "
+            "is wrong") in result.stderr
+    assert not out.exists()

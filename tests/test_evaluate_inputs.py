@@ -83,6 +83,23 @@ def test_one_label_only(run_cli, base, tmp_path):
     _fails(run_cli, [*base, "--pairs", bad, "--output", tmp_path / "o"], str(bad), "need both labels")
 
 
+def test_same_pair_labelled_both_ways(run_cli, base, tmp_path):
+    """One pair labelled 1 and 0 ties with itself in every model: a label error, named by both lines."""
+    bad = _write(tmp_path / "p.csv", "sentence1,sentence2,label\nsort a list,order a list,1\n"
+                                     "reverse a list,sort a list,0\nOrder a list,Sort a list,0\n")
+    _fails(run_cli, [*base, "--pairs", bad, "--output", tmp_path / "o"],
+           f"{bad}:4:", "the same two texts are labelled 0 here and 1 on line 2")
+    rows = [{"sentence1": "a b", "sentence2": "c d", "label": 0}, {"sentence1": "e f", "sentence2": "g h", "label": 1},
+            {"sentence1": "c d", "sentence2": "a b", "label": 0}, {"sentence1": "C D", "sentence2": "A B", "label": 1}]
+    bad = _write(tmp_path / "p.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(CachetuneError) as info:
+        read_pairs(bad, both_labels=False)  # training pairs too
+    assert info.value.line == 4 and "labelled 1 here and 0 on line 1" in str(info.value)
+    # The same pair twice with one label is not an error (a traffic log repeats queries).
+    ok = _write(tmp_path / "ok.jsonl", "".join(json.dumps(r) + "\n" for r in rows[:3]))
+    assert [r["label"] for r in read_pairs(ok)] == [0, 1, 0]
+
+
 def test_adapter_base_model_mismatch(run_cli, tiny_model, tmp_path):
     adapter = make_adapter(tiny_model, tmp_path / "adapter", "programming", seed=1)
     _fails(run_cli, ["--domain", "programming", "--adapter", adapter, "--base-model",

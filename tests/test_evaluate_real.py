@@ -93,5 +93,5 @@ def test_rqe_and_mqp_csv_with_the_real_model(run_cli, embedded_model, tmp_path):
     mqp = metrics["sets"]["pairs-medical_question_pairs"]["base"]["pairs"]
     assert mqp["ap"] > 0.7  # the pairs were written to be clear-cut: a sane model must see it
     rqe = metrics["sets"]["rqe-test"]
-    assert rqe["rows"] == 302 and rqe["truncated_rows"] >= 1
+    assert rqe["rows"] == 301 and rqe["truncated_rows"] >= 1  # 302 published, pid 300 dropped (read_rqe)
     assert any("longer than max_seq_length 256" in note for note in rqe["notes"])

@@ -129,7 +129,7 @@ def _sample_keys(domain):
 
 @pytest.mark.parametrize("domain, load, n_rows, n_positive", [
     ("programming", programming_eval.load_conala_pairs, 388, 194),
-    ("medical", medical_eval.load_rqe_pairs, 302, 129),
+    ("medical", medical_eval.load_rqe_pairs, 301, 129),  # the published 302 less pid 300 (read_rqe)
 ])
 def test_packaged_pairs_load_without_any_data_folder(domain, load, n_rows, n_positive):
     """The sets ship in the package: no ../shared, no $CACHETUNE_DATA_DIR, disjoint from the sample queries."""
@@ -163,10 +163,25 @@ def test_rqe_test_pairs(shared_data, tmp_path):
     (prep / "train.jsonl").write_text(json.dumps({"id": "t", "query": "what is   high blood pressure ??"}) + "\n")
     kept = medical_eval.load_rqe_pairs(EvaluationContext("medical", holdout=prep))
     dropped = sum(1 for r in rows if exact_key(r["sentence2"]) == "what is high blood pressure?")
-    assert dropped >= 1 and len(kept) == 302 - dropped
+    assert dropped >= 1 and len(kept) == 301 - dropped
+    # Pid 300 (false) holds the texts of pid 184 (true): a slip in the published negatives, dropped;
+    # every other pair stays, same-label repeats included.
+    assert [r["meta"]["pid"] for r in rows if r["sentence1"].startswith("Help. I stuck a q-tip")] == ["184"]
+    assert {r["meta"]["pid"] for r in rows} == {str(pid) for pid in range(1, 303)} - {"300"}
     # The training file can be chosen explicitly; something else cannot.
     train_rows = medical_eval.load_rqe_pairs(EvaluationContext("medical", eval_data=str(shared_data / "rqe" / "RQE_Train_8588_AMIA2016.xml"), limit=100))
     assert len(train_rows) == 100
+    # Its pid 95 (false) repeats pid 94 (true): dropped; pid 5860 has an empty side: skipped.
+    train_pids = [r["meta"]["pid"] for r in medical_eval.read_rqe(shared_data / "rqe" / "RQE_Train_8588_AMIA2016.xml")]
+    assert len(train_pids) == 8586 and "94" in train_pids and not {"95", "5860"} & set(train_pids)
+    # Any RQE file: only a false pair with a true twin goes (either order, case aside), not the true one.
+    twin = tmp_path / "twin.xml"
+    twin.write_text('<RQE-med-test><pair pid="1" value="false"><chq>Is flu contagious?</chq><faq>Can flu spread?</faq>'
+                    '</pair><pair pid="2" value="true"><chq>can flu spread?</chq><faq>is flu contagious?</faq></pair>'
+                    '<pair pid="3" value="false"><chq>Is flu contagious?</chq><faq>What is flu?</faq></pair>'
+                    '<pair pid="4" value="true"><chq>Is flu contagious?</chq><faq>What is flu?</faq></pair>'
+                    '</RQE-med-test>')
+    assert [r["meta"]["pid"] for r in medical_eval.read_rqe(twin)] == ["2", "4"]
     with pytest.raises(CachetuneError, match="not an RQE file"):
         medical_eval.load_rqe_pairs(EvaluationContext("medical", eval_data=str(next((shared_data / "medquad" / "1_CancerGov_QA").glob("*.xml")))))
     with pytest.raises(CachetuneError, match="evaluation data not found"):

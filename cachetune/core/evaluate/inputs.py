@@ -14,7 +14,7 @@ from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Set,
 from cachetune.core.errors import CachetuneError
 from cachetune.core.jsonl import iter_jsonl
 from cachetune.core.textfiles import iter_csv
-from cachetune.core.text import near_key, normalize_query
+from cachetune.core.text import exact_key, near_key, normalize_query
 
 PAIR_FIELDS = ("sentence1", "sentence2", "label")
 INCLUSION = "inclusion_probability"  # optional: how likely `calibrate --suggest` was to pick the pair
@@ -135,9 +135,11 @@ def read_pairs(path, columns: Optional[Sequence[str]] = None, both_labels: bool 
         raise CachetuneError("file not found", path)
     delimiter = CSV_SUFFIXES.get(path.suffix.lower())
     rows: List[dict] = []
+    lines: List[int] = []
     if delimiter is not None:
         for line, raw in _iter_csv(path, delimiter, columns):
             rows.append(_pair_row(raw, columns, path, line))
+            lines.append(line)
     else:
         for line, raw in iter_jsonl(path):
             missing = [c for c in columns if c not in raw]
@@ -147,11 +149,41 @@ def read_pairs(path, columns: Optional[Sequence[str]] = None, both_labels: bool 
                                      f"{', '.join(repr(m) for m in missing)} (fields: {', '.join(raw)}{hint})",
                                      path, line)
             rows.append(_pair_row(raw, columns, path, line))
+            lines.append(line)
     if not rows:
         raise CachetuneError("no pairs in the file" + (" (only a header)" if delimiter else " (empty file)"), path)
+    clash = conflicting_labels(rows)
+    if clash:
+        first, second = clash
+        raise CachetuneError(f"the same two texts are labelled {rows[second]['label']} here and "
+                             f"{rows[first]['label']} on line {lines[first]}: one of the labels is wrong", path,
+                             lines[second])
     if both_labels:
         check_pair_labels(rows, path)
     return rows
+
+
+def pair_key(row: dict) -> Tuple[str, str]:
+    """Two rows with this key hold the same two texts (either order, case aside): every model
+    scores them alike."""
+    return tuple(sorted((exact_key(row["sentence1"]), exact_key(row["sentence2"]))))
+
+
+def conflicting_labels(rows: Sequence[dict]) -> Optional[Tuple[int, int]]:
+    """The first (earlier, later) row indices holding the same two texts with different labels.
+
+    Such a pair ties with itself, so one of its rows is a false hit (or a lost one) for every
+    model at every threshold: a label error that no training can fix, which moves the stored
+    threshold and the hit rate at a target precision of every model measured on the set.
+    """
+    first_with_label: dict = {}
+    for index, row in enumerate(rows):
+        seen = first_with_label.setdefault(pair_key(row), {})
+        seen.setdefault(row["label"], index)
+        other = seen.get(1 - row["label"])
+        if other is not None:
+            return other, index
+    return None
 
 
 def check_pair_labels(rows: Sequence[dict], where) -> None:

@@ -28,6 +28,7 @@ from cachetune.core.evaluate.inputs import (
     EvalInput,
     check_held_out_triplets,
     check_pair_labels,
+    conflicting_labels,
     read_holdout,
     read_pairs,
     read_triplets,
@@ -65,6 +66,11 @@ def _validate_set_rows(eval_set: EvaluationSet, rows) -> list:
         if eval_set.kind == "pairs" and row["label"] not in (0, 1):
             raise CachetuneError(f"{where}: row {index}: label must be 0 or 1, got {row['label']!r}")
     if eval_set.kind == "pairs":
+        clash = conflicting_labels(rows)
+        if clash:
+            first, second = clash
+            raise CachetuneError(f"{where}: rows {first} and {second} hold the same two texts labelled "
+                                 f"{rows[first]['label']} and {rows[second]['label']}: one of the labels is wrong")
         check_pair_labels(rows, where)
     return rows
 
