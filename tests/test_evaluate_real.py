@@ -95,3 +95,9 @@ def test_rqe_and_mqp_csv_with_the_real_model(run_cli, embedded_model, tmp_path):
     rqe = metrics["sets"]["rqe-test"]
     assert rqe["rows"] == 301 and rqe["truncated_rows"] >= 1  # 302 published, pid 300 dropped (read_rqe)
     assert any("longer than max_seq_length 256" in note for note in rqe["notes"])
+    # Without the mislabelled twin no row ties a true pair with a false one, and the base model gets a
+    # medical threshold (with it, the top false hit made precision 0.95 unreachable out of sample).
+    rows, labels, scores = _scores(out / "scores-rqe-test.csv")
+    top = np.argsort(-scores)[:5]
+    assert labels[top].tolist() == [1, 1, 1, 1, 1]
+    assert rqe["base"]["pairs"]["calibrated_threshold"] is not None and rqe["base"]["pairs"]["hit_rate"] > 0.15
