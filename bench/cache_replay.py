@@ -9,7 +9,7 @@ served, misses, lookups/s. Redis is started as the tests start it (tests/redis_s
 - programming: CoNaLa curated pairs of the 10% of questions held out by `split_pairs` (seed 0),
   the split the adapter's training triplets leave out; cached = intent, looked up = its human
   rewrite; right = the same question's answer.
-- medical: RQE test (302 human-labelled pairs); cached = the FAQ, looked up = the consumer
+- medical: RQE test (302 published pairs, 301 read: see read_rqe); cached = the FAQ, looked up = the consumer
   question; right = an FAQ labelled true for it (any hit on a question with no true FAQ is wrong).
 
     python bench/cache_replay.py --domain programming --train --work runs/replay-programming
