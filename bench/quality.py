@@ -30,6 +30,9 @@ finished; ``--table OUTPUT/quality.json ...`` prints the table of one or several
 ``--compare A=B`` sets two adapters side by side (their per-pair scores are kept in
 quality.json): the difference in AP and hit rate with a paired bootstrap interval.
 ``--guide-filter`` and ``--loss`` apply to every adapter a run trains (with ``--tag`` to name them).
+``--negatives-from positives`` mines every human pair's negative again from the positives' texts only
+(the side CoNaLa's evaluation negatives come from) instead of the whole query pool; its data files
+are suffixed ``-sameside``.
 """
 
 from __future__ import annotations
@@ -87,6 +90,44 @@ def assemble(pm, domain, prepared, args, eval_sets, human: bool, llm, margin: fl
                                      relative_margin=margin, seed=args.seed, log=lambda m: None)
     print(f"assembled {out.name}: {summary['triplets']} triplets {json.dumps(summary['sources'])} "
           f"in {time.time() - started:.0f} s", flush=True)
+    return out
+
+
+def same_side(human: Path, out: Path, model, margin: float) -> Path:
+    """``--negatives-from positives``: the human file with each mined negative mined again from the
+    positives' texts only (for CoNaLa the rewritten intents, the side its evaluation negatives come
+    from), under the same margin, own positives and question groups excluded."""
+    if out.exists():
+        return out
+    from cachetune.core.jsonl import iter_jsonl
+    from cachetune.core.mining import HardNegativeMiner
+    from cachetune.core.text import exact_key
+    from cachetune.core.train.signal import sources_file
+
+    rows = [row for _, row in iter_jsonl(human)]
+    mined = [r for r in rows if r.get("negative_source") == "mined"]
+    own, groups = {}, {}
+    for r in mined:
+        own.setdefault(exact_key(r["anchor"]), set()).add(exact_key(r["positive"]))
+        for text in (r["anchor"], r["positive"]):
+            groups.setdefault(exact_key(text), set()).add(r.get("group"))
+    miner = HardNegativeMiner(model, [r["positive"] for r in mined], relative_margin=margin)
+    found = miner.mine([r["anchor"] for r in mined], [r["positive"] for r in mined], k=8)
+    again = {id(r): next((c.text for c in candidates if exact_key(c.text) not in own[exact_key(r["anchor"])]
+                          and r.get("group") not in groups.get(exact_key(c.text), ())), None)
+             for r, candidates in zip(mined, found)}
+    kept = [r if id(r) not in again else {**r, "negative": again[id(r)]} for r in rows
+            if again.get(id(r), "") is not None]
+    summary = json.loads(sources_file(human).read_text(encoding="utf-8"))
+    summary["negatives_from"] = "positives"
+    summary["triplets"] = len(kept)
+    sources_file(out).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    with open(out, "w", encoding="utf-8") as fh:
+        for row in kept:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"{out.name}: {sum(again[id(r)] not in (None, r['negative']) for r in mined)} of {len(mined)} mined "
+          f"negatives mined again from the positives, {sum(v is None for v in again.values())} without one",
+          flush=True)
     return out
 
 
@@ -269,6 +310,9 @@ def main(argv=None) -> None:
                         help="train every adapter with this loss (default: the trainer's)")
     parser.add_argument("--pair-loss-weight", type=float, default=0.0,
                         help="train every adapter with this weight of the CoSENT pair term (default: 0, off)")
+    parser.add_argument("--negatives-from", choices=("pool", "positives"), default="pool",
+                        help="mine the human pairs' negatives from the whole query pool (as training does) or "
+                             "again from the positives' texts only (data files suffixed -sameside)")
     parser.add_argument("--compare", action="append", default=[], metavar="A=B",
                         help="adapter A against adapter B (names as in the table): AP and hit-rate difference "
                         "with a paired bootstrap interval, on each domain both were scored on (repeatable)")
@@ -335,8 +379,14 @@ def main(argv=None) -> None:
                     and (not use_llm or domain in llm):
                 data[key] = assemble(pm, domain, prepared, args, guard, human, llm.get(domain) if use_llm else None,
                                      margin, args.output / f"data-{domain}-{key}.jsonl", base)
+        if args.negatives_from == "positives":  # other files, so a rerun never mixes the two kinds
+            for key in [k for k in ("human", "margin0") if k in data]:
+                data[key] = same_side(data[key], args.output / f"data-{domain}-{key}-sameside.jsonl", base,
+                                      0.05 if key == "human" else 0.0)
         if domain in llm and {"human+llm", "multi"} & set(wanted):
-            data["human+llm"] = with_llm(data["human"], llm[domain], args.output / f"data-{domain}-human+llm.jsonl")
+            suffix = "-sameside" if args.negatives_from == "positives" else ""
+            data["human+llm"] = with_llm(data["human"], llm[domain],
+                                         args.output / f"data-{domain}-human+llm{suffix}.jsonl")
         files[domain] = data
         for variant in wanted:
             source = "human" if variant in ON_HUMAN else variant
