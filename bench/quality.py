@@ -116,8 +116,12 @@ def same_side(human: Path, out: Path, model, margin: float) -> Path:
     again = {id(r): next((c.text for c in candidates if exact_key(c.text) not in own[exact_key(r["anchor"])]
                           and r.get("group") not in groups.get(exact_key(c.text), ())), None)
              for r, candidates in zip(mined, found)}
-    kept = [r if id(r) not in again else {**r, "negative": again[id(r)]} for r in rows
-            if again.get(id(r), "") is not None]
+    kept = []  # the file's order; a pair no positive qualifies for (all within the margin) goes
+    for r in rows:
+        if id(r) not in again:
+            kept.append(r)
+        elif again[id(r)] is not None:
+            kept.append({**r, "negative": again[id(r)]})
     summary = json.loads(sources_file(human).read_text(encoding="utf-8"))
     summary["negatives_from"] = "positives"
     summary["triplets"] = len(kept)
