@@ -30,6 +30,9 @@ finished; ``--table OUTPUT/quality.json ...`` prints the table of one or several
 ``--compare A=B`` sets two adapters side by side (their per-pair scores are kept in
 quality.json): the difference in AP and hit rate with a paired bootstrap interval.
 ``--guide-filter`` and ``--loss`` apply to every adapter a run trains (with ``--tag`` to name them).
+A rerun into the same ``--output`` reuses a finished adapter only when its card records the same
+data file (name and content) and the same settings; otherwise it stops with one line naming the
+difference (``--retrain`` trains it again), so one run's adapter is never scored under another's name.
 ``--negatives-from positives`` mines every human pair's negative again from the positives' texts only
 (the side CoNaLa's evaluation negatives come from) instead of the whole query pool; its data files
 are suffixed ``-sameside``.
@@ -153,13 +156,29 @@ def with_llm(human: Path, llm: Path, out: Path) -> Path:
     return out
 
 
+def settings_differ(card: dict, config) -> list:
+    """What the adapter in a card was trained with that ``config`` would not train with:
+    its data file (path and content) and every hyperparameter a bench option sets."""
+    from cachetune.core.models import sha256_file
+
+    had = card.get("hyperparameters") or {}
+    differ = [f"{key} {had.get(key)!r}, now {getattr(config, key)!r}" for key in
+              ("batch_size", "lr", "seed", "max_steps", "loss", "guide_filter", "pair_loss_weight", "lora_r",
+               "hard_negatives") if had.get(key, getattr(config, key)) != getattr(config, key)]
+    if list(had.get("target_modules", config.target_modules)) != list(config.target_modules):
+        differ.append(f"target_modules {had.get('target_modules')}, now {list(config.target_modules)}")
+    data = card.get("data") or {}  # by name and content: an output folder may have been copied or moved
+    if Path(data.get("path", "")).name != Path(config.train_data).name:
+        differ.append(f"data {Path(data.get('path', '')).name}, now {Path(config.train_data).name}")
+    elif data.get("sha256") != sha256_file(config.train_data):
+        differ.append(f"{config.train_data} is not the file it was trained on")
+    return differ
+
+
 def train_adapter(domain: str, data: Path, output: Path, args, steps: int = 0, **options) -> dict:
     from cachetune.core.adapters import CARD_FILE
     from cachetune.core.train.config import DEFAULT_LR, TrainConfig
     from cachetune.core.train.loop import train
-
-    if (output / CARD_FILE).exists() and not args.retrain:
-        return json.loads((output / CARD_FILE).read_text(encoding="utf-8"))  # a finished run of an earlier call
 
     options = {**({"guide_filter": True} if args.guide_filter else {}),
                **({"loss": args.loss} if args.loss else {}),
@@ -169,6 +188,13 @@ def train_adapter(domain: str, data: Path, output: Path, args, steps: int = 0, *
                          overwrite=True,
                          seed=args.seed if args.train_seed is None else args.train_seed,
                          checkpoint_every=0, threads=args.threads, **options)
+    if (output / CARD_FILE).exists() and not args.retrain:  # a finished run of an earlier call
+        card = json.loads((output / CARD_FILE).read_text(encoding="utf-8"))
+        differ = settings_differ(card, config)
+        if differ:  # reusing it would score one run's adapter under another run's name
+            raise SystemExit(f"{output}: trained with other settings ({'; '.join(differ)}): "
+                             "use another --output, or --retrain to train it again")
+        return card
     started = time.time()
     card = train(config, domain_plugin={"name": domain, "package": "cachetune", "version": "bench"},
                  log=lambda m: None, show_progress=False)
