@@ -104,21 +104,14 @@ def same_side(human: Path, out: Path, model, margin: float) -> Path:
         return out
     from cachetune.core.jsonl import iter_jsonl
     from cachetune.core.mining import HardNegativeMiner
-    from cachetune.core.text import exact_key
-    from cachetune.core.train.signal import sources_file
+    from cachetune.core.train.signal import NegativeExclusions, sources_file
 
     rows = [row for _, row in iter_jsonl(human)]
     mined = [r for r in rows if r.get("negative_source") == "mined"]
-    own, groups = {}, {}
-    for r in mined:
-        own.setdefault(exact_key(r["anchor"]), set()).add(exact_key(r["positive"]))
-        for text in (r["anchor"], r["positive"]):
-            groups.setdefault(exact_key(text), set()).add(r.get("group"))
+    exclusions = NegativeExclusions((r["anchor"], r["positive"], r.get("group")) for r in mined)
     miner = HardNegativeMiner(model, [r["positive"] for r in mined], relative_margin=margin)
-    found = miner.mine([r["anchor"] for r in mined], [r["positive"] for r in mined], k=8)
-    again = {id(r): next((c.text for c in candidates if exact_key(c.text) not in own[exact_key(r["anchor"])]
-                          and r.get("group") not in groups.get(exact_key(c.text), ())), None)
-             for r, candidates in zip(mined, found)}
+    found = miner.mine([r["anchor"] for r in mined], [r["positive"] for r in mined], k=8)  # as measured (README)
+    again = {id(r): exclusions.pick(r["anchor"], r.get("group"), candidates) for r, candidates in zip(mined, found)}
     kept = []  # the file's order; a pair no positive qualifies for (all within the margin) goes
     for r in rows:
         if id(r) not in again:

@@ -145,6 +145,30 @@ def _clean(rows: List[dict], blocked_keys: Dict[str, set], blocked_groups: set, 
     return kept, dropped
 
 
+class NegativeExclusions:
+    """What a mined negative may not be, from (anchor, positive, group) triples: another positive
+    of its anchor, or a text of the anchor's group (a CoNaLa question's other wordings)."""
+
+    def __init__(self, pairs):
+        self.positives_of: Dict[str, set] = {}
+        self.groups_of: Dict[str, set] = {}
+        for anchor, positive, group in pairs:
+            self.positives_of.setdefault(exact_key(anchor), set()).add(exact_key(positive))
+            if group is not None:
+                for text in (anchor, positive):
+                    self.groups_of.setdefault(exact_key(text), set()).add(str(group))
+
+    def pick(self, anchor: str, group, candidates) -> Optional[str]:
+        """The first candidate (most similar first) that is allowed, or None."""
+        for candidate in candidates:
+            key = exact_key(candidate.text)
+            if key in self.positives_of.get(exact_key(anchor), ()) or \
+                    (group is not None and str(group) in self.groups_of.get(key, ())):
+                continue
+            return candidate.text
+        return None
+
+
 def _pair_triplets(domain: Domain, sources: List[Tuple[str, List[dict]]], pool: List[str], model,
                    relative_margin: float, seed: int,
                    generators: Optional[Dict[str, str]] = None) -> Dict[str, List[dict]]:
@@ -164,28 +188,14 @@ def _pair_triplets(domain: Domain, sources: List[Tuple[str, List[dict]]], pool: 
             if row["label"] == 1:
                 jobs.append((name, row["sentence1"], row["sentence2"], row.get("group"),
                              partners.get(exact_key(row["sentence1"]), [])))
-    positives_of: Dict[str, set] = {}
-    groups_of: Dict[str, set] = {}
-    for _, anchor, positive, group, _ in jobs:
-        positives_of.setdefault(exact_key(anchor), set()).add(exact_key(positive))
-        if group is not None:
-            for text in (anchor, positive):
-                groups_of.setdefault(exact_key(text), set()).add(str(group))
+    exclusions = NegativeExclusions((anchor, positive, group) for _, anchor, positive, group, _ in jobs)
     to_mine = [j for j in jobs if not j[4]]
     mined: Dict[Tuple[str, str], Optional[str]] = {}
     if to_mine:
         miner = HardNegativeMiner(model, pool, relative_margin=relative_margin)
         found = miner.mine([j[1] for j in to_mine], [j[2] for j in to_mine], k=1 + SPARE_CANDIDATES)
         for (_, anchor, positive, group, _), candidates in zip(to_mine, found):
-            pick = None
-            for candidate in candidates:
-                key = exact_key(candidate.text)
-                if key in positives_of.get(exact_key(anchor), ()) or \
-                        (group is not None and str(group) in groups_of.get(key, ())):
-                    continue
-                pick = candidate.text
-                break
-            mined[(anchor, positive)] = pick
+            mined[(anchor, positive)] = exclusions.pick(anchor, group, candidates)
     rng = random.Random(seed)
     turn: Dict[str, int] = {}
     out: Dict[str, List[dict]] = {name: [] for name, _ in sources}
